@@ -1,0 +1,205 @@
+package model
+
+import (
+	"fmt"
+	"math"
+)
+
+// Collective is what a shard needs from its group. Every rank must call the
+// same sequence of operations; only rank 0 receives gathered results.
+type Collective interface {
+	// AllReduceSum replaces buf with the element-wise sum over ranks, added
+	// in rank order so every rank ends with bit-identical values.
+	AllReduceSum(buf []float32) error
+	// Gather concatenates each rank's local slice in rank order into out on
+	// rank 0; out is ignored elsewhere.
+	Gather(local, out []float32) error
+}
+
+// Shard runs one rank's part of the forward pass and owns its KV cache.
+// It is not safe for concurrent use: one sequence at a time.
+type Shard struct {
+	W    *Weights
+	cfg  Config
+	plan Plan
+	comm Collective
+
+	keys, vals []float32 // [layer][pos][localKV*hs]
+
+	x, xb, q, k, v, attOut, part, h1, h3, scores []float32
+	localLogits, logits                        []float32
+	cos, sin                                   []float32
+
+	// LayerHook, when set, sees the residual stream after every layer
+	// (and after the embedding as layer -1); tests use it to compare ranks.
+	LayerHook func(layer int, x []float32)
+}
+
+// NewShard prepares w for inference; comm may be nil for a world of one.
+func NewShard(w *Weights, comm Collective) (*Shard, error) {
+	c, p := w.Config, w.Plan
+	if p.World > 1 && comm == nil {
+		return nil, fmt.Errorf("world size %d needs a collective", p.World)
+	}
+	hs := c.HeadSize()
+	localQ, localKV, localHid := (p.HeadHi-p.HeadLo)*hs, (p.KVHi-p.KVLo)*hs, p.HidHi-p.HidLo
+	s := &Shard{
+		W: w, cfg: c, plan: p, comm: comm,
+		keys:        make([]float32, c.Layers*c.SeqLen*localKV),
+		vals:        make([]float32, c.Layers*c.SeqLen*localKV),
+		x:           make([]float32, c.Dim),
+		xb:          make([]float32, c.Dim),
+		q:           make([]float32, localQ),
+		k:           make([]float32, localKV),
+		v:           make([]float32, localKV),
+		attOut:      make([]float32, localQ),
+		part:        make([]float32, c.Dim),
+		h1:          make([]float32, localHid),
+		h3:          make([]float32, localHid),
+		scores:      make([]float32, c.SeqLen),
+		localLogits: make([]float32, p.VocabHi-p.VocabLo),
+		cos:         make([]float32, hs/2),
+		sin:         make([]float32, hs/2),
+	}
+	if p.Rank == 0 {
+		s.logits = make([]float32, c.Vocab)
+	}
+	return s, nil
+}
+
+// Config returns the model configuration.
+func (s *Shard) Config() Config { return s.cfg }
+
+// Plan returns this rank's slice of the model.
+func (s *Shard) Plan() Plan { return s.plan }
+
+func (s *Shard) allReduce(buf []float32) error {
+	if s.plan.World == 1 {
+		return nil
+	}
+	return s.comm.AllReduceSum(buf)
+}
+
+// Forward feeds token at position pos through the model, appending to the KV
+// cache. With wantLogits, rank 0 gets the full vocabulary's logits (valid
+// until the next call); other ranks get nil. Skipping logits for all but the
+// last prompt token avoids the classifier, the largest matrix.
+func (s *Shard) Forward(token, pos int, wantLogits bool) ([]float32, error) {
+	c, p := s.cfg, s.plan
+	if token < 0 || token >= c.Vocab {
+		return nil, fmt.Errorf("token %d outside vocab of %d", token, c.Vocab)
+	}
+	if pos < 0 || pos >= c.SeqLen {
+		return nil, fmt.Errorf("position %d outside context of %d", pos, c.SeqLen)
+	}
+	dim, hs := c.Dim, c.HeadSize()
+	x := s.x
+
+	// Vocab-parallel embedding: the owner contributes the row, the others
+	// zeros, so the all-reduce reproduces the row exactly.
+	clear(x)
+	if token >= p.VocabLo && token < p.VocabHi {
+		copy(x, s.W.Emb[(token-p.VocabLo)*dim:])
+	}
+	if err := s.allReduce(x); err != nil {
+		return nil, fmt.Errorf("embedding all-reduce: %w", err)
+	}
+	if s.LayerHook != nil {
+		s.LayerHook(-1, x)
+	}
+
+	for i := range s.cos {
+		freq := 1 / math.Pow(10000, float64(2*i)/float64(hs))
+		sn, cs := math.Sincos(float64(pos) * freq)
+		s.cos[i], s.sin[i] = float32(cs), float32(sn)
+	}
+
+	localKV := len(s.k)
+	group := c.Heads / c.KVHeads
+	scale := float32(1 / math.Sqrt(float64(hs)))
+	for l := range s.W.Layers {
+		L := &s.W.Layers[l]
+		rmsnorm(s.xb, x, L.RMSAtt)
+		matmul(s.q, L.WQ, s.xb)
+		matmul(s.k, L.WK, s.xb)
+		matmul(s.v, L.WV, s.xb)
+		s.rope(s.q)
+		s.rope(s.k)
+		cache := l * c.SeqLen * localKV
+		copy(s.keys[cache+pos*localKV:], s.k)
+		copy(s.vals[cache+pos*localKV:], s.v)
+
+		for h := 0; h < len(s.q)/hs; h++ {
+			q := s.q[h*hs : (h+1)*hs]
+			kvOff := (h / group) * hs
+			att := s.scores[:pos+1]
+			for t := range att {
+				base := cache + t*localKV + kvOff
+				att[t] = dot(q, s.keys[base:base+hs]) * scale
+			}
+			softmax(att)
+			out := s.attOut[h*hs : (h+1)*hs]
+			clear(out)
+			for t, a := range att {
+				base := cache + t*localKV + kvOff
+				vt := s.vals[base : base+hs]
+				for i := range out {
+					out[i] += a * vt[i]
+				}
+			}
+		}
+		// Row-parallel output projection: each rank holds a partial sum.
+		matmul(s.part, L.WO, s.attOut)
+		if err := s.allReduce(s.part); err != nil {
+			return nil, fmt.Errorf("layer %d attention all-reduce: %w", l, err)
+		}
+		for i := range x {
+			x[i] += s.part[i]
+		}
+
+		rmsnorm(s.xb, x, L.RMSFFN)
+		matmul(s.h1, L.W1, s.xb)
+		matmul(s.h3, L.W3, s.xb)
+		for i, v := range s.h1 {
+			s.h1[i] = silu(v) * s.h3[i]
+		}
+		matmul(s.part, L.W2, s.h1)
+		if err := s.allReduce(s.part); err != nil {
+			return nil, fmt.Errorf("layer %d ffn all-reduce: %w", l, err)
+		}
+		for i := range x {
+			x[i] += s.part[i]
+		}
+		if s.LayerHook != nil {
+			s.LayerHook(l, x)
+		}
+	}
+	if !wantLogits {
+		return nil, nil
+	}
+	rmsnorm(s.xb, x, s.W.RMSFinal)
+	matmul(s.localLogits, s.W.Cls, s.xb)
+	if p.World == 1 {
+		return s.localLogits, nil
+	}
+	if err := s.comm.Gather(s.localLogits, s.logits); err != nil {
+		return nil, fmt.Errorf("logits gather: %w", err)
+	}
+	if p.Rank != 0 {
+		return nil, nil
+	}
+	return s.logits, nil
+}
+
+// rope rotates consecutive pairs within each head, as llama2.c does.
+func (s *Shard) rope(v []float32) {
+	hs := s.cfg.HeadSize()
+	for h := 0; h+hs <= len(v); h += hs {
+		for i := 0; i < hs; i += 2 {
+			c, sn := s.cos[i/2], s.sin[i/2]
+			v0, v1 := v[h+i], v[h+i+1]
+			v[h+i] = v0*c - v1*sn
+			v[h+i+1] = v0*sn + v1*c
+		}
+	}
+}
