@@ -1,0 +1,282 @@
+package gang
+
+import (
+	"fmt"
+	"math/bits"
+
+	"github.com/tessera-gpu/tessera/api"
+)
+
+// MaxScore is the largest value Score returns (kube-scheduler's MaxNodeScore).
+const MaxScore = 100
+
+// shape interprets a request of req slices on a node cut into sPer slices
+// per GPU: whole = 0 means "req slices from ONE GPU"; whole = k > 0 means "k
+// wholly free GPUs". A request above sPer that is not a whole multiple
+// cannot be served on this node (a rank never straddles two GPUs partially).
+func shape(req, sPer int) (whole int, err error) {
+	switch {
+	case req <= 0:
+		return 0, fmt.Errorf("request of %d slices: must be at least 1", req)
+	case req <= sPer:
+		return 0, nil
+	case req%sPer != 0:
+		return 0, fmt.Errorf("request of %d slices: above %d slices per GPU it must be a whole multiple of %d", req, sPer, sPer)
+	}
+	return req / sPer, nil
+}
+
+// ValidateRequest reports whether req slices can ever be served on a node
+// with sPer slices per GPU.
+func ValidateRequest(req, sPer int) error {
+	_, err := shape(req, sPer)
+	return err
+}
+
+// capacity returns how many ranks of req slices fit on n, each on its own
+// GPU(s) — ranks of one gang never share a GPU. O(slicesPerGPU).
+func (n *nodeState) capacity(req int) int {
+	k, err := shape(req, n.sPer)
+	if err != nil {
+		return 0
+	}
+	if k > 0 {
+		return n.sum.whole.count() / k
+	}
+	c := 0
+	for f := req; f <= n.sPer; f++ {
+		c += int(n.sum.fit[f])
+	}
+	return c
+}
+
+// fits reports whether one rank of req slices fits on n avoiding the GPUs in
+// excl. With excl empty it reads only the summary.
+func (n *nodeState) fits(req int, excl gpuSet) bool {
+	k, err := shape(req, n.sPer)
+	if err != nil {
+		return false
+	}
+	if k > 0 {
+		return (n.sum.whole &^ excl).count() >= k
+	}
+	if excl == 0 {
+		return n.capacity(req) > 0
+	}
+	for i := range n.gpus {
+		if !excl.has(i) && n.gpus[i].placeable() >= req {
+			return true
+		}
+	}
+	return false
+}
+
+// score ranks n for one rank of req slices, 0..MaxScore, higher is better.
+// The policy is best-fit, so that free capacity stays in big usable pieces:
+//
+//   - 51..100: the rank fits on a partially used GPU; the fewer slices that
+//     GPU keeps free afterwards, the higher (a perfect fit scores 100).
+//   - 1..49: the rank must break a wholly free GPU; prefer nodes that have few
+//     whole GPUs left (already broken nodes first, empty nodes stay empty
+//     for multi-GPU ranks) and that can do it without breaking an NVLink
+//     pair.
+//   - multi-GPU ranks: 50 extra for an NVLink-connected set; among those,
+//     nodes left with fewer whole GPUs score higher.
+func (n *nodeState) score(req int) int64 {
+	k, err := shape(req, n.sPer)
+	if err != nil {
+		return 0
+	}
+	total := len(n.gpus)
+	if total == 0 {
+		return 0
+	}
+	whole := n.sum.whole.count()
+	if k > 0 {
+		if whole < k {
+			return 0
+		}
+		var s int64 = 1
+		if n.sum.maxComp >= k {
+			s += 50
+		}
+		return s + int64(48*(total-(whole-k))/total)
+	}
+	for f := req; f < n.sPer; f++ {
+		if n.sum.partial[f] > 0 {
+			return 51 + int64(49*(n.sPer-(f-req))/n.sPer)
+		}
+	}
+	if n.capacity(req) == 0 {
+		return 0
+	}
+	var s int64 = 1 + int64(38*(total-whole)/total)
+	if n.sum.wholeNoPeer != 0 || whole == 0 {
+		s += 10
+	}
+	return s
+}
+
+// pickGPU chooses the GPU for a one-GPU rank of req slices, avoiding excl:
+// best fit first (a partial GPU with the fewest free slices that still
+// fits), then a whole GPU whose loss breaks the fewest NVLink pairs; lowest
+// index on ties. Returns -1 when none fits.
+func (n *nodeState) pickGPU(req int, excl gpuSet) int {
+	best, bestFree, bestPeers := -1, 0, 0
+	for i := range n.gpus {
+		if excl.has(i) {
+			continue
+		}
+		f := n.gpus[i].placeable()
+		if f < req {
+			continue
+		}
+		wholePeers := 0
+		if n.sum.whole.has(i) {
+			f = n.sPer + 1 // any partial GPU beats breaking a whole one
+			wholePeers = (n.gpus[i].peers & n.sum.whole).count()
+		}
+		if best < 0 || f < bestFree || (f == bestFree && wholePeers < bestPeers) {
+			best, bestFree, bestPeers = i, f, wholePeers
+		}
+	}
+	return best
+}
+
+// pickWhole chooses k wholly free GPUs avoiding excl. It prefers an
+// NVLink-connected set taken from the smallest connected component that is
+// big enough (best fit: large components stay whole for larger ranks),
+// growing from its lowest-index GPU by lowest-index neighbour. Fallback when
+// no connected set exists (PCIe-only nodes, or NVLink islands too small): the
+// k lowest-index whole GPUs — the rank still runs, over PCIe, and Score ranks
+// such nodes below nodes that offer a connected set.
+func (n *nodeState) pickWhole(k int, excl gpuSet) (gpuSet, bool) {
+	cand := n.sum.whole &^ excl
+	if cand.count() < k {
+		return 0, false
+	}
+	var best gpuSet
+	for rest := cand; rest != 0; {
+		c := n.component(cand, bits.TrailingZeros64(uint64(rest)))
+		rest &^= c
+		if c.count() >= k && (best == 0 || c.count() < best.count()) {
+			best = c
+		}
+	}
+	var set gpuSet
+	if best != 0 {
+		set = 1 << uint(bits.TrailingZeros64(uint64(best)))
+		for set.count() < k {
+			var frontier gpuSet
+			for m := set; m != 0; m &= m - 1 {
+				frontier |= n.gpus[bits.TrailingZeros64(uint64(m))].peers
+			}
+			frontier &= best &^ set
+			set |= frontier & -frontier // lowest-index neighbour
+		}
+		return set, true
+	}
+	for m := cand; set.count() < k; m &= m - 1 {
+		set |= m & -m
+	}
+	return set, true
+}
+
+// pick returns exact slice IDs for one rank of req slices avoiding excl
+// (lowest free slice indices, deterministic) and the GPUs it used.
+func (n *nodeState) pick(req int, excl gpuSet) ([]api.SliceID, gpuSet, error) {
+	k, err := shape(req, n.sPer)
+	if err != nil {
+		return nil, 0, fmt.Errorf("node %s: %w", n.name, err)
+	}
+	if k > 0 {
+		set, ok := n.pickWhole(k, excl)
+		if !ok {
+			return nil, 0, fmt.Errorf("node %s: no %d wholly free GPUs for %d slices", n.name, k, req)
+		}
+		out := make([]api.SliceID, 0, req)
+		for m := set; m != 0; m &= m - 1 {
+			g := &n.gpus[bits.TrailingZeros64(uint64(m))]
+			for s := 0; s < g.slices; s++ {
+				out = append(out, api.SliceID{GPU: g.uuid, Index: s})
+			}
+		}
+		return out, set, nil
+	}
+	gi := n.pickGPU(req, excl)
+	if gi < 0 {
+		return nil, 0, fmt.Errorf("node %s: no single GPU has %d free slices", n.name, req)
+	}
+	g := &n.gpus[gi]
+	out := make([]api.SliceID, 0, req)
+	for s := 0; s < g.slices && len(out) < req; s++ {
+		if g.owner[s] == nil {
+			out = append(out, api.SliceID{GPU: g.uuid, Index: s})
+		}
+	}
+	return out, 1 << uint(gi), nil
+}
+
+// Fits reports whether one pod asking for req slices fits on node: per GPU,
+// never by node total (6 free slices spread over 3 GPUs do not fit a
+// 4-slice request). O(slicesPerGPU), no allocation. Unknown nodes do not fit.
+func (l *Ledger) Fits(node string, req int) bool {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	n := l.nodes[node]
+	return n != nil && n.fits(req, 0)
+}
+
+// Score ranks node for one pod asking for req slices, 0..MaxScore (see
+// nodeState.score for the best-fit policy). 0 when it does not fit.
+func (l *Ledger) Score(node string, req int) int64 {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	n := l.nodes[node]
+	if n == nil {
+		return 0
+	}
+	return n.score(req)
+}
+
+// Pick returns the slice IDs one pod asking for req slices would get on
+// node, avoiding the GPUs listed in excludeGPUs (UUIDs). It reserves nothing.
+func (l *Ledger) Pick(node string, req int, excludeGPUs []string) ([]api.SliceID, error) {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	n := l.nodes[node]
+	if n == nil {
+		return nil, fmt.Errorf("node %s is not in the ledger", node)
+	}
+	var excl gpuSet
+	for _, u := range excludeGPUs {
+		if i, ok := n.byUUID[u]; ok {
+			excl |= 1 << uint(i)
+		}
+	}
+	ids, _, err := n.pick(req, excl)
+	return ids, err
+}
+
+// PickAndAssume picks slices for holder id on node and reserves them in one
+// step (the single-pod Reserve).
+func (l *Ledger) PickAndAssume(id, podName, node string, req int) ([]api.SliceID, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := l.nodes[node]
+	if n == nil {
+		return nil, fmt.Errorf("node %s is not in the ledger", node)
+	}
+	if h := l.holders[id]; h != nil && h.assumed != nil {
+		// Re-reserving: the pod's own old reservation goes first.
+		l.forgetLocked(id)
+	}
+	ids, _, err := n.pick(req, 0)
+	if err != nil {
+		return nil, err
+	}
+	if err := l.assumeLocked(id, podName, "", node, ids); err != nil {
+		return nil, err
+	}
+	return ids, nil
+}
