@@ -230,7 +230,8 @@ func LoadShard(path string, rank, world int) (*Weights, error) {
 // GenerateOptions control the deterministic weight generator.
 type GenerateOptions struct {
 	Seed uint64
-	// Std is the standard deviation of matrix entries; norms are always 1.
+	// Std scales the weights: embeddings are N(0, Std²), matrices
+	// N(0, Std²/fan_in); norm weights are always 1. Zero means 1.
 	Std float64
 }
 
@@ -242,7 +243,7 @@ func Generate(w io.Writer, c Config, opt GenerateOptions) error {
 		return err
 	}
 	if opt.Std == 0 {
-		opt.Std = 0.02
+		opt.Std = 1
 	}
 	bw := bufio.NewWriterSize(w, 1<<20)
 	if err := writeConfig(bw, c); err != nil {
@@ -252,6 +253,14 @@ func Generate(w io.Writer, c Config, opt GenerateOptions) error {
 	var b [4]byte
 	for t, s := range tensorShapes(c) {
 		n := s[0] * s[1] * s[2]
+		// Matrices scale with 1/sqrt(fan-in) so every layer moves the
+		// residual stream by a similar amount; with a flat tiny std the
+		// embedding would dominate and greedy decoding would only ever
+		// repeat its input, which makes for weak equivalence tests.
+		std := opt.Std / math.Sqrt(float64(s[2]))
+		if tensor(t) == tEmbedding {
+			std = opt.Std
+		}
 		for i := 0; i < n; i++ {
 			var v float32
 			switch tensor(t) {
@@ -260,7 +269,7 @@ func Generate(w io.Writer, c Config, opt GenerateOptions) error {
 			case tFreqCis:
 				v = 0
 			default:
-				v = float32(rng.norm() * opt.Std)
+				v = float32(rng.norm() * std)
 			}
 			binary.LittleEndian.PutUint32(b[:], math.Float32bits(v))
 			if _, err := bw.Write(b[:]); err != nil {

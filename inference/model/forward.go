@@ -27,8 +27,8 @@ type Shard struct {
 	keys, vals []float32 // [layer][pos][localKV*hs]
 
 	x, xb, q, k, v, attOut, part, h1, h3, scores []float32
-	localLogits, logits                        []float32
-	cos, sin                                   []float32
+	localLogits, logits                          []float32
+	cos, sin                                     []float32
 
 	// LayerHook, when set, sees the residual stream after every layer
 	// (and after the embedding as layer -1); tests use it to compare ranks.

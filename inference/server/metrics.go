@@ -9,13 +9,13 @@ import (
 // Metrics are registered on their own registry so that several servers can
 // live in one test process.
 type Metrics struct {
-	Registry       *prometheus.Registry
-	Requests       *prometheus.CounterVec
-	Tokens         *prometheus.CounterVec
-	TTFT           prometheus.Histogram
-	TokenLatency   prometheus.Histogram
-	AllReduce      prometheus.Histogram
-	Ready          prometheus.Gauge
+	Registry     *prometheus.Registry
+	Requests     *prometheus.CounterVec
+	Tokens       *prometheus.CounterVec
+	TTFT         prometheus.Histogram
+	TokenLatency prometheus.Histogram
+	AllReduce    prometheus.Histogram
+	Ready        prometheus.Gauge
 }
 
 // NewMetrics creates the metric set; ranks reports how many ranks have

@@ -1,0 +1,240 @@
+package model_test
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"math"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/tessera-gpu/tessera/inference/collective"
+	"github.com/tessera-gpu/tessera/inference/model"
+)
+
+const seqSteps = 64
+
+// trace is what rank 0 saw over a run: logits per step and the residual
+// stream after every layer per step.
+type trace struct {
+	tokens []int
+	logits [][]float32
+	layers [][][]float32 // [step][layer+1][dim]
+}
+
+func tcpGroup(t *testing.T, world int) []collective.Comm {
+	t.Helper()
+	self := collective.PeerInfo{Rank: 0, WorldSize: world, ModelHash: "h"}
+	leader, err := collective.Listen("127.0.0.1:0", collective.Options{Self: self, OpTimeout: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	comms := make([]collective.Comm, world)
+	comms[0] = leader
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	errs := make([]error, world)
+	for r := 1; r < world; r++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			w, err := collective.Dial(ctx, leader.Addr().String(), collective.Options{
+				Self: collective.PeerInfo{Rank: r, WorldSize: world, ModelHash: "h"}, OpTimeout: 10 * time.Second,
+			}, collective.Backoff{})
+			comms[r], errs[r] = w, err
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := leader.Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		for _, c := range comms {
+			c.Close()
+		}
+	})
+	return comms
+}
+
+// run drives world ranks in lock step for seqSteps steps. With forced
+// tokens it feeds them; otherwise rank 0 picks greedily and broadcasts.
+func run(t *testing.T, path string, comms []collective.Comm, forced []int) trace {
+	t.Helper()
+	world := len(comms)
+	var tr trace
+	errs := make([]error, world)
+	var wg sync.WaitGroup
+	for r := 0; r < world; r++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[r] = func() error {
+				w, err := model.LoadShard(path, r, world)
+				if err != nil {
+					return err
+				}
+				var comm model.Collective
+				if world > 1 {
+					comm = comms[r]
+				}
+				s, err := model.NewShard(w, comm)
+				if err != nil {
+					return err
+				}
+				var layers [][]float32
+				if r == 0 {
+					s.LayerHook = func(_ int, x []float32) { layers = append(layers, append([]float32(nil), x...)) }
+				}
+				tok := model.TokenBOS
+				var buf [4]byte
+				for pos := 0; pos < seqSteps; pos++ {
+					if forced != nil {
+						tok = forced[pos]
+					}
+					if world > 1 && forced == nil {
+						binary.LittleEndian.PutUint32(buf[:], uint32(tok))
+						if err := comms[r].Broadcast(buf[:]); err != nil {
+							return err
+						}
+						tok = int(binary.LittleEndian.Uint32(buf[:]))
+					}
+					layers = nil
+					logits, err := s.Forward(tok, pos, true)
+					if err != nil {
+						return fmt.Errorf("rank %d pos %d: %w", r, pos, err)
+					}
+					if r != 0 {
+						continue
+					}
+					tr.tokens = append(tr.tokens, tok)
+					tr.logits = append(tr.logits, append([]float32(nil), logits...))
+					tr.layers = append(tr.layers, layers)
+					tok = model.Argmax(logits)
+				}
+				return nil
+			}()
+			if errs[r] != nil {
+				comms[r].Close() // unblock the others
+			}
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	return tr
+}
+
+func maxDiff(a, b []float32) float64 {
+	var m float64
+	for i := range a {
+		m = math.Max(m, math.Abs(float64(a[i])-float64(b[i])))
+	}
+	return m
+}
+
+// TestShardedMatchesSingleRank is the tensor-parallel correctness check:
+// every layer's output and every step's logits over a 64-token sequence stay
+// within 1e-4 of one rank, and greedy decoding picks the same 64 tokens.
+func TestShardedMatchesSingleRank(t *testing.T) {
+	c := model.Shapes["tiny"]
+	path, err := model.GenerateFile(t.TempDir(), c, model.GenerateOptions{Seed: 42})
+	if err != nil {
+		t.Fatal(err)
+	}
+	forced := model.ByteTokenizer{Vocab: c.Vocab}.Encode(
+		"The tensor-parallel shards must agree with a single rank on all steps.", true)[:seqSteps]
+	one := collective.NewInProcess(1)
+	wantForced := run(t, path, one, forced)
+	wantGreedy := run(t, path, one, nil)
+
+	groups := map[string]func(int) []collective.Comm{
+		"in-process": collective.NewInProcess,
+		"tcp":        func(n int) []collective.Comm { return tcpGroup(t, n) },
+	}
+	for gname, mk := range groups {
+		for _, world := range []int{1, 2, 4} {
+			t.Run(fmt.Sprintf("%s/N=%d", gname, world), func(t *testing.T) {
+				for name, tc := range map[string]struct {
+					forced []int
+					want   trace
+				}{"forced": {forced, wantForced}, "greedy": {nil, wantGreedy}} {
+					got := run(t, path, mk(world), tc.forced)
+					for step := range tc.want.logits {
+						if d := maxDiff(tc.want.logits[step], got.logits[step]); d > 1e-4 {
+							t.Errorf("%s step %d: max |Δlogit| = %g > 1e-4", name, step, d)
+						}
+						for l := range tc.want.layers[step] {
+							if d := maxDiff(tc.want.layers[step][l], got.layers[step][l]); d > 1e-4 {
+								t.Errorf("%s step %d layer %d: max |Δx| = %g > 1e-4", name, step, l-1, d)
+							}
+						}
+					}
+					if diff := cmp.Diff(tc.want.tokens, got.tokens); diff != "" {
+						t.Errorf("%s tokens differ from N=1 (-want +got):\n%s", name, diff)
+					}
+				}
+			})
+		}
+	}
+}
+
+// TestRanksBitIdentical checks that, with rank-ordered sums, every rank's
+// residual stream is bit-for-bit the same as rank 0's.
+func TestRanksBitIdentical(t *testing.T) {
+	c := model.Shapes["tiny"]
+	path, err := model.GenerateFile(t.TempDir(), c, model.GenerateOptions{Seed: 5})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const world = 4
+	comms := tcpGroup(t, world)
+	final := make([][]float32, world)
+	var wg sync.WaitGroup
+	errs := make([]error, world)
+	for r := 0; r < world; r++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			w, err := model.LoadShard(path, r, world)
+			if err != nil {
+				errs[r] = err
+				return
+			}
+			s, err := model.NewShard(w, comms[r])
+			if err != nil {
+				errs[r] = err
+				return
+			}
+			s.LayerHook = func(_ int, x []float32) { final[r] = append(final[r], x...) }
+			for pos, tok := range []int{1, 50, 60, 70, 80, 90, 100, 110} {
+				if _, err := s.Forward(tok, pos, true); err != nil {
+					errs[r] = err
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	for r := 1; r < world; r++ {
+		if errs[r] != nil {
+			t.Fatal(errs[r])
+		}
+		for i := range final[0] {
+			if math.Float32bits(final[0][i]) != math.Float32bits(final[r][i]) {
+				t.Fatalf("rank %d differs from rank 0 at %d: %v vs %v", r, i, final[r][i], final[0][i])
+			}
+		}
+	}
+}
