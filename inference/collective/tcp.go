@@ -328,7 +328,10 @@ func (l *Leader) workers() ([]*peer, error) {
 	return l.peers[1:], nil
 }
 
+// lost tears the whole group down: the other workers are mid-protocol and
+// would otherwise sit in a read until their timeout.
 func (l *Leader) lost(p *peer, err error) error {
+	_ = l.Close()
 	return fmt.Errorf("%w: rank %d: %v", ErrGroupBroken, p.info.Rank, err)
 }
 
@@ -515,6 +518,7 @@ func (w *Worker) WorldSize() int { return w.opts.Self.WorldSize }
 func (w *Worker) Stats() *Stats  { return &w.stats }
 
 func (w *Worker) lost(err error) error {
+	_ = w.Close()
 	return fmt.Errorf("%w: leader: %v", ErrGroupBroken, err)
 }
 

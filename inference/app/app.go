@@ -1,0 +1,314 @@
+// Package app is the tessera-shard-server process: flag parsing, rank
+// discovery, model loading, group formation and the HTTP server, wired so
+// that any lost rank ends the process with an error and the gang is
+// recreated as a whole.
+package app
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/tessera-gpu/tessera/inference/collective"
+	"github.com/tessera-gpu/tessera/inference/discovery"
+	"github.com/tessera-gpu/tessera/inference/model"
+	"github.com/tessera-gpu/tessera/inference/server"
+)
+
+// Options are the process settings.
+type Options struct {
+	Rank, WorldSize  int
+	LeaderAddr       string
+	HeadlessService  string
+	CollectivePort   int
+	CollectiveListen string
+	Listen           string
+
+	Model      string
+	Seed       uint64
+	Checkpoint string
+	Tokenizer  string
+	ModelName  string
+
+	JoinTimeout   time.Duration
+	OpTimeout     time.Duration
+	Heartbeat     time.Duration
+	ShutdownGrace time.Duration
+
+	// Getenv reads the environment (discovery and device plugin variables).
+	Getenv func(string) string
+	// Ready, if set, is called with the HTTP and collective addresses once
+	// they listen; tests use it to find ports chosen by the kernel.
+	Ready func(httpAddr, collectiveAddr string)
+}
+
+// ConfigError marks a bad configuration; main exits 2 for it and 1 for
+// runtime failures.
+type ConfigError struct{ Err error }
+
+func (e *ConfigError) Error() string { return e.Err.Error() }
+func (e *ConfigError) Unwrap() error { return e.Err }
+
+func configErr(format string, args ...any) error {
+	return &ConfigError{Err: fmt.Errorf(format, args...)}
+}
+
+// ParseArgs parses command-line flags.
+func ParseArgs(args []string, getenv func(string) string, out io.Writer) (Options, error) {
+	o := Options{Getenv: getenv}
+	fs := flag.NewFlagSet("tessera-shard-server", flag.ContinueOnError)
+	fs.SetOutput(out)
+	fs.IntVar(&o.Rank, "rank", -1, "this process's rank (overrides env discovery)")
+	fs.IntVar(&o.WorldSize, "world-size", -1, "number of ranks in the group")
+	fs.StringVar(&o.LeaderAddr, "leader-addr", "", "rank 0's collective address host[:port]")
+	fs.StringVar(&o.HeadlessService, "headless-service", "", "StatefulSet headless service for discovery (env TESSERA_HEADLESS_SERVICE)")
+	fs.IntVar(&o.CollectivePort, "collective-port", 29500, "collective port; rank 0 listens on it, workers use it when the leader address has none")
+	fs.StringVar(&o.CollectiveListen, "collective-listen", "", "rank 0's collective listen address (default :<collective-port>)")
+	fs.StringVar(&o.Listen, "listen", ":8000", "HTTP listen address; empty disables HTTP (workers serve only health and metrics)")
+	fs.StringVar(&o.Model, "model", "tiny", "generated model shape: "+strings.Join(model.ShapeNames(), "|")+" (ignored with --checkpoint)")
+	fs.Uint64Var(&o.Seed, "seed", 1, "seed of the generated model's weights")
+	fs.StringVar(&o.Checkpoint, "checkpoint", "", "llama2.c checkpoint to serve instead of a generated model")
+	fs.StringVar(&o.Tokenizer, "tokenizer", "", "llama2.c tokenizer.bin for --checkpoint")
+	fs.StringVar(&o.ModelName, "model-name", "", "model id in the API (default tessera-<shape> or the checkpoint's base name)")
+	fs.DurationVar(&o.JoinTimeout, "join-timeout", 5*time.Minute, "how long to wait for the group to form")
+	fs.DurationVar(&o.OpTimeout, "op-timeout", 30*time.Second, "limit on one collective operation; a slower rank counts as lost")
+	fs.DurationVar(&o.Heartbeat, "heartbeat", 2*time.Second, "interval of idle liveness checks across ranks")
+	fs.DurationVar(&o.ShutdownGrace, "shutdown-grace", 10*time.Second, "time to finish in-flight requests on exit")
+	if err := fs.Parse(args); err != nil {
+		return o, &ConfigError{Err: err}
+	}
+	if fs.NArg() > 0 {
+		return o, configErr("unexpected arguments: %q", fs.Args())
+	}
+	if o.HeadlessService == "" && getenv != nil {
+		o.HeadlessService = getenv("TESSERA_HEADLESS_SERVICE")
+	}
+	if o.CollectiveListen == "" {
+		o.CollectiveListen = ":" + strconv.Itoa(o.CollectivePort)
+	}
+	if o.Checkpoint == "" {
+		if _, ok := model.Shapes[o.Model]; !ok {
+			return o, configErr("--model %q unknown; choose one of %s or pass --checkpoint", o.Model, strings.Join(model.ShapeNames(), ", "))
+		}
+	} else if o.Tokenizer == "" {
+		return o, configErr("--checkpoint needs --tokenizer (the llama2.c tokenizer.bin)")
+	}
+	for name, d := range map[string]time.Duration{"join-timeout": o.JoinTimeout, "heartbeat": o.Heartbeat} {
+		if d <= 0 {
+			return o, configErr("--%s must be positive", name)
+		}
+	}
+	return o, nil
+}
+
+func splitList(s string) []string {
+	var out []string
+	for _, f := range strings.Split(s, ",") {
+		if f = strings.TrimSpace(f); f != "" {
+			out = append(out, f)
+		}
+	}
+	return out
+}
+
+// Run serves until ctx ends (clean exit, nil) or the group breaks (error).
+func Run(ctx context.Context, o Options, log *slog.Logger) error {
+	getenv := o.Getenv
+	if getenv == nil {
+		getenv = os.Getenv
+	}
+	place, err := discovery.Resolve(discovery.Input{
+		Rank: o.Rank, WorldSize: o.WorldSize, LeaderAddr: o.LeaderAddr,
+		HeadlessService: o.HeadlessService, CollectivePort: o.CollectivePort, Getenv: getenv,
+	})
+	if err != nil {
+		return &ConfigError{Err: err}
+	}
+	log = log.With("rank", place.Rank, "world_size", place.WorldSize)
+	log.Info("rank resolved", "source", place.Source, "leader", place.LeaderAddr)
+
+	ckpt, shape, name := o.Checkpoint, o.Model, o.ModelName
+	var tok model.Tokenizer
+	if ckpt == "" {
+		dir, err := os.MkdirTemp("", "tessera-model-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+		cfg := model.Shapes[shape]
+		if err := cfg.ValidateWorld(place.WorldSize); err != nil {
+			return &ConfigError{Err: fmt.Errorf("model %s: %w", shape, err)}
+		}
+		// Generated weights still go through a file and the real loader, so
+		// the path used for real checkpoints is the one always exercised.
+		if ckpt, err = model.GenerateFile(dir, cfg, model.GenerateOptions{Seed: o.Seed}); err != nil {
+			return fmt.Errorf("generating model: %w", err)
+		}
+		tok = model.ByteTokenizer{Vocab: cfg.Vocab}
+		if name == "" {
+			name = "tessera-" + shape
+		}
+	} else {
+		shape = "checkpoint"
+		if name == "" {
+			name = strings.TrimSuffix(filepath.Base(ckpt), filepath.Ext(ckpt))
+		}
+	}
+	w, err := model.LoadShard(ckpt, place.Rank, place.WorldSize)
+	if err != nil {
+		return &ConfigError{Err: err}
+	}
+	if tok == nil {
+		if tok, err = model.LoadBPETokenizer(o.Tokenizer, w.Config.Vocab); err != nil {
+			return &ConfigError{Err: err}
+		}
+	}
+	hash, err := model.HashFiles(ckpt, o.Tokenizer)
+	if err != nil {
+		return err
+	}
+	p := w.Plan
+	log.Info("shard loaded", "model", name, "hash", hash[:12], "heads", fmt.Sprintf("[%d,%d)", p.HeadLo, p.HeadHi),
+		"hidden", fmt.Sprintf("[%d,%d)", p.HidLo, p.HidHi), "vocab", fmt.Sprintf("[%d,%d)", p.VocabLo, p.VocabHi))
+
+	self := collective.PeerInfo{
+		Rank: place.Rank, WorldSize: place.WorldSize, ModelHash: hash,
+		Devices: splitList(getenv("NVIDIA_VISIBLE_DEVICES")), Slices: splitList(getenv("TESSERA_SLICES")),
+	}
+	var (
+		leader    *collective.Leader
+		comm      collective.Comm
+		connected = func() int { return 1 }
+		ranks     func() []collective.PeerInfo
+	)
+	metrics := server.NewMetrics(func() int { return connected() })
+	copts := collective.Options{Self: self, OpTimeout: o.OpTimeout, Logger: log, OnAllReduce: metrics.ObserveAllReduce}
+	collAddr := ""
+	switch {
+	case place.WorldSize == 1:
+	case place.Rank == 0:
+		if leader, err = collective.Listen(o.CollectiveListen, copts); err != nil {
+			return &ConfigError{Err: err}
+		}
+		defer leader.Close()
+		comm, connected, ranks, collAddr = leader, leader.Connected, leader.Peers, leader.Addr().String()
+		log.Info("waiting for ranks", "collective", collAddr)
+	}
+
+	// Workers join before serving anything: until then they have no group.
+	if place.WorldSize > 1 && place.Rank > 0 {
+		jctx, cancel := context.WithTimeout(ctx, o.JoinTimeout)
+		wk, err := collective.Dial(jctx, place.LeaderAddr, copts, collective.Backoff{})
+		cancel()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		defer wk.Close()
+		comm = wk
+		log.Info("joined leader", "leader", place.LeaderAddr)
+	}
+	shard, err := model.NewShard(w, comm)
+	if err != nil {
+		return err
+	}
+	engine := server.NewEngine(shard, comm, tok, metrics, log)
+
+	srv := &server.Server{
+		Engine: engine, Metrics: metrics, Log: log, Ranks: ranks, Connected: connected,
+		Info: server.ModelInfo{
+			ID: name, Shape: shape, Config: w.Config, Hash: hash, Rank: place.Rank, WorldSize: place.WorldSize,
+			Devices: self.Devices, Slices: self.Slices, Created: time.Now(),
+		},
+	}
+	httpErr := make(chan error, 1)
+	var hs *http.Server
+	httpAddr := ""
+	if o.Listen != "" {
+		ln, err := net.Listen("tcp", o.Listen)
+		if err != nil {
+			return &ConfigError{Err: fmt.Errorf("http listen: %w", err)}
+		}
+		httpAddr = ln.Addr().String()
+		hs = &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second}
+		go func() { httpErr <- hs.Serve(ln) }()
+		log.Info("http listening", "addr", httpAddr)
+	}
+	if o.Ready != nil {
+		o.Ready(httpAddr, collAddr)
+	}
+	stopHTTP := func() {
+		if hs == nil {
+			return
+		}
+		sctx, cancel := context.WithTimeout(context.Background(), o.ShutdownGrace)
+		defer cancel()
+		_ = hs.Shutdown(sctx)
+	}
+	defer stopHTTP()
+
+	runCtx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	roleDone := make(chan error, 1)
+	if place.Rank == 0 {
+		go func() {
+			if leader != nil {
+				jctx, jcancel := context.WithTimeout(runCtx, o.JoinTimeout)
+				err := leader.Wait(jctx)
+				jcancel()
+				if err != nil {
+					roleDone <- err
+					return
+				}
+				log.Info("all ranks joined")
+			}
+			if err := engine.Warmup(runCtx); err != nil {
+				roleDone <- fmt.Errorf("warm-up: %w", err)
+				return
+			}
+			log.Info("ready")
+			go engine.Heartbeat(runCtx, o.Heartbeat)
+		}()
+	} else {
+		go func() { roleDone <- engine.RunWorker(runCtx) }()
+	}
+
+	select {
+	case <-ctx.Done():
+		log.Info("shutting down")
+		if place.Rank == 0 {
+			sctx, scancel := context.WithTimeout(context.Background(), o.ShutdownGrace)
+			engine.Shutdown(sctx)
+			scancel()
+		}
+		return nil
+	case <-engine.Failed():
+		return engine.Err()
+	case err := <-roleDone:
+		if err == nil {
+			log.Info("worker finished: leader shut the group down")
+			return nil
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	case err := <-httpErr:
+		if errors.Is(err, http.ErrServerClosed) {
+			return nil
+		}
+		return fmt.Errorf("http server: %w", err)
+	}
+}
