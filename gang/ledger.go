@@ -674,8 +674,15 @@ func (l *Ledger) heldLocked(id string) (string, []api.SliceID, HoldKind, bool) {
 		return "", nil, Free, false
 	}
 	n := l.nodes[h.appliedNode]
-	out := make([]api.SliceID, 0, len(h.applied))
-	for _, r := range h.applied {
+	refs := append([]sliceRef(nil), h.applied...)
+	sort.Slice(refs, func(i, j int) bool {
+		if refs[i].gpu != refs[j].gpu {
+			return refs[i].gpu < refs[j].gpu
+		}
+		return refs[i].slice < refs[j].slice
+	})
+	out := make([]api.SliceID, 0, len(refs))
+	for _, r := range refs {
 		out = append(out, api.SliceID{GPU: n.gpus[r.gpu].uuid, Index: int(r.slice)})
 	}
 	return h.appliedNode, out, h.kind, true
