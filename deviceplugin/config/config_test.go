@@ -1,15 +1,11 @@
 package config
 
 import (
-	"context"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/go-cmp/cmp"
-	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/tessera-gpu/tessera/api"
 )
@@ -102,60 +98,6 @@ func TestParseErrors(t *testing.T) {
 				t.Fatalf("err = %v, want containing %q", err, tc.wantErr)
 			}
 		})
-	}
-}
-
-func TestWatch(t *testing.T) {
-	dir := t.TempDir()
-	path := filepath.Join(dir, "config.yaml")
-	write := func(s string) {
-		t.Helper()
-		if err := os.WriteFile(path, []byte(s), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	write(good)
-	clk := clocktesting.NewFakeClock(time.Now())
-	ctx, cancel := context.WithCancel(context.Background())
-	defer cancel()
-	applied := make(chan *Config, 4)
-	errs := make(chan error, 4)
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		Watch(ctx, clk, path, time.Second, []byte(good), func(c *Config) { applied <- c }, func(err error) { errs <- err })
-	}()
-	tick := func() {
-		for !clk.HasWaiters() {
-			time.Sleep(time.Millisecond)
-		}
-		clk.Step(time.Second)
-	}
-	tick()
-	write(strings.Replace(good, "slicesPerGPU: 4", "slicesPerGPU: 8", 1))
-	tick()
-	select {
-	case c := <-applied:
-		if c.Sharing.SlicesPerGPU != 8 {
-			t.Errorf("applied %+v", c.Sharing)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("change not applied")
-	}
-	write(strings.Replace(good, "slicesPerGPU: 4", "slicesPerGPU: 99", 1))
-	tick()
-	select {
-	case err := <-errs:
-		if !strings.Contains(err.Error(), "sharing.slicesPerGPU") {
-			t.Errorf("error %v", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("bad config not reported")
-	}
-	cancel()
-	<-done
-	if len(applied) != 0 {
-		t.Errorf("bad config applied")
 	}
 }
 

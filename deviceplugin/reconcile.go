@@ -1,0 +1,155 @@
+package deviceplugin
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/klog/v2"
+
+	"github.com/tessera-gpu/tessera/api"
+)
+
+// Event reasons.
+const (
+	ReasonAssignmentMismatch = "SliceAssignmentMismatch"
+)
+
+// runReconcile reconciles after every Allocate (coalesced) and every
+// ReconcileInterval.
+func (p *Plugin) runReconcile(ctx context.Context) {
+	logger := klog.FromContext(ctx)
+	tick := p.deps.Clock.NewTicker(p.opts.ReconcileInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C():
+		case <-p.reconcileNow:
+			// Let the kubelet finish admitting (it records the allocation
+			// after Allocate returns).
+			select {
+			case <-ctx.Done():
+				return
+			case <-p.deps.Clock.After(200 * time.Millisecond):
+			}
+		}
+		if err := p.Reconcile(ctx); err != nil {
+			logger.Error(err, "Reconciling with the kubelet's PodResources failed")
+		}
+	}
+}
+
+// Reconcile is DESIGN.md step 7: read what the kubelet really handed out,
+// write it to each pod as tessera.dev/slices-allocated, and report every
+// disagreement with the scheduler's assignment as an event and a metric.
+func (p *Plugin) Reconcile(ctx context.Context) error {
+	logger := klog.FromContext(ctx)
+	resp, err := p.deps.PodResources.List(ctx)
+	if err != nil {
+		return fmt.Errorf("listing pod resources: %w", err)
+	}
+	perGPU := map[string]int{}
+	seenPods := map[string]bool{}
+	var errs []error
+	for _, pr := range resp.GetPodResources() {
+		var ids []api.SliceID
+		for _, c := range pr.GetContainers() {
+			for _, d := range c.GetDevices() {
+				if d.GetResourceName() != p.opts.ResourceName {
+					continue
+				}
+				for _, id := range d.GetDeviceIds() {
+					s, err := api.ParseSliceID(id)
+					if err != nil {
+						logger.Info("Kubelet reports a device id that is not a slice", "pod", pr.GetNamespace()+"/"+pr.GetName(), "id", id)
+						continue
+					}
+					ids = append(ids, s)
+					perGPU[s.GPU]++
+				}
+			}
+		}
+		if len(ids) == 0 {
+			continue
+		}
+		pod, ok := p.deps.Pending.Pod(pr.GetNamespace(), pr.GetName())
+		if !ok {
+			continue
+		}
+		seenPods[string(pod.UID)] = true
+		if err := p.reconcilePod(ctx, pod, ids); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	p.mu.Lock()
+	p.allocated = perGPU
+	for uid := range p.reported {
+		if !seenPods[uid] {
+			delete(p.reported, uid)
+		}
+	}
+	p.mu.Unlock()
+	st := p.state.Load()
+	p.deps.Metrics.SlicesAllocated.Reset()
+	for _, g := range st.layout.GPUs {
+		p.deps.Metrics.SlicesAllocated.WithLabelValues(gpuLabels(g.Index, g.UUID)...).Set(float64(perGPU[g.UUID]))
+	}
+	if len(errs) > 0 {
+		return fmt.Errorf("patching %d pods, first: %w", len(errs), errs[0])
+	}
+	return nil
+}
+
+func sortSlices(ids []api.SliceID) {
+	sort.Slice(ids, func(i, j int) bool {
+		if ids[i].GPU != ids[j].GPU {
+			return ids[i].GPU < ids[j].GPU
+		}
+		return ids[i].Index < ids[j].Index
+	})
+}
+
+func (p *Plugin) reconcilePod(ctx context.Context, pod *corev1.Pod, ids []api.SliceID) error {
+	logger := klog.FromContext(ctx)
+	sortSlices(ids)
+	truth := api.FormatSliceList(ids)
+	if pod.Annotations[api.AnnotationSlicesAllocated] != truth {
+		if err := p.deps.Pods.PatchPodAnnotation(ctx, pod.Namespace, pod.Name, api.AnnotationSlicesAllocated, truth); err != nil {
+			return fmt.Errorf("pod %s/%s: %w", pod.Namespace, pod.Name, err)
+		}
+		logger.V(2).Info("Recorded allocated slices", "pod", klog.KObj(pod), "slices", truth)
+	}
+	raw, ok := pod.Annotations[api.AnnotationSliceAssignment]
+	if !ok {
+		return nil
+	}
+	assigned, err := api.ParseSliceList(raw)
+	var msg, reason string
+	switch {
+	case err != nil:
+		reason, msg = "bad-assignment", fmt.Sprintf("annotation %s is not a slice list (%v); the kubelet allocated %s", api.AnnotationSliceAssignment, err, truth)
+	default:
+		sortSlices(assigned)
+		if want := api.FormatSliceList(assigned); want != truth {
+			reason, msg = "allocated-differs", fmt.Sprintf("scheduler assigned %s but the kubelet allocated %s", want, truth)
+		}
+	}
+	if reason == "" {
+		return nil
+	}
+	p.mu.Lock()
+	already := p.reported[string(pod.UID)] == truth
+	p.reported[string(pod.UID)] = truth
+	p.mu.Unlock()
+	if already {
+		return nil
+	}
+	p.deps.Metrics.Mismatches.WithLabelValues(reason).Inc()
+	p.deps.Pods.Event(pod, corev1.EventTypeWarning, ReasonAssignmentMismatch, msg)
+	logger.Info("Slice handoff mismatch", "pod", klog.KObj(pod), "reason", reason, "detail", msg)
+	return nil
+}
