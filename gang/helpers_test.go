@@ -1,6 +1,7 @@
 package gang
 
 import (
+	"errors"
 	"fmt"
 	"sort"
 	"strings"
@@ -255,3 +256,5 @@ func checkInvariants(l *Ledger) error {
 	}
 	return nil
 }
+
+func errorsAs(err error, target any) bool { return errors.As(err, target) }

@@ -17,8 +17,12 @@ import (
 // again, so a gang that keeps failing does not monopolise the planner.
 const DefaultBackoff = 10 * time.Second
 
-// maxAvoid bounds the per-gang list of nodes to avoid after member failures.
-const maxAvoid = 16
+// maxAvoid bounds the per-gang list of nodes to avoid after member failures;
+// entries last avoidFor backoff periods.
+const (
+	maxAvoid = 16
+	avoidFor = 6
+)
 
 // Pod is what the adapter tells the manager about the pod being scheduled.
 type Pod struct {
@@ -119,7 +123,32 @@ type gangState struct {
 	backoffUntil time.Time
 	lastReason   string
 	failGen      uint64 // ledger generation of the cached failure
-	avoid        []string
+	// avoid are nodes where a member was refused by other plugins; they
+	// are skipped by the next plans until the entry expires, because the
+	// cause (CPU, taint, node not ready) may be transient.
+	avoid []avoidEntry
+}
+
+type avoidEntry struct {
+	node  string
+	until time.Time
+}
+
+// avoidList returns the unexpired nodes to avoid.
+func (g *gangState) avoidList(now time.Time) []string {
+	kept := g.avoid[:0]
+	var out []string
+	for _, a := range g.avoid {
+		if now.Before(a.until) {
+			kept = append(kept, a)
+			out = append(out, a.node)
+		}
+	}
+	if len(kept) != len(g.avoid) {
+		g.failGen = 0 // the cached failure assumed the longer list
+	}
+	g.avoid = kept
+	return out
 }
 
 // Manager runs the gang lifecycle over a Ledger. Its methods map one to one
@@ -265,12 +294,14 @@ func (m *Manager) preFilterLocked(p Pod) (Placement, error) {
 	if now.Before(g.backoffUntil) {
 		return Placement{}, unschedulable(p.Gang, "gang %s: backing off until %s after: %s", p.Gang, g.backoffUntil.Format(time.RFC3339), g.lastReason)
 	}
+	avoid := g.avoidList(now)
 	m.l.mu.Lock()
 	defer m.l.mu.Unlock()
 	if g.failGen != 0 && g.failGen == m.l.gen {
+		// Nothing changed since the last attempt: same answer, no replan.
 		return Placement{}, unschedulable(p.Gang, "%s", g.lastReason)
 	}
-	pr := &planRequest{spec: &g.spec, exclusiveOthers: m.exclusiveOthersLocked(g.spec.Key), avoid: g.avoid}
+	pr := &planRequest{spec: &g.spec, exclusiveOthers: m.exclusiveOthersLocked(g.spec.Key), avoid: avoid}
 	if g.allowed || m.runningLocked(g) {
 		// Replacement (or extra) member of a running gang: stay in its domain.
 		sl, err := m.l.placeOneLocked(pr, p.Slices)
@@ -596,7 +627,7 @@ func (m *Manager) PostFilter(p Pod) *Rejection {
 		if g := m.gangs[ref.gang]; g != nil {
 			node := ref.slot.Node
 			if len(g.avoid) < maxAvoid {
-				g.avoid = append(g.avoid, node)
+				g.avoid = append(g.avoid, avoidEntry{node: node, until: m.clock.Now().Add(avoidFor * m.backoff)})
 			}
 			if !g.allowed {
 				r := m.rejectLocked(g, fmt.Sprintf("gang %s: member %s cannot run on planned node %s", g.spec.Key, p.name(), node), true)
