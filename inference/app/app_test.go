@@ -1,0 +1,172 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParseArgs(t *testing.T) {
+	env := func(string) string { return "" }
+	tests := map[string]struct {
+		args    []string
+		wantErr string
+	}{
+		"defaults":               {args: nil},
+		"unknown shape":          {args: []string{"--model", "huge"}, wantErr: `--model "huge" unknown`},
+		"checkpoint w/o tokens":  {args: []string{"--checkpoint", "m.bin"}, wantErr: "--checkpoint needs --tokenizer"},
+		"unknown flag":           {args: []string{"--bogus"}, wantErr: "flag provided but not defined"},
+		"stray argument":         {args: []string{"extra"}, wantErr: "unexpected arguments"},
+		"non-positive heartbeat": {args: []string{"--heartbeat", "0s"}, wantErr: "--heartbeat must be positive"},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			_, err := ParseArgs(tc.args, env, io.Discard)
+			if tc.wantErr == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			var ce *ConfigError
+			if !errors.As(err, &ce) || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Errorf("error = %v, want a ConfigError containing %q", err, tc.wantErr)
+			}
+		})
+	}
+}
+
+func TestRunConfigErrors(t *testing.T) {
+	tests := map[string]struct {
+		args    []string
+		env     map[string]string
+		wantErr string
+	}{
+		"world not dividing kv heads": {args: []string{"--rank", "0", "--world-size", "3"}, wantErr: "world size 3 must divide the model's 4 KV heads"},
+		"bad env rank":                {env: map[string]string{"TESSERA_RANK": "x", "TESSERA_WORLD_SIZE": "2"}, wantErr: "TESSERA_RANK"},
+		"missing checkpoint":          {args: []string{"--checkpoint", "/nonexistent", "--tokenizer", "/nonexistent"}, wantErr: "no such file"},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			o, err := ParseArgs(append(tc.args, "--listen", ""), func(k string) string { return tc.env[k] }, io.Discard)
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = Run(context.Background(), o, slog.New(slog.DiscardHandler))
+			var ce *ConfigError
+			if !errors.As(err, &ce) || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Errorf("Run error = %v, want a ConfigError containing %q", err, tc.wantErr)
+			}
+		})
+	}
+}
+
+type proc struct {
+	cancel context.CancelFunc
+	done   chan error
+	http   chan string
+	coll   chan string
+}
+
+func start(t *testing.T, args []string, env map[string]string) *proc {
+	t.Helper()
+	o, err := ParseArgs(append([]string{"--listen", "127.0.0.1:0", "--collective-listen", "127.0.0.1:0", "--heartbeat", "50ms", "--op-timeout", "5s"}, args...),
+		func(k string) string { return env[k] }, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &proc{done: make(chan error, 1), http: make(chan string, 1), coll: make(chan string, 1)}
+	o.Ready = func(h, c string) { p.http <- h; p.coll <- c }
+	ctx, cancel := context.WithCancel(context.Background())
+	p.cancel = cancel
+	go func() { p.done <- Run(ctx, o, slog.New(slog.DiscardHandler)) }()
+	t.Cleanup(cancel)
+	return p
+}
+
+func status(t *testing.T, method, url, body string) int {
+	t.Helper()
+	req, err := http.NewRequest(method, url, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func wait(t *testing.T, p *proc) error {
+	t.Helper()
+	select {
+	case err := <-p.done:
+		return err
+	case <-time.After(15 * time.Second):
+		t.Fatal("process did not exit")
+		return nil
+	}
+}
+
+// TestTwoRanks runs the whole process twice in one test binary: rank 0
+// first (unready until rank 1 joins via env discovery), a completion, then
+// a clean shutdown that takes the worker down too.
+func TestTwoRanks(t *testing.T) {
+	leader := start(t, []string{"--rank", "0", "--world-size", "2"}, map[string]string{"TESSERA_SLICES": "GPU-1::0"})
+	base := "http://" + <-leader.http
+	coll := <-leader.coll
+	if code := status(t, "GET", base+"/readyz", ""); code != 503 {
+		t.Errorf("readyz with one of two ranks = %d, want 503", code)
+	}
+	if code := status(t, "POST", base+"/v1/completions", `{"prompt":"x"}`); code != 503 {
+		t.Errorf("completion with one of two ranks = %d, want 503", code)
+	}
+	worker := start(t, nil, map[string]string{"TESSERA_RANK": "1", "TESSERA_WORLD_SIZE": "2", "TESSERA_LEADER_ADDR": coll})
+	<-worker.http
+	waitFor(t, "readiness", func() bool { return status(t, "GET", base+"/readyz", "") == 200 })
+	if code := status(t, "POST", base+"/v1/completions", `{"prompt":"hello","max_tokens":8}`); code != 200 {
+		t.Errorf("completion = %d, want 200", code)
+	}
+	leader.cancel()
+	if err := wait(t, leader); err != nil {
+		t.Errorf("leader exit: %v", err)
+	}
+	if err := wait(t, worker); err != nil {
+		t.Errorf("worker exit after leader shutdown: %v", err)
+	}
+}
+
+// TestRankLossExits: when a worker goes away, rank 0 notices through its
+// heartbeat and Run fails, which main turns into a non-zero exit.
+func TestRankLossExits(t *testing.T) {
+	leader := start(t, []string{"--rank", "0", "--world-size", "2"}, nil)
+	base := "http://" + <-leader.http
+	worker := start(t, []string{"--rank", "1", "--world-size", "2", "--leader-addr", <-leader.coll}, nil)
+	<-worker.http
+	waitFor(t, "readiness", func() bool { return status(t, "GET", base+"/readyz", "") == 200 })
+	worker.cancel()
+	if err := wait(t, worker); err != nil {
+		t.Errorf("worker exit on signal: %v", err)
+	}
+	err := wait(t, leader)
+	if err == nil || !strings.Contains(err.Error(), "rank lost") {
+		t.Errorf("leader Run = %v, want a rank-lost error", err)
+	}
+}
