@@ -126,7 +126,7 @@ func TestLedgerTruth(t *testing.T) {
 		wantMism []MismatchReason
 	}{
 		"allocated overrides assignment, mismatch reported": {
-			pods: []PodInfo{{UID: "a", Namespace: "d", Name: "a", Node: "n", Assignment: ids(rng("n", 0, 0, 1)), Allocated: ids(rng("n", 1, 0, 1))}},
+			pods:     []PodInfo{{UID: "a", Namespace: "d", Name: "a", Node: "n", Assignment: ids(rng("n", 0, 0, 1)), Allocated: ids(rng("n", 1, 0, 1))}},
 			wantHeld: map[string]string{"a": rng("n", 1, 0, 1)},
 			wantMism: []MismatchReason{MismatchAllocated},
 		},

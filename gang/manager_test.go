@@ -339,12 +339,12 @@ func TestPreFilterReasons(t *testing.T) {
 		pod  Pod
 		want string
 	}{
-		"unknown gang":     {pod: member("ns/nope", 0, 2), want: "gang ns/nope: not known yet (waiting for its PodGroup)"},
-		"wrong request":    {pod: member("ns/g", 5, 3), want: "gang ns/g: pod ns/g-5 requests 3 slices; the gang's members request 2×2 slices"},
-		"bad request":      {pod: member("ns/g", 5, 0), want: "prefilter: pod ns/g-5 requests 0 slices"},
-		"member 0 plans":   {pod: member("ns/g", 0, 2)},
-		"member 1 slot":    {pod: member("ns/g", 1, 2)},
-		"extra waits":      {pod: member("ns/g", 2, 2), want: "gang ns/g: all 2 planned members are taken; pod ns/g-2 waits"},
+		"unknown gang":    {pod: member("ns/nope", 0, 2), want: "gang ns/nope: not known yet (waiting for its PodGroup)"},
+		"wrong request":   {pod: member("ns/g", 5, 3), want: "gang ns/g: pod ns/g-5 requests 3 slices; the gang's members request 2×2 slices"},
+		"bad request":     {pod: member("ns/g", 5, 0), want: "prefilter: pod ns/g-5 requests 0 slices"},
+		"member 0 plans":  {pod: member("ns/g", 0, 2)},
+		"member 1 slot":   {pod: member("ns/g", 1, 2)},
+		"extra waits":     {pod: member("ns/g", 2, 2), want: "gang ns/g: all 2 planned members are taken; pod ns/g-2 waits"},
 		"single pod: any": {pod: single("s", 1)},
 	}
 	// The cases share one manager, so they run in this order.

@@ -44,7 +44,7 @@ func TestPlanScenarios(t *testing.T) {
 		},
 		"best-fit domain keeps the emptier clique whole for a big gang": {
 			nodes: append(cliques("big", 1, 2, 8), cliques("small", 1, 1, 8)...),
-			pods: []PodInfo{{UID: "p1", Namespace: "d", Name: "p1", Node: "small0-n0", Assignment: ids(rng("small0-n0", 0, 0, 7))}},
+			pods:  []PodInfo{{UID: "p1", Namespace: "d", Name: "p1", Node: "small0-n0", Assignment: ids(rng("small0-n0", 0, 0, 7))}},
 			steps: []step{
 				{spec: GangSpec{Key: "a/small", MinMember: 4, Request: 8, RequiredTopology: clique},
 					want: []string{rng("small0-n0", 1, 0, 7), rng("small0-n0", 2, 0, 7), rng("small0-n0", 3, 0, 7), rng("small0-n0", 4, 0, 7)}},
