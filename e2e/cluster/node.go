@@ -1,0 +1,313 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+)
+
+// PodBridge is the host-side bridge of the real node's pod network.
+const PodBridge = "tessera0"
+
+// PauseImage is the sandbox image of the real node, built from our own
+// tiny binary so nothing is pulled.
+const PauseImage = "localhost/tessera/pause:dev"
+
+// nodePackages are the Debian packages the real node needs.
+var nodePackages = []struct{ pkg, file string }{
+	{"containerd", "/usr/bin/containerd"},
+	{"runc", "/usr/sbin/runc"},
+	{"containernetworking-plugins", "/usr/lib/cni/loopback"},
+}
+
+// ensureNodePackages installs containerd, runc and the CNI plugins when
+// missing.
+func ensureNodePackages(ctx context.Context, logf func(string, ...any)) error {
+	var missing []string
+	for _, p := range nodePackages {
+		if _, err := os.Stat(p.file); err != nil {
+			missing = append(missing, p.pkg)
+		}
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	if _, err := exec.LookPath("apt-get"); err != nil {
+		return fmt.Errorf("the real node needs %s and apt-get is not available: install them with your package manager", strings.Join(missing, ", "))
+	}
+	logf("installing %s with apt-get", strings.Join(missing, ", "))
+	run := func(args ...string) error {
+		cmd := exec.CommandContext(ctx, "apt-get", args...)
+		cmd.Env = append(os.Environ(), "DEBIAN_FRONTEND=noninteractive")
+		out, err := cmd.CombinedOutput()
+		if err != nil {
+			return fmt.Errorf("apt-get %s: %w\n%s", strings.Join(args, " "), err, lastLines(string(out), 10))
+		}
+		return nil
+	}
+	if err := run("update", "-qq"); err != nil {
+		return fmt.Errorf("%w\napt is unavailable: install %s by hand, then retry", err, strings.Join(missing, ", "))
+	}
+	if err := run(append([]string{"install", "-y", "-qq", "--no-install-recommends"}, missing...)...); err != nil {
+		return fmt.Errorf("%w\ninstall %s by hand, then retry", err, strings.Join(missing, ", "))
+	}
+	return nil
+}
+
+func lastLines(s string, n int) string {
+	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+func (c *Cluster) containerdSocket() string {
+	return filepath.Join(c.Dir, "containerd", "containerd.sock")
+}
+
+func (c *Cluster) startContainerd(ctx context.Context) error {
+	if err := ensureNodePackages(ctx, c.progress); err != nil {
+		return err
+	}
+	base := filepath.Join(c.Dir, "containerd")
+	cniConf := filepath.Join(base, "net.d")
+	if err := os.MkdirAll(cniConf, 0o755); err != nil {
+		return err
+	}
+	// Pods that do not use hostNetwork join a bridge that has no address
+	// on the host and no default route: they reach each other and nothing
+	// else, so no traffic leaves network namespaces the cluster made. e2e
+	// pods use hostNetwork and loopback ports.
+	if err := os.WriteFile(filepath.Join(cniConf, "10-tessera.conflist"), []byte(fmt.Sprintf(`{
+  "cniVersion": "1.0.0",
+  "name": "tessera-pods",
+  "plugins": [{
+    "type": "bridge",
+    "bridge": %q,
+    "isGateway": false,
+    "ipMasq": false,
+    "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.244.0.0/24"}]], "dataDir": %q}
+  }]
+}
+`, PodBridge, filepath.Join(base, "ipam"))), 0o644); err != nil {
+		return err
+	}
+	config := fmt.Sprintf(`version = 2
+root = %q
+state = %q
+[grpc]
+  address = %q
+[ttrpc]
+  address = %q
+[debug]
+  level = "warn"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = %q
+  # runc fails with "can't get final child's PID from pipe" when it may not
+  # lower oom_score_adj, as in unprivileged or nested environments.
+  restrict_oom_score_adj = true
+  disable_apparmor = true
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = %q
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+    runtime_type = "io.containerd.runc.v2"
+`, filepath.Join(base, "root"), filepath.Join(base, "state"), c.containerdSocket(), c.containerdSocket()+".ttrpc", PauseImage, cniConf)
+	cfgPath := filepath.Join(base, "config.toml")
+	if err := os.WriteFile(cfgPath, []byte(config), 0o644); err != nil {
+		return err
+	}
+	p, err := c.startProc("containerd", "/usr/bin/containerd", []string{"--config", cfgPath}, nil)
+	if err != nil {
+		return err
+	}
+	c.mu.Lock()
+	c.state.ContainerdSocket = c.containerdSocket()
+	err = c.state.save(c.Dir)
+	c.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	if err := waitSocket(ctx, p, c.containerdSocket(), 60*time.Second); err != nil {
+		return err
+	}
+	images := append([]Image{{Ref: PauseImage, Binary: c.cfg.PauseBinary, User: "65535"}}, c.cfg.Images...)
+	for _, img := range images {
+		if img.Binary == "" {
+			return fmt.Errorf("image %s: no binary given", img.Ref)
+		}
+		tarball := filepath.Join(c.Dir, "images", strings.NewReplacer("/", "_", ":", "_").Replace(img.Ref)+".tar")
+		if err := BuildImage(img, tarball); err != nil {
+			return err
+		}
+		if err := c.ImportImage(ctx, tarball); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// ImportImage imports an image tarball into the real node's containerd.
+func (c *Cluster) ImportImage(ctx context.Context, tarball string) error {
+	cmd := exec.CommandContext(ctx, "ctr", "--address", c.containerdSocket(), "--namespace", "k8s.io", "images", "import", "--no-unpack", tarball)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		return fmt.Errorf("importing %s: %w\n%s", tarball, err, out)
+	}
+	return nil
+}
+
+func waitSocket(ctx context.Context, p proc, path string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		if !p.alive() {
+			return fmt.Errorf("%s exited; see %s:\n%s", p.Name, p.Log, tail(p.Log, 15))
+		}
+		if conn, err := net.DialTimeout("unix", path, time.Second); err == nil {
+			conn.Close()
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	return fmt.Errorf("%s did not open %s within %s; see %s", p.Name, path, timeout, p.Log)
+}
+
+func (c *Cluster) kubeletRoot() string { return filepath.Join(c.Dir, "kubelet") }
+
+// PodResourcesSocket is the real node's kubelet PodResources API socket.
+func (c *Cluster) PodResourcesSocket() string {
+	return filepath.Join(c.kubeletRoot(), "pod-resources", "kubelet.sock")
+}
+
+func (c *Cluster) startKubelet(ctx context.Context) error {
+	if err := os.MkdirAll(c.kubeletRoot(), 0o755); err != nil {
+		return err
+	}
+	config := fmt.Sprintf(`apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+address: 127.0.0.1
+port: %d
+readOnlyPort: 0
+healthzBindAddress: 127.0.0.1
+healthzPort: %d
+containerRuntimeEndpoint: unix://%s
+authentication:
+  anonymous:
+    enabled: false
+  webhook:
+    enabled: false
+  x509:
+    clientCAFile: %s
+authorization:
+  mode: AlwaysAllow
+# This machine may run cgroup v1, and the node shares it with everything
+# else: no QoS cgroups, no node allocatable enforcement.
+failCgroupV1: false
+cgroupDriver: cgroupfs
+cgroupsPerQOS: false
+enforceNodeAllocatable: []
+failSwapOn: false
+# Tests fill the disk with images and logs; do not evict on a busy dev box.
+evictionHard:
+  memory.available: "50Mi"
+  nodefs.available: "1%%"
+  imagefs.available: "1%%"
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+serializeImagePulls: false
+registerNode: true
+staticPodPath: ""
+fileCheckFrequency: 5s
+syncFrequency: 10s
+nodeStatusUpdateFrequency: 5s
+maxPods: 110
+`, c.ports.kubelet, c.ports.kubeletHealthz, c.containerdSocket(), filepath.Join(c.Dir, "pki", "ca.crt"))
+	cfgPath := filepath.Join(c.Dir, "kubelet-config.yaml")
+	if err := os.WriteFile(cfgPath, []byte(config), 0o644); err != nil {
+		return err
+	}
+	p, err := c.startProc("kubelet", c.tool("kubelet"), []string{
+		"--config", cfgPath,
+		"--kubeconfig", c.KubeconfigFor("node"),
+		"--root-dir", c.kubeletRoot(),
+		"--hostname-override", c.RealNodeName,
+		"--node-ip", "127.0.0.1",
+		"--node-labels", "tessera.dev/real-node=true",
+		"--v", "1",
+	}, nil)
+	if err != nil {
+		return err
+	}
+	if err := waitHTTP(ctx, p, fmt.Sprintf("http://127.0.0.1:%d/healthz", c.ports.kubeletHealthz), nil, 90*time.Second); err != nil {
+		return err
+	}
+	return c.setRealNodeAddress(ctx)
+}
+
+// setRealNodeAddress gives the real node the address 127.0.0.1, so the
+// apiserver reaches its kubelet (logs, exec) on loopback. The kubelet
+// refuses a loopback --node-ip and then leaves status.addresses alone, so
+// the address set here stays.
+func (c *Cluster) setRealNodeAddress(ctx context.Context) error {
+	client, err := c.Client()
+	if err != nil {
+		return err
+	}
+	patch := []byte(fmt.Sprintf(`{"status":{"addresses":[{"type":"InternalIP","address":"127.0.0.1"},{"type":"Hostname","address":%q}]}}`, c.RealNodeName))
+	deadline := time.Now().Add(60 * time.Second)
+	for {
+		_, err := client.CoreV1().Nodes().Patch(ctx, c.RealNodeName, types.StrategicMergePatchType, patch, metav1.PatchOptions{}, "status")
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("node %s did not register: %w", c.RealNodeName, err)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// RestartKubelet stops the real node's kubelet and starts it again with the
+// same configuration, as an operator upgrading it would.
+func (c *Cluster) RestartKubelet(ctx context.Context) error {
+	c.mu.Lock()
+	var kept []proc
+	var old *proc
+	for i, p := range c.state.Procs {
+		if p.Name == "kubelet" {
+			old = &c.state.Procs[i]
+			continue
+		}
+		kept = append(kept, p)
+	}
+	c.mu.Unlock()
+	if old == nil {
+		return errors.New("no kubelet was started in this cluster")
+	}
+	stopProc(*old, 10*time.Second)
+	c.mu.Lock()
+	c.state.Procs = kept
+	err := c.state.save(c.Dir)
+	c.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	return c.startKubelet(ctx)
+}
