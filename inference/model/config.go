@@ -48,6 +48,14 @@ func (c Config) Validate() error {
 		sort.Slice(errs, func(i, j int) bool { return errs[i].Error() < errs[j].Error() })
 		return fmt.Errorf("invalid model config: %w", errors.Join(errs...))
 	}
+	// Bound the parameter count so size arithmetic cannot overflow and a
+	// corrupt header cannot ask for absurd allocations (2^36 floats = 256 GiB).
+	params := float64(c.Vocab)*float64(c.Dim)*2 +
+		float64(c.Layers)*float64(c.Dim)*(4*float64(c.Dim)+3*float64(c.HiddenDim)) +
+		float64(c.SeqLen)*float64(c.Dim)
+	if params > 1<<36 {
+		return fmt.Errorf("invalid model config: %.3g parameters is beyond what this server loads", params)
+	}
 	if c.Dim%c.Heads != 0 {
 		return fmt.Errorf("invalid model config: dim %d not divisible by n_heads %d", c.Dim, c.Heads)
 	}
