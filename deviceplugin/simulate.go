@@ -1,0 +1,206 @@
+package deviceplugin
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"hash/fnv"
+	"strconv"
+	"strings"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/util/workqueue"
+	"k8s.io/klog/v2"
+
+	"github.com/tessera-gpu/tessera/api"
+	"github.com/tessera-gpu/tessera/deviceplugin/config"
+	"github.com/tessera-gpu/tessera/deviceplugin/nvml"
+	"github.com/tessera-gpu/tessera/deviceplugin/slicing"
+)
+
+// SimOptions configure simulated nodes.
+type SimOptions struct {
+	// Spec is the fake GPU set of every simulated node.
+	Spec nvml.FakeSpec
+	// Config slices the GPUs (overrides by node label apply per node).
+	Config *config.Config
+	// NodeSelector is a label selector choosing the simulated nodes
+	// (e.g. "type=kwok").
+	NodeSelector string
+	// CliqueSize > 0 groups nodes into multi-node NVLink cliques of this
+	// size: a node whose name ends in a number n joins clique
+	// "sim-<n/CliqueSize>"; other names are hashed. It overrides the spec's
+	// clique.
+	CliqueSize int
+	// LabelClique also sets nvidia.com/gpu.clique.
+	LabelClique bool
+	// Workers patch nodes in parallel.
+	Workers int
+}
+
+// Simulator publishes mock inventories, labels and tessera.dev/gpu-slice
+// capacity for many nodes that have no device plugin of their own (kwok
+// nodes), so the scheduler can be tested at 1000+ nodes from one process.
+type Simulator struct {
+	client kubernetes.Interface
+	opts   SimOptions
+	queue  workqueue.TypedRateLimitingInterface[string]
+	lister cache.Indexer
+}
+
+// NewSimulator builds a simulator.
+func NewSimulator(client kubernetes.Interface, opts SimOptions) *Simulator {
+	if opts.Workers <= 0 {
+		opts.Workers = 8
+	}
+	if opts.Config == nil {
+		opts.Config = config.Default()
+	}
+	return &Simulator{
+		client: client,
+		opts:   opts,
+		queue:  workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[string]()),
+	}
+}
+
+// Run watches the selected nodes and keeps each one's inventory current
+// until ctx ends.
+func (s *Simulator) Run(ctx context.Context) error {
+	logger := klog.FromContext(ctx)
+	f := informers.NewSharedInformerFactoryWithOptions(s.client, 10*time.Minute, informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+		o.LabelSelector = s.opts.NodeSelector
+	}))
+	inf := f.Core().V1().Nodes().Informer()
+	s.lister = inf.GetIndexer()
+	enqueue := func(obj any) {
+		if n, ok := obj.(*corev1.Node); ok {
+			s.queue.Add(n.Name)
+		}
+	}
+	if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{AddFunc: enqueue, UpdateFunc: func(_, o any) { enqueue(o) }}); err != nil {
+		return fmt.Errorf("watching nodes: %w", err)
+	}
+	f.Start(ctx.Done())
+	defer s.queue.ShutDown()
+	if !cache.WaitForCacheSync(ctx.Done(), inf.HasSynced) {
+		return ctx.Err()
+	}
+	logger.Info("Simulating GPU nodes", "nodes", len(s.lister.ListKeys()), "selector", s.opts.NodeSelector, "gpus", s.opts.Spec.String())
+	done := make(chan struct{})
+	for range s.opts.Workers {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			for s.next(ctx) {
+			}
+		}()
+	}
+	<-ctx.Done()
+	s.queue.ShutDown()
+	for range s.opts.Workers {
+		<-done
+	}
+	return nil
+}
+
+func (s *Simulator) next(ctx context.Context) bool {
+	name, quit := s.queue.Get()
+	if quit {
+		return false
+	}
+	defer s.queue.Done(name)
+	obj, ok, err := s.lister.GetByKey(name)
+	if err != nil || !ok {
+		s.queue.Forget(name)
+		return true
+	}
+	if err := s.Sync(ctx, obj.(*corev1.Node)); err != nil {
+		klog.FromContext(ctx).Error(err, "Publishing simulated inventory failed", "node", name)
+		s.queue.AddRateLimited(name)
+		return true
+	}
+	s.queue.Forget(name)
+	return true
+}
+
+// Desired computes a simulated node's metadata and slice count.
+func (s *Simulator) Desired(ctx context.Context, node *corev1.Node) (NodeMetadata, int, error) {
+	spec := s.opts.Spec
+	if s.opts.CliqueSize > 0 {
+		spec.Clique = simClique(node.Name, s.opts.CliqueSize)
+	}
+	fake := nvml.NewFake(spec, node.Name)
+	gpus, err := fake.Discover(ctx)
+	if err != nil {
+		return NodeMetadata{}, 0, err
+	}
+	layout, err := slicing.NewLayout(gpus, s.opts.Config.Resolve(node.Labels).Sharing)
+	if err != nil {
+		return NodeMetadata{}, 0, err
+	}
+	md, err := InventoryMetadata(layout.Inventory(func(string) bool { return true }), s.opts.LabelClique)
+	return md, layout.TotalSlices(), err
+}
+
+// Sync publishes one node's inventory, labels and capacity when they differ.
+func (s *Simulator) Sync(ctx context.Context, node *corev1.Node) error {
+	md, total, err := s.Desired(ctx, node)
+	if err != nil {
+		return err
+	}
+	if !metadataHolds(node, md) {
+		if err := patchNodeMetadata(ctx, s.client, node.Name, md.Annotations, md.Labels); err != nil {
+			return err
+		}
+	}
+	q := *resource.NewQuantity(int64(total), resource.DecimalSI)
+	rn := corev1.ResourceName(api.ResourceName)
+	if c, ok := node.Status.Capacity[rn]; ok && c.Cmp(q) == 0 {
+		if a, ok := node.Status.Allocatable[rn]; ok && a.Cmp(q) == 0 {
+			return nil
+		}
+	}
+	b, err := json.Marshal(map[string]any{"status": map[string]any{
+		"capacity":    map[string]string{api.ResourceName: q.String()},
+		"allocatable": map[string]string{api.ResourceName: q.String()},
+	}})
+	if err != nil {
+		return err
+	}
+	if _, err := s.client.CoreV1().Nodes().Patch(ctx, node.Name, types.MergePatchType, b, metav1.PatchOptions{FieldManager: "tessera-device-plugin"}, "status"); err != nil {
+		return fmt.Errorf("patching status of node %s: %w", node.Name, err)
+	}
+	return nil
+}
+
+func metadataHolds(node *corev1.Node, md NodeMetadata) bool {
+	check := func(have map[string]string, want map[string]*string) bool {
+		for k, v := range want {
+			got, ok := have[k]
+			if (v == nil && ok) || (v != nil && (!ok || got != *v)) {
+				return false
+			}
+		}
+		return true
+	}
+	return check(node.Annotations, md.Annotations) && check(node.Labels, md.Labels)
+}
+
+func simClique(name string, size int) string {
+	i := len(name)
+	for i > 0 && name[i-1] >= '0' && name[i-1] <= '9' {
+		i--
+	}
+	if n, err := strconv.Atoi(name[i:]); err == nil && i < len(name) && len(name)-i < 10 {
+		return "sim-" + strconv.Itoa(n/size)
+	}
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(strings.ToLower(name)))
+	return "sim-h" + strconv.Itoa(int(h.Sum32()%1000))
+}
