@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -91,6 +92,7 @@ type fixture struct {
 	l     *Ledger
 	m     *Manager
 	clock *clocktesting.FakeClock
+	cbMu  sync.Mutex // callbacks may come from several goroutines
 	mism  []Mismatch
 	rejs  []Rejection
 }
@@ -98,8 +100,16 @@ type fixture struct {
 func newFixture(t *testing.T, nodes ...tnode) *fixture {
 	t.Helper()
 	f := &fixture{t: t, clock: clocktesting.NewFakeClock(t0)}
-	f.l = NewLedger(LedgerOptions{OnMismatch: func(m Mismatch) { f.mism = append(f.mism, m) }})
-	f.m = NewManager(f.l, Options{Clock: f.clock, Backoff: 10 * time.Second, OnReject: func(r Rejection) { f.rejs = append(f.rejs, r) }})
+	f.l = NewLedger(LedgerOptions{OnMismatch: func(m Mismatch) {
+		f.cbMu.Lock()
+		defer f.cbMu.Unlock()
+		f.mism = append(f.mism, m)
+	}})
+	f.m = NewManager(f.l, Options{Clock: f.clock, Backoff: 10 * time.Second, OnReject: func(r Rejection) {
+		f.cbMu.Lock()
+		defer f.cbMu.Unlock()
+		f.rejs = append(f.rejs, r)
+	}})
 	for _, n := range nodes {
 		if err := f.l.UpsertNode(n.name, n.labels, n.inventory()); err != nil {
 			t.Fatal(err)

@@ -152,8 +152,11 @@ type LedgerOptions struct {
 // Ledger tracks every slice of every node. All methods are safe for
 // concurrent use; reads (Fits, Score, Fragmentation) take a shared lock.
 type Ledger struct {
-	mu      sync.RWMutex
-	nodes   map[string]*nodeState
+	mu    sync.RWMutex
+	nodes map[string]*nodeState
+	// lookup mirrors nodes for lock-free Fits/Score (sync.Map reads of
+	// stable keys take no lock).
+	lookup  sync.Map
 	holders map[string]*holder
 	// gangs indexes holders by gang key.
 	gangs map[string]map[string]*holder
@@ -223,11 +226,13 @@ func (l *Ledger) UpsertNode(name string, labels map[string]string, inv *api.Inve
 		}
 		if old != nil {
 			l.detachNodeLocked(old)
-			// Keep the pointer stable for the cached topology index.
-			*old = *n
+			// Keep the pointer stable for the cached topology index and
+			// lock-free readers.
+			old.replaceWith(n)
 			n = old
 		}
 		l.nodes[name] = n
+		l.lookup.Store(name, n)
 		l.addTotals(n, 1)
 		ms = l.rebuildNodeLocked(n)
 	}
@@ -265,6 +270,7 @@ func (l *Ledger) removeNodeLocked(name string) []Mismatch {
 	}
 	l.detachNodeLocked(n)
 	delete(l.nodes, name)
+	l.lookup.Delete(name)
 	l.labelGen++
 	return nil
 }

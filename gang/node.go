@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math/bits"
 	"sort"
+	"sync/atomic"
 
 	"github.com/tessera-gpu/tessera/api"
 )
@@ -43,6 +44,8 @@ func (g *gpuState) placeable() int {
 // summary is precomputed per node after every change so that Fits and Score
 // are O(slicesPerGPU) reads with no allocation, even at 5000 nodes.
 type summary struct {
+	sPer int // slices per GPU
+	gpus int // GPUs on the node
 	// fit[f] counts healthy GPUs with exactly f free slices (0..slicesPerGPU).
 	fit []int32
 	// partial[f] counts healthy GPUs with f free slices that are not wholly
@@ -73,6 +76,8 @@ type nodeState struct {
 	// holders whose effective slices are on this node.
 	holders map[string]*holder
 	sum     summary
+	// pub is an immutable copy of sum for lock-free Fits/Score.
+	pub atomic.Pointer[summary]
 	// conflicted is set when the last rebuild found a slice claimed twice;
 	// then a release must rebuild so the loser regains it.
 	conflicted bool
@@ -117,6 +122,7 @@ func newNodeState(name string, labels map[string]string, inv *api.Inventory) (*n
 			n.gpus[j].peers |= 1 << uint(i)
 		}
 	}
+	n.sum.sPer, n.sum.gpus = n.sPer, len(n.gpus)
 	n.sum.fit = make([]int32, n.sPer+1)
 	n.sum.partial = make([]int32, n.sPer+1)
 	n.recompute()
@@ -176,6 +182,18 @@ func (n *nodeState) recompute() {
 		}
 		rest &^= c
 	}
+	n.publish()
+}
+
+// publish stores an immutable copy of the summary for lock-free readers.
+func (n *nodeState) publish() {
+	p := n.sum
+	buf := make([]int32, 2*len(p.fit))
+	p.fit = buf[:len(p.fit):len(p.fit)]
+	p.partial = buf[len(p.fit):]
+	copy(p.fit, n.sum.fit)
+	copy(p.partial, n.sum.partial)
+	n.pub.Store(&p)
 }
 
 // component returns the NVLink-connected component of GPU start within set.
@@ -218,4 +236,13 @@ func (n *nodeState) hostsOtherGang(gang string) bool {
 		}
 	}
 	return false
+}
+
+// replaceWith copies a freshly built node into n field by field (n holds an
+// atomic and must not be copied as a whole) and publishes its summary.
+func (n *nodeState) replaceWith(o *nodeState) {
+	n.name, n.labels, n.inv, n.sPer = o.name, o.labels, o.inv, o.sPer
+	n.gpus, n.byUUID, n.holders, n.sum = o.gpus, o.byUUID, o.holders, o.sum
+	n.conflicted = false
+	n.publish()
 }

@@ -33,22 +33,24 @@ func ValidateRequest(req, sPer int) error {
 	return err
 }
 
-// capacity returns how many ranks of req slices fit on n, each on its own
-// GPU(s) — ranks of one gang never share a GPU. O(slicesPerGPU).
-func (n *nodeState) capacity(req int) int {
-	k, err := shape(req, n.sPer)
+// capacity returns how many ranks of req slices fit on the node, each on its
+// own GPU(s) — ranks of one gang never share a GPU. O(slicesPerGPU).
+func (s *summary) capacity(req int) int {
+	k, err := shape(req, s.sPer)
 	if err != nil {
 		return 0
 	}
 	if k > 0 {
-		return n.sum.whole.count() / k
+		return s.whole.count() / k
 	}
 	c := 0
-	for f := req; f <= n.sPer; f++ {
-		c += int(n.sum.fit[f])
+	for f := req; f <= s.sPer; f++ {
+		c += int(s.fit[f])
 	}
 	return c
 }
+
+func (n *nodeState) capacity(req int) int { return n.sum.capacity(req) }
 
 // fits reports whether one rank of req slices fits on n avoiding the GPUs in
 // excl. With excl empty it reads only the summary.
@@ -61,7 +63,7 @@ func (n *nodeState) fits(req int, excl gpuSet) bool {
 		return (n.sum.whole &^ excl).count() >= k
 	}
 	if excl == 0 {
-		return n.capacity(req) > 0
+		return n.sum.capacity(req) > 0
 	}
 	for i := range n.gpus {
 		if !excl.has(i) && n.gpus[i].placeable() >= req {
@@ -82,40 +84,42 @@ func (n *nodeState) fits(req int, excl gpuSet) bool {
 //     pair.
 //   - multi-GPU ranks: 50 extra for an NVLink-connected set; among those,
 //     nodes left with fewer whole GPUs score higher.
-func (n *nodeState) score(req int) int64 {
-	k, err := shape(req, n.sPer)
+func (s *summary) score(req int) int64 {
+	k, err := shape(req, s.sPer)
 	if err != nil {
 		return 0
 	}
-	total := len(n.gpus)
+	total := s.gpus
 	if total == 0 {
 		return 0
 	}
-	whole := n.sum.whole.count()
+	whole := s.whole.count()
 	if k > 0 {
 		if whole < k {
 			return 0
 		}
-		var s int64 = 1
-		if n.sum.maxComp >= k {
-			s += 50
+		var sc int64 = 1
+		if s.maxComp >= k {
+			sc += 50
 		}
-		return s + int64(48*(total-(whole-k))/total)
+		return sc + int64(48*(total-(whole-k))/total)
 	}
-	for f := req; f < n.sPer; f++ {
-		if n.sum.partial[f] > 0 {
-			return 51 + int64(49*(n.sPer-(f-req))/n.sPer)
+	for f := req; f < s.sPer; f++ {
+		if s.partial[f] > 0 {
+			return 51 + int64(49*(s.sPer-(f-req))/s.sPer)
 		}
 	}
-	if n.capacity(req) == 0 {
+	if s.capacity(req) == 0 {
 		return 0
 	}
-	var s int64 = 1 + int64(38*(total-whole)/total)
-	if n.sum.wholeNoPeer != 0 || whole == 0 {
-		s += 10
+	var sc int64 = 1 + int64(38*(total-whole)/total)
+	if s.wholeNoPeer != 0 || whole == 0 {
+		sc += 10
 	}
-	return s
+	return sc
 }
+
+func (n *nodeState) score(req int) int64 { return n.sum.score(req) }
 
 // pickGPU chooses the GPU for a one-GPU rank of req slices, avoiding excl:
 // best fit first (a partial GPU with the fewest free slices that still
@@ -220,23 +224,34 @@ func (n *nodeState) pick(req int, excl gpuSet) ([]api.SliceID, gpuSet, error) {
 // Fits reports whether one pod asking for req slices fits on node: per GPU,
 // never by node total (6 free slices spread over 3 GPUs do not fit a
 // 4-slice request). O(slicesPerGPU), no allocation. Unknown nodes do not fit.
+//
+// It takes no lock: the framework calls it for thousands of nodes from
+// parallel goroutines, and even a shared RWMutex bounces one cache line
+// between all of them. It reads the node's last published summary, which
+// may be a moment old; Reserve re-checks under the lock.
 func (l *Ledger) Fits(node string, req int) bool {
-	l.mu.RLock()
-	defer l.mu.RUnlock()
-	n := l.nodes[node]
-	return n != nil && n.fits(req, 0)
+	s := l.published(node)
+	return s != nil && s.capacity(req) > 0
 }
 
 // Score ranks node for one pod asking for req slices, 0..MaxScore (see
 // nodeState.score for the best-fit policy). 0 when it does not fit.
+// Like Fits it is lock-free.
 func (l *Ledger) Score(node string, req int) int64 {
-	l.mu.RLock()
-	defer l.mu.RUnlock()
-	n := l.nodes[node]
-	if n == nil {
+	s := l.published(node)
+	if s == nil {
 		return 0
 	}
-	return n.score(req)
+	return s.score(req)
+}
+
+// published returns the node's last published summary, nil if unknown.
+func (l *Ledger) published(node string) *summary {
+	v, ok := l.lookup.Load(node)
+	if !ok {
+		return nil
+	}
+	return v.(*nodeState).pub.Load()
 }
 
 // Pick returns the slice IDs one pod asking for req slices would get on
