@@ -21,7 +21,7 @@ STATIC_CMDS := $(filter-out tessera-device-plugin,$(CMDS))
 CGO_CMDS := $(filter tessera-device-plugin,$(CMDS))
 
 TOOL_BINS := $(TOOLS)/etcd $(TOOLS)/kube-apiserver $(TOOLS)/kube-controller-manager \
-	$(TOOLS)/kube-scheduler $(TOOLS)/kubelet $(TOOLS)/kwok
+	$(TOOLS)/kube-scheduler $(TOOLS)/kubelet $(TOOLS)/kwok $(TOOLS)/kubectl
 
 .PHONY: all build tools lint test test-unit test-e2e cluster-up cluster-down demo clean
 
