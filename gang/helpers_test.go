@@ -236,7 +236,7 @@ func checkInvariants(l *Ledger) error {
 			}
 		}
 		old := n.sum
-		old.fit = append([]int32(nil), old.fit...)
+		old.atLeast = append([]int32(nil), old.atLeast...)
 		old.partial = append([]int32(nil), old.partial...)
 		n.recompute()
 		if fmt.Sprint(old) != fmt.Sprint(n.sum) {

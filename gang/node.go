@@ -46,8 +46,9 @@ func (g *gpuState) placeable() int {
 type summary struct {
 	sPer int // slices per GPU
 	gpus int // GPUs on the node
-	// fit[f] counts healthy GPUs with exactly f free slices (0..slicesPerGPU).
-	fit []int32
+	// atLeast[f] counts healthy GPUs with at least f free slices
+	// (f = 0..slicesPerGPU): the capacity for f-slice ranks, in O(1).
+	atLeast []int32
 	// partial[f] counts healthy GPUs with f free slices that are not wholly
 	// free: a request that fits one of these does not break a whole GPU.
 	partial []int32
@@ -123,7 +124,7 @@ func newNodeState(name string, labels map[string]string, inv *api.Inventory) (*n
 		}
 	}
 	n.sum.sPer, n.sum.gpus = n.sPer, len(n.gpus)
-	n.sum.fit = make([]int32, n.sPer+1)
+	n.sum.atLeast = make([]int32, n.sPer+1)
 	n.sum.partial = make([]int32, n.sPer+1)
 	n.recompute()
 	return n, nil
@@ -140,7 +141,7 @@ func copyLabels(in map[string]string) map[string]string {
 // recompute refreshes the summary from the per-GPU state. O(GPUs).
 func (n *nodeState) recompute() {
 	s := &n.sum
-	clear(s.fit)
+	clear(s.atLeast)
 	clear(s.partial)
 	s.whole, s.wholeNoPeer = 0, 0
 	s.free, s.stranded1, s.stranded2 = 0, 0, 0
@@ -150,13 +151,16 @@ func (n *nodeState) recompute() {
 		if !g.healthy {
 			continue
 		}
-		s.fit[f]++
+		s.atLeast[min(f, n.sPer)]++
 		s.free += f
 		if f == g.slices && g.slices == n.sPer && f > 0 {
 			s.whole |= 1 << uint(i)
 		} else if f > 0 {
 			s.partial[f]++
 		}
+	}
+	for f := n.sPer - 1; f >= 0; f-- {
+		s.atLeast[f] += s.atLeast[f+1]
 	}
 	s.freePairs = 0
 	for i := range n.gpus {
@@ -188,10 +192,10 @@ func (n *nodeState) recompute() {
 // publish stores an immutable copy of the summary for lock-free readers.
 func (n *nodeState) publish() {
 	p := n.sum
-	buf := make([]int32, 2*len(p.fit))
-	p.fit = buf[:len(p.fit):len(p.fit)]
-	p.partial = buf[len(p.fit):]
-	copy(p.fit, n.sum.fit)
+	buf := make([]int32, 2*len(p.atLeast))
+	p.atLeast = buf[:len(p.atLeast):len(p.atLeast)]
+	p.partial = buf[len(p.atLeast):]
+	copy(p.atLeast, n.sum.atLeast)
 	copy(p.partial, n.sum.partial)
 	n.pub.Store(&p)
 }

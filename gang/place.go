@@ -34,7 +34,7 @@ func ValidateRequest(req, sPer int) error {
 }
 
 // capacity returns how many ranks of req slices fit on the node, each on its
-// own GPU(s) — ranks of one gang never share a GPU. O(slicesPerGPU).
+// own GPU(s) — ranks of one gang never share a GPU. O(1).
 func (s *summary) capacity(req int) int {
 	k, err := shape(req, s.sPer)
 	if err != nil {
@@ -43,11 +43,7 @@ func (s *summary) capacity(req int) int {
 	if k > 0 {
 		return s.whole.count() / k
 	}
-	c := 0
-	for f := req; f <= s.sPer; f++ {
-		c += int(s.fit[f])
-	}
-	return c
+	return int(s.atLeast[req])
 }
 
 func (n *nodeState) capacity(req int) int { return n.sum.capacity(req) }

@@ -86,15 +86,10 @@ func (l *Ledger) planLocked(pr *planRequest) (domainName string, slots []Slot, e
 		}
 		subCap = subCap[:len(d.subNames)]
 		clear(subCap)
-		c := 0
-		for i, n := range d.nodes {
-			if n.mark == ep {
-				continue
-			}
-			nc := n.capacity(minReq)
-			c += nc
+		c := l.domainCaps(d, minReq, ep)
+		for i, nc := range d.caps {
 			if s := d.sub[i]; s >= 0 {
-				subCap[s] += nc
+				subCap[s] += int(nc)
 			}
 		}
 		if c < m {
@@ -110,26 +105,35 @@ func (l *Ledger) planLocked(pr *planRequest) (domainName string, slots []Slot, e
 	// Best-fit domain: one that fits the gang inside one preferred
 	// sub-domain first, then the smallest capacity that fits (big domains
 	// stay whole for big gangs), then name order (the index is sorted).
-	sort.SliceStable(cands, func(i, j int) bool {
-		a, b := cands[i], cands[j]
+	// Equal shapes always place in the best candidate (capacity is exact),
+	// so the full sort is only paid for mixed shapes that did not combine.
+	better := func(a, b domCand) bool {
 		if a.oneSub != b.oneSub {
 			return a.oneSub
 		}
-		return a.cap < b.cap
-	})
-	for _, c := range cands {
-		d := &idx.domains[c.di]
-		slots, placed := l.placeInDomain(d, reqs, minReq, ep, spec.PreferredTopology != "")
+		if a.cap != b.cap {
+			return a.cap < b.cap
+		}
+		return a.di < b.di
+	}
+	for tried := 0; tried < len(cands); tried++ {
+		bi := tried
+		for i := tried + 1; i < len(cands); i++ {
+			if better(cands[i], cands[bi]) {
+				bi = i
+			}
+		}
+		cands[tried], cands[bi] = cands[bi], cands[tried]
+		d := &idx.domains[cands[tried].di] // d.caps still holds this plan's capacities
+		slots, placed := l.placeInDomain(d, reqs, spec.PreferredTopology != "")
 		if placed == m {
 			return d.name, slots, nil
 		}
 		// Mixed shapes: the capacity for the smallest request was an upper
 		// bound; report how many members really fit.
-		if placed > bestPlaced {
-			bestPlaced = placed
-		}
+		bestPlaced = max(bestPlaced, placed)
 	}
-	bestCap = max(bestCap, bestPlaced) // mixed shapes: capacities were upper bounds
+	bestCap = max(bestCap, bestPlaced)
 	var b strings.Builder
 	if len(keys) == 0 {
 		fmt.Fprintf(&b, "gang %s: needs %s; the cluster has room for %d", spec.Key, spec.shapeString(), bestCap)
@@ -143,6 +147,22 @@ func (l *Ledger) planLocked(pr *planRequest) (domainName string, slots []Slot, e
 		fmt.Fprintf(&b, " (avoiding %s where members failed)", strings.Join(pr.avoid, ", "))
 	}
 	return "", nil, unschedulable(spec.Key, "%s", b.String())
+}
+
+// domainCaps fills d.caps with each node's capacity for req-slice ranks
+// (0 for blocked nodes) and returns the domain's total.
+func (l *Ledger) domainCaps(d *domain, req int, ep uint64) int {
+	c := 0
+	for i, n := range d.nodes {
+		if n.mark == ep {
+			d.caps[i] = 0
+			continue
+		}
+		nc := n.capacity(req)
+		d.caps[i] = int32(nc)
+		c += nc
+	}
+	return c
 }
 
 func levelName(keys []string) string {
@@ -201,50 +221,45 @@ func domainHostsOtherGang(d *domain, gang string) bool {
 // best-fit single node that holds everyone, else nodes by capacity (fewest
 // nodes). Members, largest request first, take the first node that still
 // fits them on GPUs no earlier member of the gang uses.
-func (l *Ledger) placeInDomain(d *domain, reqs []int, minReq int, ep uint64, usePref bool) ([]Slot, int) {
+//
+// d.caps must hold the capacities planLocked just computed.
+func (l *Ledger) placeInDomain(d *domain, reqs []int, usePref bool) ([]Slot, int) {
 	m := len(reqs)
-	var cands []nodeCand
-	subCap := map[int32]int{}
-	for i, n := range d.nodes {
-		if n.mark == ep {
-			continue
-		}
-		if c := n.capacity(minReq); c > 0 {
-			cands = append(cands, nodeCand{n, c, d.sub[i]})
-			subCap[d.sub[i]] += c
+	subCap := make([]int, len(d.subNames)+1) // index sub+1: 0 is "no label"
+	for i, c := range d.caps {
+		subCap[d.sub[i]+1] += int(c)
+	}
+	best := int32(-2) // best-fit preferred sub-domain holding everyone
+	if usePref {
+		for si := 1; si < len(subCap); si++ {
+			if c := subCap[si]; c >= m && (best == -2 || c < subCap[best+1]) {
+				best = int32(si - 1)
+			}
 		}
 	}
-	if usePref {
-		best := int32(-2)
-		for s, c := range subCap {
-			if s >= 0 && c >= m && (best == -2 || c < subCap[best] || (c == subCap[best] && s < best)) {
-				best = s
-			}
+	var cands []nodeCand
+	for i, c := range d.caps {
+		if c > 0 && (best == -2 || d.sub[i] == best) {
+			cands = append(cands, nodeCand{d.nodes[i], int(c), d.sub[i]})
 		}
-		if best != -2 {
-			kept := cands[:0]
-			for _, c := range cands {
-				if c.sub == best {
-					kept = append(kept, c)
-				}
+	}
+	if usePref && best == -2 {
+		// No sub-domain holds the gang: span as few as possible, biggest
+		// first; nodes without the preferred label last.
+		sort.SliceStable(cands, func(i, j int) bool {
+			a, b := cands[i], cands[j]
+			if (a.sub < 0) != (b.sub < 0) {
+				return b.sub < 0
 			}
-			cands = kept
-		} else {
-			sort.SliceStable(cands, func(i, j int) bool {
-				a, b := cands[i], cands[j]
-				if (a.sub < 0) != (b.sub < 0) {
-					return b.sub < 0
-				}
-				if subCap[a.sub] != subCap[b.sub] {
-					return subCap[a.sub] > subCap[b.sub]
-				}
-				if a.sub != b.sub {
-					return a.sub < b.sub
-				}
-				return a.cap > b.cap
-			})
-			return l.assignMembers(cands, reqs)
-		}
+			if ca, cb := subCap[a.sub+1], subCap[b.sub+1]; ca != cb {
+				return ca > cb
+			}
+			if a.sub != b.sub {
+				return a.sub < b.sub
+			}
+			return a.cap > b.cap
+		})
+		return l.assignMembers(cands, reqs)
 	}
 	single := -1
 	for i, c := range cands {

@@ -25,6 +25,9 @@ type domain struct {
 	// sub[i] is the preferred sub-domain of nodes[i], -1 without the label.
 	sub      []int32
 	subNames []string
+	// caps is planner scratch (under the ledger lock): capacity of
+	// nodes[i] for the gang being planned, 0 when blocked.
+	caps []int32
 }
 
 func topoCacheKey(keys []string, pref string) string {
@@ -95,6 +98,7 @@ func (l *Ledger) topoIndexLocked(keys []string, pref string) *topoIndex {
 		}
 		d.nodes = append(d.nodes, n)
 		d.sub = append(d.sub, sub)
+		d.caps = append(d.caps, 0)
 	}
 	l.topo[ck] = t
 	return t
