@@ -123,6 +123,7 @@ type gangState struct {
 	backoffUntil time.Time
 	lastReason   string
 	failGen      uint64 // ledger generation of the cached failure
+	failSpecGen  uint64 // Manager.specGen of the cached failure
 	// avoid are nodes where a member was refused by other plugins; they
 	// are skipped by the next plans until the entry expires, because the
 	// cause (CPU, taint, node not ready) may be transient.
@@ -164,6 +165,11 @@ type Manager struct {
 	members map[string]*memberRef
 	// active are the gangs with slots, swept for timeouts.
 	active map[string]*gangState
+	// exclusive maps gangs with an exclusive topology to its label key.
+	exclusive map[string]string
+	// specGen changes with every gang added, changed or removed; with the
+	// ledger generation it keys each gang's cached plan failure.
+	specGen uint64
 }
 
 type memberRef struct {
@@ -174,7 +180,8 @@ type memberRef struct {
 // NewManager returns a manager over l.
 func NewManager(l *Ledger, opts Options) *Manager {
 	m := &Manager{l: l, clock: opts.Clock, backoff: opts.Backoff, onRej: opts.OnReject,
-		gangs: map[string]*gangState{}, members: map[string]*memberRef{}, active: map[string]*gangState{}}
+		gangs: map[string]*gangState{}, members: map[string]*memberRef{}, active: map[string]*gangState{},
+		exclusive: map[string]string{}}
 	if m.clock == nil {
 		m.clock = clock.RealClock{}
 	}
@@ -216,7 +223,12 @@ func (m *Manager) SetGang(spec GangSpec) error {
 		rejs = append(rejs, m.rejectLocked(g, fmt.Sprintf("gang %s: spec changed while planned", spec.Key), false))
 	}
 	g.spec = spec
-	g.failGen = 0
+	m.specGen++
+	if spec.ExclusiveTopology != "" {
+		m.exclusive[spec.Key] = spec.ExclusiveTopology
+	} else {
+		delete(m.exclusive, spec.Key)
+	}
 	m.mu.Unlock()
 	m.deliver(rejs)
 	return nil
@@ -244,6 +256,8 @@ func (m *Manager) RemoveGang(key string) {
 			rejs = append(rejs, m.rejectLocked(g, fmt.Sprintf("gang %s: removed", key), false))
 		}
 		delete(m.gangs, key)
+		delete(m.exclusive, key)
+		m.specGen++
 	}
 	m.mu.Unlock()
 	m.deliver(rejs)
@@ -297,16 +311,19 @@ func (m *Manager) preFilterLocked(p Pod) (Placement, error) {
 	avoid := g.avoidList(now)
 	m.l.mu.Lock()
 	defer m.l.mu.Unlock()
-	if g.failGen != 0 && g.failGen == m.l.gen {
+	if g.failGen != 0 && g.failGen == m.l.gen && g.failSpecGen == m.specGen {
 		// Nothing changed since the last attempt: same answer, no replan.
 		return Placement{}, unschedulable(p.Gang, "%s", g.lastReason)
 	}
 	pr := &planRequest{spec: &g.spec, exclusiveOthers: m.exclusiveOthersLocked(g.spec.Key), avoid: avoid}
+	if g.allowed && len(m.l.gangs[g.spec.Key]) == 0 {
+		g.allowed = false // every member is gone: plan the gang afresh
+	}
 	if g.allowed || m.runningLocked(g) {
 		// Replacement (or extra) member of a running gang: stay in its domain.
 		sl, err := m.l.placeOneLocked(pr, p.Slices)
 		if err != nil {
-			g.lastReason, g.failGen = err.Error(), m.l.gen
+			g.lastReason, g.failGen, g.failSpecGen = err.Error(), m.l.gen, m.specGen
 			return Placement{}, err
 		}
 		if err := m.l.assumeLocked(p.UID, p.name(), g.spec.Key, sl.Node, sl.Slices); err != nil {
@@ -326,7 +343,7 @@ func (m *Manager) preFilterLocked(p Pod) (Placement, error) {
 	}
 	domain, slots, err := m.l.planLocked(pr)
 	if err != nil {
-		g.lastReason, g.failGen = err.Error(), m.l.gen
+		g.lastReason, g.failGen, g.failSpecGen = err.Error(), m.l.gen, m.specGen
 		return Placement{}, err
 	}
 	// Reserve the whole plan at once, still under the ledger lock: either
@@ -399,12 +416,12 @@ func (m *Manager) runningLocked(g *gangState) bool {
 // exclusiveOthersLocked lists the other gangs holding an exclusive topology.
 func (m *Manager) exclusiveOthersLocked(self string) map[string]string {
 	var out map[string]string
-	for k, g := range m.gangs {
-		if k != self && g.spec.ExclusiveTopology != "" {
+	for k, key := range m.exclusive {
+		if k != self {
 			if out == nil {
 				out = map[string]string{}
 			}
-			out[k] = g.spec.ExclusiveTopology
+			out[k] = key
 		}
 	}
 	return out
