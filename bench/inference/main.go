@@ -133,7 +133,7 @@ func runBench(shape, ranksFlag string, tokens, runs, procs int, jsonOut bool) er
 		for _, n := range worlds {
 			res, err := measure(self, path, n, tokens, 1, procs)
 			if err != nil {
-				return fmt.Errorf("N=%d: %w", n, err)
+				return fmt.Errorf("world size %d: %w", n, err)
 			}
 			if results[n] == nil {
 				results[n] = &result{}
