@@ -11,14 +11,34 @@
 //     the scheduler's memory), assigned (tessera.dev/slice-assignment) or
 //     allocated (tessera.dev/slices-allocated, the device plugin's truth).
 //     Informers feed it with UpsertNode/RemoveNode and SetPod/RemovePod.
-//     Filter and Score read precomputed per-node summaries (Fits, Score), so
-//     they cost O(slicesPerGPU) and allocate nothing.
+//     Filter and Score read a per-node summary published after every change
+//     (Fits, Score): O(1) to O(slicesPerGPU), lock-free, no allocation.
 //   - Manager: gangs. PreFilter plans the WHOLE gang on its first member and
 //     reserves the plan in the ledger at once, so two competing gangs can
 //     never each hold half of a domain (the classic coscheduling deadlock).
 //     Reserve/Unreserve/Permit/PreBind/Bound follow the framework's extension
 //     points; a failure or timeout of one member rejects the whole gang and
 //     frees every slice it held.
+//
+// Adapter guide (one call per extension point; p is a gang.Pod):
+//
+//	informers   Ledger.UpsertNode/RemoveNode (labels + api.ParseInventory),
+//	            Ledger.SetPod(PodInfoFromAnnotations(...)) / Manager.PodDeleted,
+//	            Manager.SetGang/RemoveGang (PodGroup, LWS group, native PodGroup)
+//	QueueSort   Less(m.QueueKey(p, prio, created), ...)
+//	PreFilter   pl, err := m.PreFilter(p); pl.Node != "" → PreFilterResult{NodeNames: {pl.Node}};
+//	            *UnschedulableError → UnschedulableAndUnresolvable with err.Error()
+//	Filter      gang: pl.Allows(node) (pl kept in CycleState); single: Ledger.Fits(node, p.Slices)
+//	Score       Ledger.Score(node, p.Slices) (0..MaxScore; gang members have one node)
+//	PostFilter  m.PostFilter(p) (the planned node was refused by another plugin)
+//	Reserve     m.Reserve(p, node)      Unreserve  m.Unreserve(p)
+//	Permit      m.Permit(p): Wait(r.Wait) / Allow + allow r.AllowUIDs / Reject
+//	PreBind     ids, err := m.PreBind(p, node) → write api.FormatSliceList(ids) to
+//	            tessera.dev/slice-assignment
+//	PostBind    m.Bound(p)
+//	background  go m.Run(ctx, time.Second); Options.OnReject rejects waiting pods;
+//	            LedgerOptions.OnMismatch emits an event + metric;
+//	            Ledger.Fragmentation() feeds the gauges.
 //
 // Lock order: Manager.mu before Ledger.mu. The ledger never calls into the
 // manager, and callbacks (mismatch reports, rejections) run after the locks

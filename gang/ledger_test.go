@@ -273,3 +273,58 @@ func TestPodInfoFromAnnotations(t *testing.T) {
 		t.Errorf("PodInfo (-want +got):\n%s", diff)
 	}
 }
+
+func TestBadInputIsAnError(t *testing.T) {
+	huge := (tnode{name: "n", gpus: 1}).inventory()
+	huge.SlicesPerGPU, huge.GPUs[0].Slices = 1<<30, 1
+	many := (tnode{name: "n", gpus: 65}).inventory()
+	tests := map[string]struct {
+		inv  *api.Inventory
+		want string
+	}{
+		"nil inventory":        {inv: nil, want: "no GPU inventory"},
+		"huge slices per GPU":  {inv: huge, want: "at most 1024"},
+		"too many GPUs":        {inv: many, want: "65 GPUs, at most 64"},
+		"invalid per contract": {inv: &api.Inventory{Strategy: "x", SlicesPerGPU: 1}, want: "inventory.strategy"},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			l := NewLedger(LedgerOptions{})
+			if err := l.UpsertNode("n", nil, tc.inv); err == nil || !strings.Contains(err.Error(), tc.want) {
+				t.Errorf("UpsertNode = %v, want %q", err, tc.want)
+			}
+		})
+	}
+	f := newFixture(t, tnode{name: "n", gpus: 2})
+	for _, req := range []int{-1, 0, 9, 1 << 40} {
+		if f.l.Fits("n", req) || f.l.Score("n", req) != 0 {
+			t.Errorf("request %d fits", req)
+		}
+		if _, err := f.m.Reserve(single("x", req), "n"); err == nil {
+			t.Errorf("Reserve(%d) succeeded", req)
+		}
+	}
+	if _, err := f.m.Reserve(single("x", 1), "nowhere"); err == nil {
+		t.Error("Reserve on unknown node succeeded")
+	}
+	if err := f.l.Assume("h", "", "n", []api.SliceID{{GPU: "n-g0", Index: 0}, {GPU: "n-g0", Index: 0}}); err == nil {
+		t.Error("Assume with a duplicate slice succeeded")
+	}
+	if err := f.l.Assume("h", "", "n", ids("n-g9::0")); err == nil {
+		t.Error("Assume of an unknown GPU succeeded")
+	}
+	if _, err := f.m.PreBind(single("x", 1), "n"); err == nil {
+		t.Error("PreBind without reservation succeeded")
+	}
+	if r := f.m.Permit(member("ns/none", 0, 1)); r.Status != PermitReject {
+		t.Errorf("Permit of an unknown member = %v", r.Status)
+	}
+	f.m.Unreserve(member("ns/none", 0, 1))
+	f.m.Bound(member("ns/none", 0, 1))
+	f.m.PodDeleted("nobody")
+	f.l.Forget("nobody")
+	f.l.SetPod(PodInfo{})
+	if err := checkInvariants(f.l); err != nil {
+		t.Fatal(err)
+	}
+}

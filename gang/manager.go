@@ -59,7 +59,15 @@ const (
 )
 
 func (s PermitStatus) String() string {
-	return [...]string{"allow", "wait", "reject"}[s]
+	switch s {
+	case PermitAllow:
+		return "allow"
+	case PermitWait:
+		return "wait"
+	case PermitReject:
+		return "reject"
+	}
+	return fmt.Sprintf("PermitStatus(%d)", int(s))
 }
 
 // PermitResult tells the Permit adapter what to do. On Allow it must also

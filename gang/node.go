@@ -14,6 +14,10 @@ import (
 // 4 to 16 GPUs, so 64 leaves ample room.
 const MaxGPUsPerNode = 64
 
+// MaxSlicesPerGPU bounds slicesPerGPU so a corrupt inventory cannot make the
+// ledger allocate gigabytes (per-slice owner tables are sized by it).
+const MaxSlicesPerGPU = 1024
+
 // gpuSet is a set of GPU positions of one node (position = index into
 // nodeState.gpus, which is sorted by the inventory's GPU index).
 type gpuSet uint64
@@ -95,6 +99,9 @@ func newNodeState(name string, labels map[string]string, inv *api.Inventory) (*n
 	}
 	if err := inv.Validate(); err != nil {
 		return nil, fmt.Errorf("node %s: %w", name, err)
+	}
+	if inv.SlicesPerGPU > MaxSlicesPerGPU {
+		return nil, fmt.Errorf("node %s: slicesPerGPU %d, at most %d supported", name, inv.SlicesPerGPU, MaxSlicesPerGPU)
 	}
 	if len(inv.GPUs) > MaxGPUsPerNode {
 		return nil, fmt.Errorf("node %s: %d GPUs, at most %d supported", name, len(inv.GPUs), MaxGPUsPerNode)

@@ -219,7 +219,7 @@ func (n *nodeState) pick(req int, excl gpuSet) ([]api.SliceID, gpuSet, error) {
 
 // Fits reports whether one pod asking for req slices fits on node: per GPU,
 // never by node total (6 free slices spread over 3 GPUs do not fit a
-// 4-slice request). O(slicesPerGPU), no allocation. Unknown nodes do not fit.
+// 4-slice request). O(1), no allocation. Unknown nodes do not fit.
 //
 // It takes no lock: the framework calls it for thousands of nodes from
 // parallel goroutines, and even a shared RWMutex bounces one cache line
