@@ -112,11 +112,13 @@ func (p *Plugin) serveOnce(ctx context.Context) error {
 	tick := p.deps.Clock.NewTicker(p.opts.SocketCheckInterval)
 	defer tick.Stop()
 	var kubeletID sockID
-	for {
+	for waited := false; ; waited = true {
 		if kubeletID, err = fileID(kubeletSock); err == nil {
 			break
 		}
-		logger.V(2).Info("Waiting for the kubelet socket", "path", kubeletSock)
+		if !waited {
+			logger.Info("Waiting for the kubelet socket", "path", kubeletSock)
+		}
 		select {
 		case <-ctx.Done():
 			return nil

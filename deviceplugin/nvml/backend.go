@@ -205,18 +205,72 @@ func (b *Backend) numaNode(d gonvml.Device, bus string, note func(string, gonvml
 			note("numa node (nvml)", ret)
 		}
 	}
-	if bus == "" {
+	if bus != "" {
+		raw, err := os.ReadFile(filepath.Join(b.sysfsRoot, "bus/pci/devices", bus, "numa_node"))
+		if err == nil {
+			if n, err := strconv.Atoi(strings.TrimSpace(string(raw))); err == nil && n >= 0 {
+				return n
+			}
+		}
+	}
+	// Last resort: the NUMA node whose CPUs are the GPU's CPU affinity.
+	var mask []uint
+	if safe(func() gonvml.Return { var r gonvml.Return; mask, r = d.GetCpuAffinity(1024); return r }) != gonvml.SUCCESS {
 		return -1
 	}
-	raw, err := os.ReadFile(filepath.Join(b.sysfsRoot, "bus/pci/devices", bus, "numa_node"))
+	return numaOfCPUs(b.sysfsRoot, mask)
+}
+
+// numaOfCPUs returns the single NUMA node whose CPUs intersect mask (64 CPUs
+// per word), or -1 when none or several do.
+func numaOfCPUs(sysfsRoot string, mask []uint) int {
+	dirs, err := filepath.Glob(filepath.Join(sysfsRoot, "devices/system/node/node[0-9]*"))
 	if err != nil {
 		return -1
 	}
-	n, err := strconv.Atoi(strings.TrimSpace(string(raw)))
-	if err != nil || n < 0 {
-		return -1
+	found := -1
+	for _, dir := range dirs {
+		n, err := strconv.Atoi(strings.TrimPrefix(filepath.Base(dir), "node"))
+		if err != nil {
+			continue
+		}
+		raw, err := os.ReadFile(filepath.Join(dir, "cpulist"))
+		if err != nil {
+			continue
+		}
+		if !cpuListIntersects(strings.TrimSpace(string(raw)), mask) {
+			continue
+		}
+		if found >= 0 {
+			return -1
+		}
+		found = n
 	}
-	return n
+	return found
+}
+
+// cpuListIntersects reports whether a sysfs cpulist ("0-15,32-47") has a CPU
+// set in mask.
+func cpuListIntersects(list string, mask []uint) bool {
+	for _, part := range strings.Split(list, ",") {
+		lo, hi, isRange := strings.Cut(part, "-")
+		a, err := strconv.Atoi(lo)
+		if err != nil {
+			continue
+		}
+		z := a
+		if isRange {
+			if z, err = strconv.Atoi(hi); err != nil {
+				continue
+			}
+		}
+		for c := a; c <= z && c < 64*len(mask); c++ {
+			if c >= 0 && mask[c/64]&(1<<(uint(c)%64)) != 0 {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func (b *Backend) migDevices(d gonvml.Device, g *GPU, note func(string, gonvml.Return)) {

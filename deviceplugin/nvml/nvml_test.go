@@ -3,6 +3,8 @@ package nvml
 import (
 	"context"
 	"errors"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -265,4 +267,36 @@ func FuzzParseFakeSpec(f *testing.F) {
 			t.Fatalf("round trip changed %+v to %+v", spec, again)
 		}
 	})
+}
+
+func TestNumaOfCPUs(t *testing.T) {
+	root := t.TempDir()
+	for node, list := range map[string]string{"node0": "0-15,32-47", "node1": "16-31,48-63"} {
+		dir := filepath.Join(root, "devices/system/node", node)
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, "cpulist"), []byte(list+"\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	tests := map[string]struct {
+		mask []uint
+		want int
+	}{
+		"node 0":    {mask: []uint{0xffff}, want: 0},
+		"node 1":    {mask: []uint{0xffff0000}, want: 1},
+		"node 1 hi": {mask: []uint{1 << 50}, want: 1},
+		"both":      {mask: []uint{0x10001}, want: -1},
+		"none":      {mask: []uint{0}, want: -1},
+		"empty":     {want: -1},
+	}
+	for name, tc := range tests {
+		if got := numaOfCPUs(root, tc.mask); got != tc.want {
+			t.Errorf("%s: got %d, want %d", name, got, tc.want)
+		}
+	}
+	if got := numaOfCPUs(filepath.Join(root, "missing"), []uint{1}); got != -1 {
+		t.Errorf("missing sysfs: %d", got)
+	}
 }
