@@ -6,6 +6,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/tessera-gpu/tessera/api"
 )
@@ -154,10 +155,14 @@ type LedgerOptions struct {
 type Ledger struct {
 	mu    sync.RWMutex
 	nodes map[string]*nodeState
-	// lookup mirrors nodes for lock-free Fits/Score (sync.Map reads of
-	// stable keys take no lock).
-	lookup  sync.Map
-	holders map[string]*holder
+	// index is a read-only copy of nodes for lock-free Fits/Score. Adding
+	// or removing a node only marks it stale; the next reader rebuilds it
+	// (under idxMu), so 5000 node adds at start-up do not copy the map
+	// 5000 times. A map lookup by string, unlike sync.Map, allocates nothing.
+	index      atomic.Pointer[map[string]*nodeState]
+	indexStale atomic.Bool
+	idxMu      sync.Mutex
+	holders    map[string]*holder
 	// gangs indexes holders by gang key.
 	gangs map[string]map[string]*holder
 	// claims indexes holders by the node of their effective claim (the node
@@ -231,8 +236,10 @@ func (l *Ledger) UpsertNode(name string, labels map[string]string, inv *api.Inve
 			old.replaceWith(n)
 			n = old
 		}
+		if l.nodes[name] == nil {
+			l.indexStale.Store(true)
+		}
 		l.nodes[name] = n
-		l.lookup.Store(name, n)
 		l.addTotals(n, 1)
 		ms = l.rebuildNodeLocked(n)
 	}
@@ -270,7 +277,7 @@ func (l *Ledger) removeNodeLocked(name string) []Mismatch {
 	}
 	l.detachNodeLocked(n)
 	delete(l.nodes, name)
-	l.lookup.Delete(name)
+	l.indexStale.Store(true)
 	l.labelGen++
 	return nil
 }

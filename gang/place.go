@@ -243,11 +243,36 @@ func (l *Ledger) Score(node string, req int) int64 {
 
 // published returns the node's last published summary, nil if unknown.
 func (l *Ledger) published(node string) *summary {
-	v, ok := l.lookup.Load(node)
-	if !ok {
+	if l.indexStale.Load() {
+		l.rebuildIndex()
+	}
+	idx := l.index.Load()
+	if idx == nil {
 		return nil
 	}
-	return v.(*nodeState).pub.Load()
+	n := (*idx)[node]
+	if n == nil {
+		return nil
+	}
+	return n.pub.Load()
+}
+
+// rebuildIndex copies the node map for lock-free readers. The stale flag is
+// cleared before copying, so a node added meanwhile marks it stale again.
+func (l *Ledger) rebuildIndex() {
+	l.idxMu.Lock()
+	defer l.idxMu.Unlock()
+	if !l.indexStale.Load() {
+		return
+	}
+	l.indexStale.Store(false)
+	l.mu.RLock()
+	m := make(map[string]*nodeState, len(l.nodes))
+	for k, v := range l.nodes {
+		m[k] = v
+	}
+	l.mu.RUnlock()
+	l.index.Store(&m)
 }
 
 // Pick returns the slice IDs one pod asking for req slices would get on
