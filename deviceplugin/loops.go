@@ -90,3 +90,14 @@ func (p *Plugin) CheckConfig(ctx context.Context, report func(error)) bool {
 	}
 	return applied
 }
+
+// SetConfig applies c at once, as a changed config file would be.
+func (p *Plugin) SetConfig(ctx context.Context, c *config.Config) error {
+	if err := c.Validate(); err != nil {
+		return err
+	}
+	p.mu.Lock()
+	p.cfg = c
+	p.mu.Unlock()
+	return p.reslice(ctx, true)
+}
