@@ -15,7 +15,10 @@ export TESSERA_CLUSTER_DIR := $(CLUSTER_DIR)
 K8S_LDFLAGS := -s -w -X k8s.io/component-base/version.gitVersion=v1.37.2 \
 	-X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=37
 
-# Our binaries: static, except the device plugin, which needs cgo for NVML.
+# Our binaries, all static. The device plugin needs cgo (go-nvml dlopens
+# libnvidia-ml.so.1 at run time), so it is linked statically against glibc
+# here for the local cluster's minimal image; the Dockerfile builds it
+# dynamically on a glibc base for real GPU nodes.
 CMDS := $(notdir $(patsubst %/main.go,%,$(wildcard cmd/*/main.go)))
 STATIC_CMDS := $(filter-out tessera-device-plugin,$(CMDS))
 CGO_CMDS := $(filter tessera-device-plugin,$(CMDS))
@@ -31,7 +34,7 @@ build:
 	@mkdir -p $(BIN)
 	CGO_ENABLED=0 $(GO) build -trimpath -o $(BIN)/ $(addprefix ./cmd/,$(STATIC_CMDS))
 ifneq ($(CGO_CMDS),)
-	CGO_ENABLED=1 $(GO) build -trimpath -o $(BIN)/ $(addprefix ./cmd/,$(CGO_CMDS))
+	CGO_ENABLED=1 $(GO) build -trimpath -tags netgo,osusergo -ldflags "-s -w -linkmode external -extldflags -static" -o $(BIN)/ $(addprefix ./cmd/,$(CGO_CMDS))
 endif
 
 # Kubernetes components from the module graph (go.mod `tool` lines), rebuilt
