@@ -1,0 +1,59 @@
+package scheduler
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/tessera-gpu/tessera/api"
+)
+
+// ConfigOptions are the knobs of DefaultConfig.
+type ConfigOptions struct {
+	// Kubeconfig is the scheduler's kubeconfig; empty means in-cluster.
+	Kubeconfig string
+	// LeaderElect turns leader election on (kube-system lease
+	// tessera-scheduler).
+	LeaderElect bool
+	// ArgsYAML, when set, is the Tessera plugin's args, as a YAML mapping
+	// indented by nothing (it is indented here).
+	ArgsYAML string
+}
+
+// DefaultConfig returns a KubeSchedulerConfiguration with the
+// tessera-scheduler profile:
+//
+//   - Tessera enabled at multiPoint (QueueSort, PreFilter, Filter,
+//     PostFilter, Score, Reserve, Permit, PreBind, PostBind);
+//   - PrioritySort disabled (Tessera's QueueSort keeps gang members together);
+//   - the native gang plugins GangScheduling, TopologyPlacementGenerator and
+//     PodGroupPodsCount disabled: with the GenericWorkload gate they would
+//     run their own barrier and placement for pods with spec.schedulingGroup,
+//     which conflicts with Tessera's whole-gang plan.
+func DefaultConfig(o ConfigOptions) string {
+	var b strings.Builder
+	b.WriteString("apiVersion: kubescheduler.config.k8s.io/v1\nkind: KubeSchedulerConfiguration\n")
+	fmt.Fprintf(&b, "leaderElection:\n  leaderElect: %t\n  resourceName: %s\n  resourceNamespace: kube-system\n", o.LeaderElect, api.SchedulerName)
+	if o.Kubeconfig != "" {
+		fmt.Fprintf(&b, "clientConnection:\n  kubeconfig: %q\n  qps: 200\n  burst: 400\n", o.Kubeconfig)
+	}
+	fmt.Fprintf(&b, `profiles:
+- schedulerName: %s
+  plugins:
+    multiPoint:
+      enabled:
+      - name: %s
+        weight: 3
+      disabled:
+      - name: PrioritySort
+      - name: GangScheduling
+      - name: TopologyPlacementGenerator
+      - name: PodGroupPodsCount
+`, api.SchedulerName, Name)
+	if o.ArgsYAML != "" {
+		fmt.Fprintf(&b, "  pluginConfig:\n  - name: %s\n    args:\n", Name)
+		for _, line := range strings.Split(strings.TrimRight(o.ArgsYAML, "\n"), "\n") {
+			b.WriteString("      " + line + "\n")
+		}
+	}
+	return b.String()
+}

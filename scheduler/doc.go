@@ -1,0 +1,36 @@
+// Package scheduler holds Tessera's kube-scheduler framework plugin: a thin
+// adapter that maps every extension point one to one onto the framework-free
+// core in package gang (Ledger and Manager).
+//
+// One plugin, Tessera, serves both halves of the job because gang.Manager
+// owns both (a gang member's slices are planned with its gang; a single pod's
+// slices are picked at Reserve):
+//
+//   - slices, for every pod that asks for tessera.dev/gpu-slice, with or
+//     without a gang: PreFilter (Skip for pods without slices, so Filter and
+//     Score cost nothing for them), Filter per GPU (never per node total),
+//     Score (best fit: keeps whole GPUs and NVLink pairs free), Reserve picks
+//     exact slice IDs, Unreserve frees them, PreBind writes
+//     tessera.dev/slice-assignment;
+//   - gangs from scheduling.x-k8s.io PodGroups, LeaderWorkerSet groups and
+//     native scheduling.k8s.io/v1beta1 PodGroups: QueueSort (priority, then
+//     age, members of a gang together), PreFilter plans and reserves the whole
+//     gang, members filter to their planned node, Permit is the barrier,
+//     PostFilter/Unreserve/timeouts reject and free the whole gang with
+//     backoff, PostBind completes it.
+//
+// The ledger is rebuilt from the informers (node inventories, pod
+// annotations, preferring the device plugin's tessera.dev/slices-allocated),
+// so a restarted scheduler never leaks slices or leaves a partial gang.
+//
+// # Profile
+//
+// The tessera-scheduler profile enables Tessera at multiPoint and disables
+// PrioritySort (Tessera is the QueueSort) and the native gang plugins
+// GangScheduling, TopologyPlacementGenerator and PodGroupPodsCount: those
+// only exist with the GenericWorkload / TopologyAwareWorkloadScheduling gates
+// and would run a second, conflicting gang barrier and placement for pods
+// with spec.schedulingGroup; Tessera reads native PodGroups itself. Run
+// tessera-scheduler without those gates (their default in 1.37). See
+// DefaultConfig for the full configuration.
+package scheduler

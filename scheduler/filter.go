@@ -1,0 +1,43 @@
+package scheduler
+
+import (
+	"context"
+	"fmt"
+
+	v1 "k8s.io/api/core/v1"
+	fwk "k8s.io/kube-scheduler/framework"
+
+	"github.com/tessera-gpu/tessera/api"
+)
+
+const (
+	reasonNotPlanned  = "node is not the one planned for this gang member"
+	reasonNoInventory = "node publishes no Tessera GPU inventory"
+)
+
+// Filter accepts a gang member only on its planned node, and a single pod
+// only where one GPU (or, for whole-GPU requests, enough whole GPUs) has the
+// slices free: per GPU, never by the node's total. O(1), no allocation.
+func (pl *Tessera) Filter(_ context.Context, cs fwk.CycleState, pod *v1.Pod, ni fwk.NodeInfo) *fwk.Status {
+	s, ok := getState(cs)
+	if !ok {
+		return fwk.AsStatus(fmt.Errorf("%s: no PreFilter state for pod %s/%s", Name, pod.Namespace, pod.Name))
+	}
+	node := ni.Node()
+	if node == nil {
+		return fwk.NewStatus(fwk.UnschedulableAndUnresolvable, "node not found")
+	}
+	if s.placement.Node != "" {
+		if s.placement.Allows(node.Name) {
+			return nil
+		}
+		return fwk.NewStatus(fwk.UnschedulableAndUnresolvable, reasonNotPlanned)
+	}
+	if pl.ledger.Fits(node.Name, s.pod.Slices) {
+		return nil
+	}
+	if _, ok := node.Annotations[api.AnnotationInventory]; !ok {
+		return fwk.NewStatus(fwk.UnschedulableAndUnresolvable, reasonNoInventory)
+	}
+	return fwk.NewStatus(fwk.UnschedulableAndUnresolvable, s.noFit)
+}

@@ -1,0 +1,242 @@
+package scheduler
+
+import (
+	"reflect"
+	"slices"
+	"sort"
+	"sync"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+
+	"github.com/tessera-gpu/tessera/api"
+	"github.com/tessera-gpu/tessera/gang"
+)
+
+// groupInfo is what a PodGroup object (scheduling-plugins CRD or native
+// scheduling.k8s.io/v1beta1) says about its gang.
+type groupInfo struct {
+	source    gang.Source
+	minMember int
+	// notGang: a native PodGroup with the basic policy; its pods are
+	// scheduled one by one.
+	notGang   bool
+	timeout   time.Duration
+	required  string
+	preferred string
+	priority  int32
+	created   time.Time
+	obj       runtime.Object // for events
+}
+
+type memberInfo struct {
+	slices   int
+	priority int32
+	created  time.Time
+	lwsSize  int
+	lwsExcl  string
+	pod      *v1.Pod
+}
+
+// gangRegistry merges gang objects and member pods into gang.GangSpecs and
+// keeps the manager's gangs current. The planner needs each member's slice
+// request, which only the pods carry, so a gang is known to the manager once
+// its object (or, for LeaderWorkerSet, a member) and one member are seen.
+type gangRegistry struct {
+	mgr      *gang.Manager
+	args     *Args
+	onChange func(key string, spec gang.GangSpec, err error, added bool)
+
+	mu      sync.Mutex
+	groups  map[string]*groupInfo
+	members map[string]map[string]*memberInfo // gang key → pod UID → member
+	applied map[string]gang.GangSpec
+	// done holds finished members per gang: pod UID → succeeded.
+	done map[string]map[string]bool
+}
+
+func newGangRegistry(mgr *gang.Manager, args *Args) *gangRegistry {
+	return &gangRegistry{mgr: mgr, args: args, groups: map[string]*groupInfo{},
+		members: map[string]map[string]*memberInfo{}, applied: map[string]gang.GangSpec{},
+		done: map[string]map[string]bool{}}
+}
+
+// setGroup records a gang object; nil removes it.
+func (r *gangRegistry) setGroup(key string, g *groupInfo) {
+	r.mu.Lock()
+	if g == nil {
+		delete(r.groups, key)
+	} else {
+		r.groups[key] = g
+	}
+	r.mu.Unlock()
+	r.sync(key)
+}
+
+// setMember records (or, with pod nil, removes) a member pod.
+func (r *gangRegistry) setMember(ref gangRef, uid string, pod *v1.Pod) {
+	r.mu.Lock()
+	ms := r.members[ref.Key]
+	if pod != nil && podTerminal(pod) {
+		if r.done[ref.Key] == nil {
+			r.done[ref.Key] = map[string]bool{}
+		}
+		r.done[ref.Key][uid] = pod.Status.Phase == v1.PodSucceeded
+	} else if pod == nil {
+		delete(r.done[ref.Key], uid)
+		if len(r.done[ref.Key]) == 0 {
+			delete(r.done, ref.Key)
+		}
+	}
+	if pod == nil || podTerminal(pod) {
+		if ms != nil {
+			delete(ms, uid)
+			if len(ms) == 0 {
+				delete(r.members, ref.Key)
+			}
+		}
+	} else {
+		if ms == nil {
+			ms = map[string]*memberInfo{}
+			r.members[ref.Key] = ms
+		}
+		ms[uid] = &memberInfo{slices: sliceRequest(pod), priority: podPriority(pod), created: pod.CreationTimestamp.Time,
+			lwsSize: lwsSize(pod), lwsExcl: pod.Annotations[api.AnnotationLWSExclTopo], pod: pod}
+	}
+	r.mu.Unlock()
+	r.sync(ref.Key)
+}
+
+// isSingle reports whether pods of this gang key are scheduled one by one (a
+// native PodGroup without a gang policy).
+func (r *gangRegistry) isSingle(key string) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	g := r.groups[key]
+	return g != nil && g.notGang
+}
+
+// pendingMembers returns the gang's members that have no node yet.
+func (r *gangRegistry) pendingMembers(key string) map[string]*v1.Pod {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := map[string]*v1.Pod{}
+	for _, m := range r.members[key] {
+		if m.pod != nil && m.pod.Spec.NodeName == "" {
+			out[m.pod.Namespace+"/"+m.pod.Name] = m.pod
+		}
+	}
+	return out
+}
+
+func (r *gangRegistry) object(key string) runtime.Object {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if g := r.groups[key]; g != nil {
+		return g.obj
+	}
+	return nil
+}
+
+func (r *gangRegistry) spec(key string) (gang.GangSpec, bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s, ok := r.applied[key]
+	return s, ok
+}
+
+// build computes the spec of key; ok is false while it cannot be known.
+func (r *gangRegistry) buildLocked(key string) (gang.GangSpec, bool) {
+	ms := r.members[key]
+	g := r.groups[key]
+	spec := gang.GangSpec{Key: key, ScheduleTimeout: r.args.scheduleTimeout(),
+		RequiredTopology: *r.args.DefaultRequiredTopology, PreferredTopology: *r.args.DefaultPreferredTopology}
+	var reqs []int
+	for _, m := range ms {
+		if m.slices > 0 {
+			reqs = append(reqs, m.slices)
+		}
+		spec.Priority = max(spec.Priority, m.priority)
+	}
+	if len(reqs) == 0 {
+		return gang.GangSpec{}, false
+	}
+	switch {
+	case g != nil && g.notGang:
+		return gang.GangSpec{}, false
+	case g != nil:
+		spec.Source, spec.MinMember, spec.Created = g.source, g.minMember, g.created
+		spec.Priority = max(spec.Priority, g.priority)
+		if g.timeout > 0 {
+			spec.ScheduleTimeout = g.timeout
+		}
+		if g.required != "" {
+			spec.RequiredTopology = g.required
+		}
+		if g.preferred != "" {
+			spec.PreferredTopology = g.preferred
+		}
+	default:
+		// LeaderWorkerSet: no object; the members carry size and topology.
+		spec.Source = gang.SourceLWS
+		for _, m := range ms {
+			if m.pod == nil || gangSource(m.pod) != gang.SourceLWS {
+				return gang.GangSpec{}, false // a PodGroup whose object is not seen yet
+			}
+			spec.MinMember = max(spec.MinMember, m.lwsSize)
+			if m.lwsExcl != "" {
+				spec.ExclusiveTopology = m.lwsExcl
+			}
+			if spec.Created.IsZero() || m.created.Before(spec.Created) {
+				spec.Created = m.created
+			}
+		}
+		if spec.MinMember == 0 {
+			spec.MinMember = len(ms)
+		}
+	}
+	sort.Sort(sort.Reverse(sort.IntSlice(reqs)))
+	if reqs[0] == reqs[len(reqs)-1] || len(reqs) < spec.MinMember {
+		spec.Request = reqs[0]
+	} else {
+		spec.MemberRequests = slices.Clone(reqs[:spec.MinMember])
+	}
+	return spec, true
+}
+
+func gangSource(pod *v1.Pod) gang.Source {
+	ref, _ := gangRefOf(pod)
+	return ref.Source
+}
+
+// sync pushes the gang's current spec to the manager when it changed, and
+// removes the gang when it can no longer be built (its object or its last
+// member is gone).
+func (r *gangRegistry) sync(key string) {
+	r.mu.Lock()
+	spec, ok := r.buildLocked(key)
+	old, had := r.applied[key]
+	switch {
+	case ok && (!had || !reflect.DeepEqual(old, spec)):
+		r.applied[key] = spec
+	case !ok && had:
+		delete(r.applied, key)
+		r.mu.Unlock()
+		r.mgr.RemoveGang(key)
+		return
+	default:
+		r.mu.Unlock()
+		return
+	}
+	r.mu.Unlock()
+	err := r.mgr.SetGang(spec)
+	if err != nil {
+		r.mu.Lock()
+		delete(r.applied, key)
+		r.mu.Unlock()
+	}
+	if r.onChange != nil {
+		r.onChange(key, spec, err, !had)
+	}
+}

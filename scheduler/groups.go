@@ -1,0 +1,268 @@
+package scheduler
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	schedv1beta1 "k8s.io/api/scheduling/v1beta1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/dynamic/dynamicinformer"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/klog/v2"
+	pgv1alpha1 "sigs.k8s.io/scheduler-plugins/apis/scheduling/v1alpha1"
+
+	"github.com/tessera-gpu/tessera/api"
+	"github.com/tessera-gpu/tessera/gang"
+)
+
+var (
+	podGroupGVR       = schema.GroupVersionResource{Group: "scheduling.x-k8s.io", Version: "v1alpha1", Resource: "podgroups"}
+	nativePodGroupGVR = schedv1beta1.SchemeGroupVersion.WithResource("podgroups")
+)
+
+// served reports whether the API server serves gvr (discovery).
+func (pl *Tessera) served(gvr schema.GroupVersionResource) bool {
+	list, err := pl.handle.ClientSet().Discovery().ServerResourcesForGroupVersion(gvr.GroupVersion().String())
+	if err != nil {
+		return false
+	}
+	for _, r := range list.APIResources {
+		if r.Name == gvr.Resource {
+			return true
+		}
+	}
+	return false
+}
+
+// watchGroupAPIs starts a PodGroup informer for each PodGroup API the
+// cluster serves, looking again every discoveryInterval for the ones not
+// served yet (a CRD installed after the scheduler started).
+func (pl *Tessera) watchGroupAPIs(ctx context.Context) {
+	logger := pl.logger
+	crd, native := false, false
+	for {
+		if !crd && pl.served(podGroupGVR) {
+			if err := pl.startPodGroupInformer(ctx); err != nil {
+				logger.Error(err, "Cannot watch scheduling.x-k8s.io PodGroups")
+			} else {
+				crd = true
+				logger.Info("Watching PodGroups", "api", podGroupGVR.GroupVersion().String())
+			}
+		}
+		if !native && pl.served(nativePodGroupGVR) {
+			pl.startNativeInformer(ctx)
+			native = true
+			logger.Info("Watching PodGroups", "api", nativePodGroupGVR.GroupVersion().String())
+		}
+		if crd && native {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(pl.args.discoveryInterval()):
+		}
+	}
+}
+
+func (pl *Tessera) startPodGroupInformer(ctx context.Context) error {
+	cfg := pl.handle.KubeConfig()
+	if cfg == nil {
+		return fmt.Errorf("no kubeconfig in the framework handle")
+	}
+	dc, err := dynamic.NewForConfig(cfg)
+	if err != nil {
+		return fmt.Errorf("dynamic client: %w", err)
+	}
+	f := dynamicinformer.NewDynamicSharedInformerFactory(dc, 0)
+	inf := f.ForResource(podGroupGVR).Informer()
+	if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { pl.podGroupChanged(obj) },
+		UpdateFunc: func(_, obj any) { pl.podGroupChanged(obj) },
+		DeleteFunc: func(obj any) { pl.groupDeleted(obj) },
+	}); err != nil {
+		return err
+	}
+	if *pl.args.PodGroupStatus {
+		go pl.runStatusUpdates(ctx, dc)
+	}
+	f.Start(ctx.Done())
+	return nil
+}
+
+func (pl *Tessera) startNativeInformer(ctx context.Context) {
+	f := informers.NewSharedInformerFactory(pl.handle.ClientSet(), 0)
+	inf := f.Scheduling().V1beta1().PodGroups().Informer()
+	_, _ = inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { pl.nativeGroupChanged(obj) },
+		UpdateFunc: func(_, obj any) { pl.nativeGroupChanged(obj) },
+		DeleteFunc: func(obj any) { pl.groupDeleted(obj) },
+	})
+	f.Start(ctx.Done())
+}
+
+func (pl *Tessera) podGroupChanged(obj any) {
+	u, ok := obj.(*unstructured.Unstructured)
+	if !ok {
+		return
+	}
+	var pg pgv1alpha1.PodGroup
+	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, &pg); err != nil {
+		pl.logger.Error(err, "Cannot read PodGroup", "podGroup", klog.KObj(u))
+		return
+	}
+	g := &groupInfo{source: gang.SourcePodGroup, minMember: int(pg.Spec.MinMember), created: pg.CreationTimestamp.Time,
+		required: pg.Annotations[api.AnnotationTopologyRequired], preferred: pg.Annotations[api.AnnotationTopologyPreferred], obj: u}
+	if pg.Spec.ScheduleTimeoutSeconds != nil && *pg.Spec.ScheduleTimeoutSeconds > 0 {
+		g.timeout = time.Duration(*pg.Spec.ScheduleTimeoutSeconds) * time.Second
+	}
+	key := pg.Namespace + "/" + pg.Name
+	pl.gangs.setGroup(key, g)
+	pl.markStatusDirty(key)
+}
+
+func (pl *Tessera) nativeGroupChanged(obj any) {
+	pg, ok := obj.(*schedv1beta1.PodGroup)
+	if !ok {
+		return
+	}
+	g := &groupInfo{source: gang.SourceNative, created: pg.CreationTimestamp.Time,
+		required: pg.Annotations[api.AnnotationTopologyRequired], preferred: pg.Annotations[api.AnnotationTopologyPreferred], obj: pg}
+	if gp := pg.Spec.SchedulingPolicy.Gang; gp != nil {
+		g.minMember = int(gp.MinCount)
+	} else {
+		g.notGang = true
+	}
+	if c := pg.Spec.SchedulingConstraints; c != nil && len(c.Topology) > 0 && c.Topology[0].Key != "" && g.required == "" {
+		g.required = c.Topology[0].Key
+	}
+	if pg.Spec.Priority != nil {
+		g.priority = *pg.Spec.Priority
+	}
+	pl.gangs.setGroup(pg.Namespace+"/"+pg.Name, g)
+}
+
+func (pl *Tessera) groupDeleted(obj any) {
+	if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = t.Obj
+	}
+	m, ok := obj.(metav1.Object)
+	if !ok {
+		return
+	}
+	pl.gangs.setGroup(m.GetNamespace()+"/"+m.GetName(), nil)
+}
+
+// markStatusDirty queues a status update of a scheduling.x-k8s.io PodGroup.
+func (pl *Tessera) markStatusDirty(key string) {
+	if !*pl.args.PodGroupStatus {
+		return
+	}
+	pl.mu.Lock()
+	if pl.statusDirty == nil {
+		pl.statusDirty = map[string]struct{}{}
+	}
+	pl.statusDirty[key] = struct{}{}
+	pl.mu.Unlock()
+}
+
+// runStatusUpdates writes phase and counts of dirty PodGroups, batched once
+// per sweep interval so a gang binding 64 members patches a few times, not 64.
+func (pl *Tessera) runStatusUpdates(ctx context.Context, dc dynamic.Interface) {
+	t := time.NewTicker(pl.args.sweepInterval())
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		pl.mu.Lock()
+		dirty := pl.statusDirty
+		pl.statusDirty = nil
+		pl.mu.Unlock()
+		for key := range dirty {
+			if err := pl.updateStatus(ctx, dc, key); err != nil && ctx.Err() == nil {
+				pl.logger.V(2).Info("PodGroup status update failed; retrying", "podGroup", key, "err", err)
+				pl.markStatusDirty(key)
+			}
+		}
+	}
+}
+
+func (pl *Tessera) updateStatus(ctx context.Context, dc dynamic.Interface, key string) error {
+	obj, ok := pl.gangs.object(key).(*unstructured.Unstructured)
+	if !ok {
+		return nil
+	}
+	var pg pgv1alpha1.PodGroup
+	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(obj.Object, &pg); err != nil {
+		return err
+	}
+	want := pl.gangs.groupStatus(key, int(pg.Spec.MinMember))
+	if want.Phase != pgv1alpha1.PodGroupPending && pg.Status.ScheduleStartTime.IsZero() {
+		want.ScheduleStartTime = metav1.Now()
+	} else {
+		want.ScheduleStartTime = pg.Status.ScheduleStartTime
+	}
+	want.OccupiedBy = pg.Status.OccupiedBy
+	if want.Phase == pg.Status.Phase && want.Running == pg.Status.Running && want.Succeeded == pg.Status.Succeeded && want.Failed == pg.Status.Failed {
+		return nil
+	}
+	patch, err := json.Marshal(map[string]any{"status": want})
+	if err != nil {
+		return err
+	}
+	_, err = dc.Resource(podGroupGVR).Namespace(pg.Namespace).Patch(ctx, pg.Name, types.MergePatchType, patch, metav1.PatchOptions{}, "status")
+	return err
+}
+
+// groupStatus derives a PodGroup's status from its member pods.
+func (r *gangRegistry) groupStatus(key string, minMember int) pgv1alpha1.PodGroupStatus {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var st pgv1alpha1.PodGroupStatus
+	scheduled := 0
+	for _, m := range r.members[key] {
+		if m.pod == nil {
+			continue
+		}
+		if m.pod.Spec.NodeName != "" {
+			scheduled++
+		}
+		switch m.pod.Status.Phase {
+		case v1.PodRunning:
+			st.Running++
+		}
+	}
+	for _, ok := range r.done[key] {
+		if ok {
+			st.Succeeded++
+		} else {
+			st.Failed++
+		}
+	}
+	min32 := int32(max(minMember, 1))
+	switch {
+	case st.Failed > 0:
+		st.Phase = pgv1alpha1.PodGroupFailed
+	case st.Succeeded >= min32:
+		st.Phase = pgv1alpha1.PodGroupFinished
+	case st.Running+st.Succeeded >= min32:
+		st.Phase = pgv1alpha1.PodGroupRunning
+	case scheduled >= minMember && scheduled > 0:
+		st.Phase = pgv1alpha1.PodGroupScheduling
+	default:
+		st.Phase = pgv1alpha1.PodGroupPending
+	}
+	return st
+}

@@ -1,0 +1,358 @@
+package scheduler
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/klog/v2"
+	fwk "k8s.io/kube-scheduler/framework"
+
+	"github.com/tessera-gpu/tessera/api"
+	"github.com/tessera-gpu/tessera/gang"
+)
+
+// Name is the plugin's name in the registry and in configurations.
+const Name = "Tessera"
+
+// Tessera is the scheduler plugin; see the package documentation.
+type Tessera struct {
+	handle fwk.Handle
+	args   *Args
+	ledger *gang.Ledger
+	mgr    *gang.Manager
+	gangs  *gangRegistry
+	logger klog.Logger
+
+	// handlersSynced report whether the node and pod handlers delivered the
+	// initial lists; PreFilter waits for them once, so a restarted scheduler
+	// never places onto slices it has not yet learnt are taken.
+	handlersSynced []cache.InformerSynced
+	synced         atomic.Bool
+
+	mu sync.Mutex
+	// nodeSeen is the last inventory annotation applied per node, so label
+	// and status churn does not re-parse it.
+	nodeSeen map[string]nodeKey
+	// planStart is when each gang's current plan was first attempted.
+	planStart map[string]time.Time
+	// lastEvent is the last gang-level event reason per gang, so a gang
+	// that stays unschedulable does not flood events.
+	lastEvent map[string]string
+	// statusDirty are scheduling.x-k8s.io PodGroups whose status needs a
+	// refresh.
+	statusDirty map[string]struct{}
+}
+
+type nodeKey struct {
+	inventory string
+	labels    map[string]string
+}
+
+var (
+	_ fwk.QueueSortPlugin   = &Tessera{}
+	_ fwk.PreFilterPlugin   = &Tessera{}
+	_ fwk.FilterPlugin      = &Tessera{}
+	_ fwk.PostFilterPlugin  = &Tessera{}
+	_ fwk.ScorePlugin       = &Tessera{}
+	_ fwk.ReservePlugin     = &Tessera{}
+	_ fwk.PermitPlugin      = &Tessera{}
+	_ fwk.PreBindPlugin     = &Tessera{}
+	_ fwk.PostBindPlugin    = &Tessera{}
+	_ fwk.EnqueueExtensions = &Tessera{}
+)
+
+// Name returns the plugin's name.
+func (pl *Tessera) Name() string { return Name }
+
+// New builds the plugin: decodes and validates its args, creates the ledger
+// and gang manager, and feeds them from the scheduler's informers and from
+// the PodGroup APIs the cluster serves. Background work stops with ctx.
+func New(ctx context.Context, obj runtime.Object, h fwk.Handle) (fwk.Plugin, error) {
+	args, err := DecodeArgs(obj)
+	if err != nil {
+		return nil, err
+	}
+	registerMetrics()
+	logger := klog.FromContext(ctx).WithName(Name)
+	pl := &Tessera{handle: h, args: args, logger: logger, nodeSeen: map[string]nodeKey{},
+		planStart: map[string]time.Time{}, lastEvent: map[string]string{}}
+	pl.ledger = gang.NewLedger(gang.LedgerOptions{OnMismatch: pl.onMismatch})
+	pl.mgr = gang.NewManager(pl.ledger, gang.Options{Backoff: args.backoff(), OnReject: pl.onReject})
+	pl.gangs = newGangRegistry(pl.mgr, args)
+	pl.gangs.onChange = pl.onGangChange
+
+	if h.SharedInformerFactory() == nil {
+		return nil, fmt.Errorf("%s: the framework handle has no informer factory", Name)
+	}
+	nodes := h.SharedInformerFactory().Core().V1().Nodes().Informer()
+	nreg, err := nodes.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { pl.nodeChanged(obj) },
+		UpdateFunc: func(_, obj any) { pl.nodeChanged(obj) },
+		DeleteFunc: pl.nodeDeleted,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%s: watching nodes: %w", Name, err)
+	}
+	pods := h.SharedInformerFactory().Core().V1().Pods().Informer()
+	preg, err := pods.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { pl.podChanged(obj) },
+		UpdateFunc: func(_, obj any) { pl.podChanged(obj) },
+		DeleteFunc: pl.podDeleted,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%s: watching pods: %w", Name, err)
+	}
+	pl.handlersSynced = []cache.InformerSynced{nreg.HasSynced, preg.HasSynced}
+
+	go pl.mgr.Run(ctx, args.sweepInterval())
+	go pl.refreshGauges(ctx)
+	go pl.watchGroupAPIs(ctx)
+	return pl, nil
+}
+
+// waitSynced blocks the first scheduling cycle until the ledger has seen
+// every node and pod.
+func (pl *Tessera) waitSynced(ctx context.Context) bool {
+	if pl.synced.Load() {
+		return true
+	}
+	if !cache.WaitForCacheSync(ctx.Done(), pl.handlersSynced...) {
+		return false
+	}
+	pl.synced.Store(true)
+	return true
+}
+
+func (pl *Tessera) refreshGauges(ctx context.Context) {
+	t := time.NewTicker(pl.args.sweepInterval())
+	defer t.Stop()
+	for {
+		recordFragmentation(pl.ledger.Fragmentation())
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// nodeChanged feeds a node's labels and inventory into the ledger.
+func (pl *Tessera) nodeChanged(obj any) {
+	node, ok := obj.(*v1.Node)
+	if !ok {
+		return
+	}
+	raw, has := node.Annotations[api.AnnotationInventory]
+	pl.mu.Lock()
+	seen, known := pl.nodeSeen[node.Name]
+	if known && seen.inventory == raw && maps.Equal(seen.labels, node.Labels) {
+		pl.mu.Unlock()
+		return
+	}
+	if has {
+		pl.nodeSeen[node.Name] = nodeKey{inventory: raw, labels: maps.Clone(node.Labels)}
+	} else {
+		delete(pl.nodeSeen, node.Name)
+	}
+	pl.mu.Unlock()
+	if !has {
+		if known {
+			pl.ledger.RemoveNode(node.Name)
+		}
+		return
+	}
+	inv, err := api.ParseInventory(raw)
+	if err == nil {
+		err = pl.ledger.UpsertNode(node.Name, node.Labels, inv)
+	} else {
+		pl.ledger.RemoveNode(node.Name)
+	}
+	if err != nil {
+		pl.logger.Error(err, "Node's GPU inventory is not usable; no slices are placed on it", "node", klog.KObj(node))
+		pl.event(node, v1.EventTypeWarning, "InvalidGPUInventory", "Scheduling",
+			"annotation %s is not usable, no GPU slices are placed on this node: %v", api.AnnotationInventory, err)
+	}
+}
+
+func (pl *Tessera) nodeDeleted(obj any) {
+	if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = t.Obj
+	}
+	node, ok := obj.(*v1.Node)
+	if !ok {
+		return
+	}
+	pl.mu.Lock()
+	delete(pl.nodeSeen, node.Name)
+	pl.mu.Unlock()
+	pl.ledger.RemoveNode(node.Name)
+}
+
+// podChanged feeds a pod's slice annotations into the ledger and its gang
+// membership into the registry.
+func (pl *Tessera) podChanged(obj any) {
+	pod, ok := obj.(*v1.Pod)
+	if !ok {
+		return
+	}
+	ref, inGang := gangRefOf(pod)
+	if !relevant(pod) {
+		if inGang {
+			pl.gangs.setMember(ref, string(pod.UID), nil)
+		}
+		return
+	}
+	if podTerminal(pod) {
+		pl.forgetPod(pod, ref, inGang)
+		return
+	}
+	key := ""
+	if inGang {
+		key = ref.Key
+		pl.gangs.setMember(ref, string(pod.UID), pod)
+		pl.markGroupDirty(ref)
+	}
+	info, err := gang.PodInfoFromAnnotations(string(pod.UID), pod.Namespace, pod.Name, key, pod.Spec.NodeName, pod.Annotations)
+	if err != nil {
+		pl.logger.Error(err, "Malformed slice annotation; treated as absent", "pod", klog.KObj(pod))
+		pl.event(pod, v1.EventTypeWarning, "MalformedSliceAnnotation", "Scheduling", "%v", err)
+	}
+	pl.ledger.SetPod(info)
+}
+
+func (pl *Tessera) podDeleted(obj any) {
+	if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = t.Obj
+	}
+	pod, ok := obj.(*v1.Pod)
+	if !ok {
+		return
+	}
+	ref, inGang := gangRefOf(pod)
+	pl.mgr.PodDeleted(string(pod.UID))
+	if inGang {
+		pl.gangs.setMember(ref, string(pod.UID), nil)
+		pl.markGroupDirty(ref)
+	}
+}
+
+func (pl *Tessera) forgetPod(pod *v1.Pod, ref gangRef, inGang bool) {
+	pl.mgr.PodDeleted(string(pod.UID))
+	if inGang {
+		pl.gangs.setMember(ref, string(pod.UID), pod)
+		pl.markGroupDirty(ref)
+	}
+}
+
+func (pl *Tessera) markGroupDirty(ref gangRef) {
+	if ref.Source == gang.SourcePodGroup {
+		pl.markStatusDirty(ref.Key)
+	}
+}
+
+// onGangChange runs after the registry pushed a gang spec to the manager.
+func (pl *Tessera) onGangChange(key string, spec gang.GangSpec, err error, added bool) {
+	if err != nil {
+		pl.logger.Error(err, "Gang spec rejected", "gang", key)
+		if obj := pl.gangs.object(key); obj != nil {
+			pl.event(obj, v1.EventTypeWarning, "InvalidGang", "Scheduling", "%v", err)
+		}
+		return
+	}
+	pl.logger.V(4).Info("Gang known", "gang", key, "source", spec.Source, "minMember", spec.MinMember,
+		"request", spec.Request, "required", spec.RequiredTopology, "preferred", spec.PreferredTopology)
+	if added {
+		pl.activateGang(key)
+	}
+}
+
+// activateGang moves the gang's pending pods back to the active queue: their
+// plan was just made, or their gang became known or left backoff.
+func (pl *Tessera) activateGang(key string) {
+	pods := pl.gangs.pendingMembers(key)
+	if len(pods) > 0 {
+		pl.handle.Activate(pl.logger, pods)
+	}
+}
+
+// onReject runs (without gang locks) for every whole-gang rejection: the
+// gang's waiting pods are rejected, and its pods are retried when the
+// backoff ends.
+func (pl *Tessera) onReject(r gang.Rejection) {
+	gangsRejected.WithLabelValues(rejectCause(r.Reason)).Inc()
+	pl.logger.V(2).Info("Gang rejected; all its slices are free again", "gang", r.Gang, "reason", r.Reason,
+		"waitingPods", len(r.PodUIDs), "backoffUntil", r.BackoffUntil)
+	for _, uid := range r.PodUIDs {
+		if wp := pl.handle.GetWaitingPod(types.UID(uid)); wp != nil {
+			wp.Reject(Name, r.Reason)
+		}
+	}
+	pl.mu.Lock()
+	delete(pl.planStart, r.Gang)
+	pl.mu.Unlock()
+	pl.gangEvent(r.Gang, v1.EventTypeWarning, "GangRejected", r.Reason)
+	wait := time.Until(r.BackoffUntil)
+	if wait < 0 {
+		wait = 0
+	}
+	key := r.Gang
+	time.AfterFunc(wait+50*time.Millisecond, func() { pl.activateGang(key) })
+}
+
+func (pl *Tessera) onMismatch(m gang.Mismatch) {
+	handoffMismatches.WithLabelValues(string(m.Reason)).Inc()
+	pl.logger.Info("Slice hand-off mismatch", "reason", m.Reason, "pod", m.Pod, "node", m.Node, "detail", m.Detail)
+	ns, name, ok := cutKey(m.Pod)
+	if !ok {
+		return
+	}
+	pod, err := pl.handle.SharedInformerFactory().Core().V1().Pods().Lister().Pods(ns).Get(name)
+	if err != nil {
+		return
+	}
+	pl.event(pod, v1.EventTypeWarning, string(m.Reason), "Scheduling", "%s", m.Detail)
+}
+
+func cutKey(key string) (string, string, bool) {
+	for i := 0; i < len(key); i++ {
+		if key[i] == '/' {
+			return key[:i], key[i+1:], true
+		}
+	}
+	return "", "", false
+}
+
+func (pl *Tessera) event(obj runtime.Object, typ, reason, action, note string, args ...any) {
+	if rec := pl.handle.EventRecorder(); rec != nil && obj != nil {
+		rec.Eventf(obj, nil, typ, reason, action, note, args...)
+	}
+}
+
+// gangEvent records an event on the gang's object (PodGroup), or on its
+// pending pods when it has none (LeaderWorkerSet); a reason repeated for the
+// same gang is recorded once.
+func (pl *Tessera) gangEvent(key, typ, reason, msg string) {
+	pl.mu.Lock()
+	if pl.lastEvent[key] == reason+"\x00"+msg {
+		pl.mu.Unlock()
+		return
+	}
+	pl.lastEvent[key] = reason + "\x00" + msg
+	pl.mu.Unlock()
+	if obj := pl.gangs.object(key); obj != nil {
+		pl.event(obj, typ, reason, "Scheduling", "%s", msg)
+		return
+	}
+	for _, pod := range pl.gangs.pendingMembers(key) {
+		pl.event(pod, typ, reason, "Scheduling", "%s", msg)
+		break
+	}
+}

@@ -1,0 +1,47 @@
+package scheduler
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/klog/v2"
+	fwk "k8s.io/kube-scheduler/framework"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/tessera-gpu/tessera/api"
+)
+
+// PreBindPreFlight skips pods Tessera placed no slices for.
+func (pl *Tessera) PreBindPreFlight(_ context.Context, cs fwk.CycleState, _ *v1.Pod, _ string) (*fwk.PreBindPreFlightResult, *fwk.Status) {
+	if _, ok := getState(cs); !ok {
+		return nil, fwk.NewStatus(fwk.Skip)
+	}
+	return &fwk.PreBindPreFlightResult{AllowParallel: true}, nil
+}
+
+// PreBind writes the reserved slice IDs into tessera.dev/slice-assignment,
+// which the device plugin hands to the container at Allocate.
+func (pl *Tessera) PreBind(ctx context.Context, cs fwk.CycleState, pod *v1.Pod, nodeName string) *fwk.Status {
+	s, ok := getState(cs)
+	if !ok {
+		return nil
+	}
+	ids, err := pl.mgr.PreBind(s.pod, nodeName)
+	if err != nil {
+		return fwk.AsStatus(err)
+	}
+	value := api.FormatSliceList(ids)
+	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{
+		"annotations": map[string]string{api.AnnotationSliceAssignment: value}}})
+	if err != nil {
+		return fwk.AsStatus(fmt.Errorf("encoding slice assignment patch: %w", err))
+	}
+	if _, err := pl.handle.ClientSet().CoreV1().Pods(pod.Namespace).Patch(ctx, pod.Name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+		return fwk.AsStatus(fmt.Errorf("writing %s on pod %s/%s: %w", api.AnnotationSliceAssignment, pod.Namespace, pod.Name, err))
+	}
+	klog.FromContext(ctx).V(4).Info("Wrote slice assignment", "pod", klog.KObj(pod), "node", nodeName, "slices", value)
+	return nil
+}

@@ -1,0 +1,112 @@
+package scheduler
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/util/sets"
+	"k8s.io/klog/v2"
+	fwk "k8s.io/kube-scheduler/framework"
+
+	"github.com/tessera-gpu/tessera/gang"
+)
+
+const stateKey fwk.StateKey = Name
+
+// preFilterState is what PreFilter learnt about the pod for the later
+// extension points of this cycle. It is never modified after PreFilter, so
+// Clone shares it.
+type preFilterState struct {
+	pod       gang.Pod
+	placement gang.Placement
+	// noFit is Filter's reason for nodes without room, built once.
+	noFit string
+}
+
+// Clone implements fwk.StateData.
+func (s *preFilterState) Clone() fwk.StateData { return s }
+
+func getState(cs fwk.CycleState) (*preFilterState, bool) {
+	d, err := cs.Read(stateKey)
+	if err != nil {
+		return nil, false
+	}
+	s, ok := d.(*preFilterState)
+	return s, ok
+}
+
+// gangPod is the pod as the gang manager sees it; ok is false for pods that
+// ask for no slices (Tessera leaves them alone).
+func (pl *Tessera) gangPod(pod *v1.Pod) (gang.Pod, bool) {
+	n := sliceRequest(pod)
+	if n == 0 {
+		return gang.Pod{}, false
+	}
+	p := gang.Pod{UID: string(pod.UID), Namespace: pod.Namespace, Name: pod.Name, Slices: n}
+	if ref, ok := gangRefOf(pod); ok && !(ref.Source == gang.SourceNative && pl.gangs.isSingle(ref.Key)) {
+		p.Gang = ref.Key
+	}
+	return p, true
+}
+
+// PreFilter skips pods that ask for no slices (Filter and Score then cost
+// them nothing). For a gang member it plans the whole gang if needed and
+// restricts the pod to its planned node.
+func (pl *Tessera) PreFilter(ctx context.Context, cs fwk.CycleState, pod *v1.Pod, _ []fwk.NodeInfo) (*fwk.PreFilterResult, *fwk.Status) {
+	p, ok := pl.gangPod(pod)
+	if !ok {
+		return nil, fwk.NewStatus(fwk.Skip)
+	}
+	if !pl.waitSynced(ctx) {
+		return nil, fwk.NewStatus(fwk.Error, "the GPU slice ledger has not synced with the cluster yet")
+	}
+	logger := klog.FromContext(ctx)
+	planning := false
+	if p.Gang != "" {
+		st, _ := pl.mgr.Status(p.Gang)
+		planning = len(st.Slots) == 0
+		if planning {
+			pl.mu.Lock()
+			if _, ok := pl.planStart[p.Gang]; !ok {
+				pl.planStart[p.Gang] = time.Now()
+			}
+			pl.mu.Unlock()
+		}
+	}
+	placement, err := pl.mgr.PreFilter(p)
+	if err != nil {
+		var ue *gang.UnschedulableError
+		if errors.As(err, &ue) {
+			if planning {
+				planAttempts.WithLabelValues("unschedulable").Inc()
+			}
+			logger.V(3).Info("Gang cannot be placed now", "pod", klog.KObj(pod), "gang", p.Gang, "reason", ue.Msg)
+			pl.gangEvent(p.Gang, v1.EventTypeWarning, "GangUnschedulable", ue.Msg)
+			return nil, fwk.NewStatus(fwk.UnschedulableAndUnresolvable, ue.Msg)
+		}
+		if planning {
+			planAttempts.WithLabelValues("error").Inc()
+		}
+		return nil, fwk.AsStatus(fmt.Errorf("planning gang %s: %w", p.Gang, err))
+	}
+	cs.Write(stateKey, &preFilterState{pod: p, placement: placement,
+		noFit: fmt.Sprintf("no GPU has %d free slices (a request above one GPU's slices needs that many whole, free GPUs)", p.Slices)})
+	if placement.Node == "" {
+		return nil, nil
+	}
+	if planning {
+		planAttempts.WithLabelValues("planned").Inc()
+		logger.V(2).Info("Planned gang", "gang", p.Gang, "pod", klog.KObj(pod), "node", placement.Node)
+		// The rest of the gang has a reserved place now: bring its pending
+		// members back from the unschedulable queue.
+		pl.activateGang(p.Gang)
+	}
+	return &fwk.PreFilterResult{NodeNames: sets.New(placement.Node)}, nil
+}
+
+// PreFilterExtensions returns nil: the ledger, not the snapshot's pods,
+// tracks slices.
+func (pl *Tessera) PreFilterExtensions() fwk.PreFilterExtensions { return nil }

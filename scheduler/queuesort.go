@@ -1,0 +1,34 @@
+package scheduler
+
+import (
+	fwk "k8s.io/kube-scheduler/framework"
+
+	"github.com/tessera-gpu/tessera/gang"
+)
+
+type podEntity interface {
+	GetPodInfo() fwk.PodInfo
+}
+
+// Less orders the scheduling queue: higher priority first, then older; gang
+// members take their gang's priority and creation time and sort together,
+// so a planned gang's members are popped back to back and competing gangs
+// are served oldest first (no starvation, no interleaving deadlock).
+func (pl *Tessera) Less(a, b fwk.QueuedEntityInfo) bool {
+	pa, oka := a.(podEntity)
+	pb, okb := b.(podEntity)
+	if !oka || !okb {
+		p1, p2 := a.GetPriority(), b.GetPriority()
+		return p1 > p2 || (p1 == p2 && a.GetTimestamp().Before(b.GetTimestamp()))
+	}
+	return gang.Less(pl.queueKey(pa.GetPodInfo(), a), pl.queueKey(pb.GetPodInfo(), b))
+}
+
+func (pl *Tessera) queueKey(pi fwk.PodInfo, e fwk.QueuedEntityInfo) gang.QueueKey {
+	pod := pi.GetPod()
+	p := gang.Pod{Namespace: pod.Namespace, Name: pod.Name}
+	if ref, ok := gangRefOf(pod); ok {
+		p.Gang = ref.Key
+	}
+	return pl.mgr.QueueKey(p, e.GetPriority(), e.GetTimestamp())
+}
