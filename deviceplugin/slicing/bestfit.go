@@ -168,6 +168,9 @@ func (p *pool) wholeGPUs(size int, mustGPUs []int) []string {
 		return nil
 	}
 	n := size / per
+	if len(mustGPUs) > n {
+		return nil
+	}
 	var cand []int
 	isCand := map[int]bool{}
 	for i, g := range p.l.GPUs {
