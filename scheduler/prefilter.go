@@ -84,7 +84,13 @@ func (pl *Tessera) PreFilter(ctx context.Context, cs fwk.CycleState, pod *v1.Pod
 				planAttempts.WithLabelValues("unschedulable").Inc()
 			}
 			logger.V(3).Info("Gang cannot be placed now", "pod", klog.KObj(pod), "gang", p.Gang, "reason", ue.Msg)
-			pl.gangEvent(p.Gang, v1.EventTypeWarning, "GangUnschedulable", ue.Msg)
+			// Events of one reason on one object merge into a series that
+			// keeps the first note, so "not declared yet" gets its own reason.
+			reason := "GangUnschedulable"
+			if _, known := pl.gangs.spec(p.Gang); !known {
+				reason = "GangNotReady"
+			}
+			pl.gangEvent(p.Gang, v1.EventTypeWarning, reason, ue.Msg)
 			return nil, fwk.NewStatus(fwk.UnschedulableAndUnresolvable, ue.Msg)
 		}
 		if planning {
