@@ -134,8 +134,10 @@ func ValidateArgs(a *Args) error {
 	return errors.Join(errs...)
 }
 
-func (a *Args) scheduleTimeout() time.Duration { return time.Duration(*a.ScheduleTimeoutSeconds) * time.Second }
-func (a *Args) backoff() time.Duration         { return time.Duration(*a.BackoffSeconds) * time.Second }
+func (a *Args) scheduleTimeout() time.Duration {
+	return time.Duration(*a.ScheduleTimeoutSeconds) * time.Second
+}
+func (a *Args) backoff() time.Duration { return time.Duration(*a.BackoffSeconds) * time.Second }
 func (a *Args) sweepInterval() time.Duration {
 	return time.Duration(*a.SweepIntervalMillis) * time.Millisecond
 }
