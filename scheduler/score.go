@@ -7,7 +7,7 @@ import (
 	fwk "k8s.io/kube-scheduler/framework"
 )
 
-// Score ranks nodes for a single pod by best fit (0..MaxNodeScore): fill
+// Score ranks nodes for a single pod by best fit (0..MaxScore): fill
 // partly used GPUs first and keep whole GPUs and NVLink pairs free for
 // future tensor-parallel ranks. A gang member has one node left, its
 // planned one. Lock-free and allocation-free per node.
@@ -17,7 +17,7 @@ func (pl *Tessera) Score(_ context.Context, cs fwk.CycleState, _ *v1.Pod, ni fwk
 		return 0, nil
 	}
 	if s.placement.Node != "" {
-		return fwk.MaxNodeScore, nil
+		return fwk.MaxScore, nil
 	}
 	node := ni.Node()
 	if node == nil {
@@ -26,5 +26,5 @@ func (pl *Tessera) Score(_ context.Context, cs fwk.CycleState, _ *v1.Pod, ni fwk
 	return pl.ledger.Score(node.Name, s.pod.Slices), nil
 }
 
-// ScoreExtensions returns nil: scores are already 0..MaxNodeScore.
+// ScoreExtensions returns nil: scores are already 0..MaxScore.
 func (pl *Tessera) ScoreExtensions() fwk.ScoreExtensions { return nil }
