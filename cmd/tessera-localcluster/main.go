@@ -25,7 +25,7 @@ func main() {
 
 func run() error {
 	if len(os.Args) < 2 {
-		return fmt.Errorf("usage: tessera-localcluster up|down|status [flags]")
+		return fmt.Errorf("usage: tessera-localcluster up|down|install|status [flags]")
 	}
 	fs := flag.NewFlagSet(os.Args[1], flag.ExitOnError)
 	dir := fs.String("dir", envOr("TESSERA_CLUSTER_DIR", "/tmp/tessera-cluster"), "cluster state directory")
@@ -38,6 +38,7 @@ func run() error {
 	racksPerZone := fs.Int("racks-per-zone", 4, "racks per topology.kubernetes.io/zone")
 	gpus := fs.Int("gpus", 8, "simulated GPUs per simulated node (0: none)")
 	slices := fs.Int("slices-per-gpu", 4, "slices per simulated GPU")
+	overlay := fs.String("overlay", "manifests/overlays/local", "kustomize overlay to install (install)")
 	realNode := fs.Bool("real-node", true, "start containerd and a real kubelet")
 	if err := fs.Parse(os.Args[2:]); err != nil {
 		return err
@@ -81,6 +82,20 @@ Logs: %s/logs    Stop it: make cluster-down
 			return err
 		}
 		fmt.Printf("cluster in %s stopped and removed\n", *dir)
+		return nil
+	case "install":
+		// Installs Tessera from a kustomize overlay onto the running cluster.
+		c, err := cluster.Attach(*dir)
+		if err != nil {
+			return err
+		}
+		toolsDir, _ := filepath.Abs(*tools)
+		os.Setenv("TESSERA_TOOLS_DIR", toolsDir)
+		start := time.Now()
+		if err := c.InstallTessera(ctx, *overlay); err != nil {
+			return err
+		}
+		fmt.Printf("Tessera installed from %s and ready in %s\n", *overlay, time.Since(start).Round(100*time.Millisecond))
 		return nil
 	case "status":
 		c, err := cluster.Attach(*dir)

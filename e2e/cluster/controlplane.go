@@ -30,6 +30,7 @@ var identities = []struct {
 
 type access struct {
 	APIServerURL string            `json:"apiServerURL"`
+	RealNodeName string            `json:"realNodeName,omitempty"`
 	Tokens       map[string]string `json:"tokens"`
 }
 
@@ -66,7 +67,11 @@ func (c *Cluster) makePKI(context.Context) error {
 	if err := os.WriteFile(p.path("tokens.csv"), []byte(csv.String()), 0o600); err != nil {
 		return err
 	}
-	b, err := json.Marshal(access{APIServerURL: c.APIServerURL, Tokens: c.tokens})
+	realNode := ""
+	if c.cfg.RealNode {
+		realNode = c.RealNodeName
+	}
+	b, err := json.Marshal(access{APIServerURL: c.APIServerURL, RealNodeName: realNode, Tokens: c.tokens})
 	if err != nil {
 		return err
 	}
@@ -94,7 +99,7 @@ func (c *Cluster) loadAccess() error {
 	if err := json.Unmarshal(b, &a); err != nil {
 		return err
 	}
-	c.APIServerURL, c.tokens = a.APIServerURL, a.Tokens
+	c.APIServerURL, c.tokens, c.RealNodeName = a.APIServerURL, a.Tokens, a.RealNodeName
 	return nil
 }
 

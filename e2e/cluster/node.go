@@ -245,7 +245,7 @@ maxPods: 110
 		"--root-dir", c.kubeletRoot(),
 		"--hostname-override", c.RealNodeName,
 		"--node-ip", "127.0.0.1",
-		"--node-labels", "tessera.dev/real-node=true",
+		"--node-labels", "tessera.dev/real-node=true,tessera.dev/gpu-node=true",
 		"--v", "1",
 	}, nil)
 	if err != nil {
