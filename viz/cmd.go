@@ -41,7 +41,10 @@ type Options struct {
 // `kubectl tessera ...` (kubectl finds kubectl-tessera on PATH) or
 // standalone; either way it reads the current kubeconfig like kubectl.
 func NewCommand(streams genericiooptions.IOStreams) *cobra.Command {
-	o := &Options{ConfigFlags: genericclioptions.NewConfigFlags(true), Streams: streams}
+	return newCommand(&Options{ConfigFlags: genericclioptions.NewConfigFlags(true), Streams: streams})
+}
+
+func newCommand(o *Options) *cobra.Command {
 	use := "kubectl-tessera"
 	if strings.HasPrefix(filepath.Base(os.Args[0]), "kubectl-") {
 		use = "kubectl tessera"

@@ -7,6 +7,7 @@ import (
 	"io"
 	"math"
 	"strings"
+	"unicode/utf8"
 
 	"github.com/tessera-gpu/tessera/api"
 )
@@ -87,6 +88,12 @@ type svgWriter struct {
 
 func (w *svgWriter) printf(format string, args ...any) { fmt.Fprintf(&w.b, format, args...) }
 
+// textWidth estimates the width of s in the sans-serif font at size px:
+// the picture is laid out without font metrics, so this errs wide.
+func textWidth(s string, size float64) float64 {
+	return float64(utf8.RuneCountInString(s)) * size * 0.62
+}
+
 func esc(s string) string {
 	var b strings.Builder
 	_ = xml.EscapeText(&b, []byte(s))
@@ -129,10 +136,11 @@ func RenderSVG(out io.Writer, s *Snapshot, opts SVGOptions) error {
 	}
 	sm := s.Summary
 	w.text(20, 28, 16, svgText, "", "bold", "Tessera GPU slices")
-	w.text(20, 48, 12, svgMuted, "", "", fmt.Sprintf("%d GPU nodes · %d GPUs · %d slices: %d used (%d by %d gangs), %d free, %d unhealthy · %d whole GPUs free",
-		sm.GPUNodes, sm.GPUs, sm.Slices, sm.Used, sm.UsedByGangs, sm.Gangs, sm.Free, sm.Unhealthy, sm.FreeGPUs))
+	summary := fmt.Sprintf("%d GPU nodes · %d GPUs · %d slices: %d used (%d by %d gangs), %d free, %d unhealthy · %d whole GPUs free",
+		sm.GPUNodes, sm.GPUs, sm.Slices, sm.Used, sm.UsedByGangs, sm.Gangs, sm.Free, sm.Unhealthy, sm.FreeGPUs)
+	w.text(20, 48, 12, svgMuted, "", "", summary)
 	y := 70.0
-	w.width = 640
+	w.width = max(640, textWidth(summary, 12)+40)
 	if len(s.Nodes) > maxNodes && !opts.All {
 		y = w.domains(s, groupBy, y)
 	} else {
@@ -167,9 +175,13 @@ func (w *svgWriter) nodes(s *Snapshot, groupBy string, y float64) float64 {
 	labelW := 60.0
 	domW := 0.0
 	for _, n := range s.Nodes {
-		labelW = max(labelW, 7.2*float64(len(n.Name))+16)
+		name := n.Name
+		if !n.Ready {
+			name += " (NotReady)"
+		}
+		labelW = max(labelW, textWidth(name, 12)+16)
 		if d := nodeDomain(&n, groupBy); d != "" {
-			domW = max(domW, 7.2*float64(len(d))+16)
+			domW = max(domW, textWidth(d, 12)+16, textWidth(shortLevel(groupBy), 11)+16)
 		}
 	}
 	x0 := 20 + labelW + domW
@@ -210,7 +222,7 @@ func (w *svgWriter) nodes(s *Snapshot, groupBy string, y float64) float64 {
 			w.text(20+labelW, y+15, 12, svgMuted, "", "", d)
 		}
 		if n.InventoryError != "" {
-			w.text(x0, y+15, 12, svgUnhealthy, "", "", "inventory unreadable: "+truncate(n.InventoryError, 90))
+			w.text(x0, y+15, 12, svgUnhealthy, "", "", "inventory unreadable: "+truncate(n.InventoryError, 60))
 			y += rowH
 			continue
 		}
@@ -273,7 +285,7 @@ func (w *svgWriter) domains(s *Snapshot, groupBy string, y float64) float64 {
 	rows := aggregate(s, groupBy)
 	labelW := 80.0
 	for _, r := range rows {
-		labelW = max(labelW, 7.2*float64(len(r.name))+16)
+		labelW = max(labelW, textWidth(r.name, 12)+16)
 	}
 	x0 := 20 + labelW
 	w.text(20, y+10, 11, svgMuted, "", "bold", shortLevel(groupBy))
@@ -287,7 +299,7 @@ func (w *svgWriter) domains(s *Snapshot, groupBy string, y float64) float64 {
 		total += r.single + r.free + r.bad
 		w.text(20, y+14, 12, svgText, "", "", r.name)
 		x := x0
-		seg := func(n int, fill, title string) {
+		seg := func(n int, fill, letter, title string) {
 			if n == 0 || total == 0 {
 				return
 			}
@@ -298,14 +310,19 @@ func (w *svgWriter) domains(s *Snapshot, groupBy string, y float64) float64 {
 			}
 			w.printf(`<rect x="%.2f" y="%.1f" width="%.2f" height="14" fill="%s"%s><title>%s</title></rect>`+"\n",
 				x, y+3, wd, fill, stroke, esc(title))
+			// The gang's letter where its segment is wide enough to hold it.
+			if letter != "" && wd >= 12 {
+				w.printf(`<text x="%.1f" y="%.1f" font-size="10" font-weight="bold" fill="#ffffff" text-anchor="middle">%s</text>`+"\n",
+					x+wd/2, y+14, esc(letter))
+			}
 			x += wd
 		}
 		for _, g := range w.m.gangsIn(r) {
-			seg(r.byGang[g], gangColor(w.m.index[g]), fmt.Sprintf("%s %s: gang %s, %d slices", shortLevel(groupBy), r.name, g, r.byGang[g]))
+			seg(r.byGang[g], gangColor(w.m.index[g]), w.m.letter[g], fmt.Sprintf("%s %s: gang %s, %d slices", shortLevel(groupBy), r.name, g, r.byGang[g]))
 		}
-		seg(r.single, svgPod, fmt.Sprintf("%s %s: single pods, %d slices", shortLevel(groupBy), r.name, r.single))
-		seg(r.free, svgFree, fmt.Sprintf("%s %s: %d slices free", shortLevel(groupBy), r.name, r.free))
-		seg(r.bad, svgUnhealthy, fmt.Sprintf("%s %s: %d slices unhealthy", shortLevel(groupBy), r.name, r.bad))
+		seg(r.single, svgPod, "", fmt.Sprintf("%s %s: single pods, %d slices", shortLevel(groupBy), r.name, r.single))
+		seg(r.free, svgFree, "", fmt.Sprintf("%s %s: %d slices free", shortLevel(groupBy), r.name, r.free))
+		seg(r.bad, svgUnhealthy, "", fmt.Sprintf("%s %s: %d slices unhealthy", shortLevel(groupBy), r.name, r.bad))
 		pct := 0.0
 		if total > 0 {
 			pct = 100 * float64(r.used) / float64(total)
@@ -314,7 +331,7 @@ func (w *svgWriter) domains(s *Snapshot, groupBy string, y float64) float64 {
 			r.nodes, r.gpus, pct, r.freeGP, map[bool]string{true: fmt.Sprintf(" · %d unhealthy", r.bad), false: ""}[r.bad > 0]))
 		y += 20
 	}
-	w.width = max(w.width, x0+aggBarW+300)
+	w.width = max(w.width, x0+aggBarW+10+textWidth("18 nodes · 144 GPUs · 100% used · 144 GPUs free · 144 unhealthy", 11)+20)
 	return y
 }
 
@@ -342,16 +359,22 @@ func (w *svgWriter) legend(s *Snapshot, y float64) float64 {
 	}
 	w.text(20, y+10, 12, svgText, "", "bold", "Gangs")
 	y += 18
-	const colW, lineH = 420.0, 18.0
+	labels := make([]string, len(gangs))
+	colW := 300.0
+	for i, g := range gangs {
+		labels[i] = fmt.Sprintf("%s  (%s, %d/%d placed, %d slices, %s)", g.Key(), g.Source, g.Placed, g.Required, g.Slices, domainText(&g))
+		colW = max(colW, textWidth(labels[i], 12)+36)
+	}
+	const lineH = 18.0
 	cols := max(1, int((w.width-20)/colW))
 	perCol := (len(gangs) + cols - 1) / cols
+	w.width = max(w.width, 20+colW*float64(min(cols, len(gangs))))
 	for i, g := range gangs {
 		cx := 20 + float64(i/perCol)*colW
 		cy := y + float64(i%perCol)*lineH
 		w.printf(`<rect x="%.1f" y="%.1f" width="14" height="14" rx="2" fill="%s"/>`+"\n", cx, cy, gangColor(w.m.index[g.Key()]))
 		w.printf(`<text x="%.1f" y="%.1f" font-size="10" font-weight="bold" fill="#ffffff" text-anchor="middle">%s</text>`+"\n", cx+7, cy+11, esc(g.Letter))
-		w.text(cx+20, cy+11, 12, svgText, "", "", fmt.Sprintf("%s  (%s, %d/%d placed, %d slices, %s)",
-			g.Key(), g.Source, g.Placed, g.Required, g.Slices, domainText(&g)))
+		w.text(cx+20, cy+11, 12, svgText, "", "", labels[i])
 	}
 	return y + float64(perCol)*lineH
 }

@@ -48,10 +48,6 @@ type NodesOptions struct {
 // grey (single pods are grey).
 var palette256 = []int{32, 166, 28, 92, 94, 163, 100, 31, 57, 130, 125, 22, 54, 24, 136, 61}
 
-func ansiGang(idx int, text string) string {
-	return "\x1b[1;97;48;5;" + strconv.Itoa(palette256[idx%len(palette256)]) + "m" + text + "\x1b[0m"
-}
-
 const (
 	ansiDim   = "\x1b[2m"
 	ansiGrey  = "\x1b[38;5;245m"
@@ -89,26 +85,51 @@ func (m *marker) paint(code, text string) string {
 	return code + text + ansiReset
 }
 
-func (m *marker) slice(sl Slice) string {
+// parts returns a slice's character and, with colour, its ANSI code.
+func (m *marker) parts(sl Slice) (code, ch string) {
 	switch sl.State {
 	case SliceGang:
-		l := m.letter[sl.Gang]
-		if !m.color {
-			return l
-		}
-		return ansiGang(m.index[sl.Gang], l)
+		ch = m.letter[sl.Gang]
+		code = "\x1b[1;97;48;5;" + strconv.Itoa(palette256[m.index[sl.Gang]%len(palette256)]) + "m"
 	case SlicePod:
-		return m.paint(ansiGrey, charPod)
+		code, ch = ansiGrey, charPod
 	case SliceUnhealthy:
-		return m.paint(ansiRed, charUnhealthy)
+		code, ch = ansiRed, charUnhealthy
+	default:
+		code, ch = ansiDim, charFree
 	}
-	return m.paint(ansiDim, charFree)
+	if !m.color {
+		code = ""
+	}
+	return code, ch
 }
 
+func (m *marker) slice(sl Slice) string {
+	code, ch := m.parts(sl)
+	if code == "" {
+		return ch
+	}
+	return code + ch + ansiReset
+}
+
+// gpu draws a GPU's slices; with colour, runs of one code share one
+// escape sequence, which keeps a 1000-node --all map small.
 func (m *marker) gpu(g GPU) string {
 	var b strings.Builder
+	open := ""
 	for _, sl := range g.Slices {
-		b.WriteString(m.slice(sl))
+		code, ch := m.parts(sl)
+		if code != open {
+			if open != "" {
+				b.WriteString(ansiReset)
+			}
+			b.WriteString(code)
+			open = code
+		}
+		b.WriteString(ch)
+	}
+	if open != "" {
+		b.WriteString(ansiReset)
 	}
 	return b.String()
 }
