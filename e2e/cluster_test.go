@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -132,4 +133,14 @@ func createNamespace(ctx context.Context, t *testing.T, prefix string) string {
 		t.Fatalf("namespace %s got no default service account: %v", ns.Name, err)
 	}
 	return ns.Name
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
 }

@@ -68,7 +68,14 @@ func run(m *testing.M) int {
 	}
 	fmt.Printf("e2e: cluster up in %s (KUBECONFIG=%s)\n", time.Since(start).Round(time.Second), c.Kubeconfig)
 	testCluster = c
-	code := m.Run()
+	code := 1
+	start = time.Now()
+	if err := c.InstallTessera(ctx, "../manifests/overlays/local"); err != nil {
+		fmt.Println("e2e: installing Tessera from manifests/overlays/local:", err)
+	} else {
+		fmt.Printf("e2e: Tessera installed and ready in %s\n", time.Since(start).Round(100*time.Millisecond))
+		code = m.Run()
+	}
 	if *keepCluster {
 		fmt.Printf("e2e: cluster left running in %s\n", dir)
 		return code

@@ -33,6 +33,11 @@ type Pod struct {
 	Gang string
 	// Slices is the pod's tessera.dev/gpu-slice request.
 	Slices int
+	// Eligible, when set, says whether the pod may run on a node at all
+	// (node selector, required affinity, taints): the gang planner places
+	// members only on eligible nodes, so a plan never names a node that
+	// another filter will refuse. nil means every node.
+	Eligible func(node string) bool
 }
 
 func (p Pod) name() string { return p.Namespace + "/" + p.Name }
@@ -323,7 +328,7 @@ func (m *Manager) preFilterLocked(p Pod) (Placement, error) {
 		// Nothing changed since the last attempt: same answer, no replan.
 		return Placement{}, unschedulable(p.Gang, "%s", g.lastReason)
 	}
-	pr := &planRequest{spec: &g.spec, exclusiveOthers: m.exclusiveOthersLocked(g.spec.Key), avoid: avoid}
+	pr := &planRequest{spec: &g.spec, exclusiveOthers: m.exclusiveOthersLocked(g.spec.Key), avoid: avoid, eligible: p.Eligible}
 	if g.allowed && len(m.l.gangs[g.spec.Key]) == 0 {
 		g.allowed = false // every member is gone: plan the gang afresh
 	}

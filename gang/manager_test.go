@@ -414,3 +414,58 @@ func TestQueueOrder(t *testing.T) {
 }
 
 var _ = api.ResourceName
+
+// TestPlanHonoursEligibility: members whose node selector rules out the
+// roomiest nodes are planned only onto nodes they may run on, and a gang
+// that fits only on ineligible nodes is refused without holding anything.
+func TestPlanHonoursEligibility(t *testing.T) {
+	tests := map[string]struct {
+		eligible  map[string]bool
+		wantNodes []string
+		wantErr   string
+	}{
+		// Best fit alone would pick the small node.
+		"only the big node is eligible": {
+			eligible:  map[string]bool{"big": true},
+			wantNodes: []string{"big", "big"},
+		},
+		"all eligible: best fit": {
+			eligible:  map[string]bool{"big": true, "small": true},
+			wantNodes: []string{"small", "small"},
+		},
+		"no eligible node": {
+			eligible: map[string]bool{},
+			wantErr:  "gang ns/g",
+		},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			f := newFixture(t, tnode{name: "big", gpus: 8}, tnode{name: "small", gpus: 2})
+			if err := f.m.SetGang(GangSpec{Key: "ns/g", MinMember: 2, Request: 8, ScheduleTimeout: 30 * time.Second}); err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for i := 0; i < 2; i++ {
+				p := member("ns/g", i, 8)
+				p.Eligible = func(n string) bool { return tc.eligible[n] }
+				pl, err := f.m.PreFilter(p)
+				if tc.wantErr != "" {
+					if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+						t.Fatalf("PreFilter error = %v, want one naming %q", err, tc.wantErr)
+					}
+					if free := f.l.Fragmentation().FreeSlices; free != 80 {
+						t.Errorf("a refused gang holds slices: %d of 80 free", free)
+					}
+					return
+				}
+				if err != nil {
+					t.Fatal(err)
+				}
+				got = append(got, pl.Node)
+			}
+			if diff := cmp.Diff(tc.wantNodes, got); diff != "" {
+				t.Errorf("planned nodes (-want +got):\n%s", diff)
+			}
+		})
+	}
+}

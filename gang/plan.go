@@ -39,6 +39,8 @@ type planRequest struct {
 	exclusiveOthers map[string]string
 	// avoid are nodes where a member of this gang failed other filters.
 	avoid []string
+	// eligible, when set, excludes nodes the members may not run on.
+	eligible func(node string) bool
 }
 
 type nodeCand struct {
@@ -201,6 +203,13 @@ func (l *Ledger) markBlockedLocked(pr *planRequest) uint64 {
 	for _, a := range pr.avoid {
 		if n := l.nodes[a]; n != nil {
 			n.mark = ep
+		}
+	}
+	if pr.eligible != nil {
+		for name, n := range l.nodes {
+			if !pr.eligible(name) {
+				n.mark = ep
+			}
 		}
 	}
 	return ep

@@ -55,7 +55,7 @@ func (pl *Tessera) gangPod(pod *v1.Pod) (gang.Pod, bool) {
 // PreFilter skips pods that ask for no slices (Filter and Score then cost
 // them nothing). For a gang member it plans the whole gang if needed and
 // restricts the pod to its planned node.
-func (pl *Tessera) PreFilter(ctx context.Context, cs fwk.CycleState, pod *v1.Pod, _ []fwk.NodeInfo) (*fwk.PreFilterResult, *fwk.Status) {
+func (pl *Tessera) PreFilter(ctx context.Context, cs fwk.CycleState, pod *v1.Pod, nodes []fwk.NodeInfo) (*fwk.PreFilterResult, *fwk.Status) {
 	p, ok := pl.gangPod(pod)
 	if !ok {
 		return nil, fwk.NewStatus(fwk.Skip)
@@ -66,6 +66,7 @@ func (pl *Tessera) PreFilter(ctx context.Context, cs fwk.CycleState, pod *v1.Pod
 	logger := klog.FromContext(ctx)
 	planning := false
 	if p.Gang != "" {
+		p.Eligible = eligibility(logger, pod, nodes)
 		st, _ := pl.mgr.Status(p.Gang)
 		planning = len(st.Slots) == 0
 		if planning {

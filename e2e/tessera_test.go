@@ -1,0 +1,410 @@
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/google/go-cmp/cmp"
+
+	"github.com/tessera-gpu/tessera/api"
+	"github.com/tessera-gpu/tessera/e2e/scenario"
+)
+
+// The real node's device plugin runs 4 mock H100s × 4 slices
+// (manifests/overlays/local).
+const realNodeGPUs, slicesPerGPU = 4, 4
+
+func env(t *testing.T) *scenario.Env {
+	t.Helper()
+	e, err := scenario.NewEnv(testCluster.RESTConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return e
+}
+
+func realNodeInventory(ctx context.Context, t *testing.T, e *scenario.Env) *api.Inventory {
+	t.Helper()
+	node, err := e.Client.CoreV1().Nodes().Get(ctx, testCluster.RealNodeName, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	inv, err := api.ParseInventory(node.Annotations[api.AnnotationInventory])
+	if err != nil {
+		t.Fatalf("real node inventory: %v", err)
+	}
+	return inv
+}
+
+func TestDevicePluginAdvertisesMockGPUs(t *testing.T) {
+	ctx := context.Background()
+	e := env(t)
+	node, err := e.Client.CoreV1().Nodes().Get(ctx, testCluster.RealNodeName, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := node.Status.Capacity[api.ResourceName]; got.Value() != realNodeGPUs*slicesPerGPU {
+		t.Errorf("capacity %s = %s, want %d", api.ResourceName, got.String(), realNodeGPUs*slicesPerGPU)
+	}
+	inv := realNodeInventory(ctx, t, e)
+	if len(inv.GPUs) != realNodeGPUs || inv.SlicesPerGPU != slicesPerGPU {
+		t.Errorf("inventory has %d GPUs × %d slices, want %d × %d", len(inv.GPUs), inv.SlicesPerGPU, realNodeGPUs, slicesPerGPU)
+	}
+	for _, l := range []string{api.LabelGPUProduct, api.LabelGPUCount, api.LabelSlicesPerGPU} {
+		if node.Labels[l] == "" {
+			t.Errorf("node lacks label %s", l)
+		}
+	}
+}
+
+// probeEnv parses the probe's "env K=V" lines.
+func probeEnv(ctx context.Context, t *testing.T, e *scenario.Env, ns, pod string) map[string]string {
+	t.Helper()
+	var logs []byte
+	var err error
+	for i := 0; i < 50; i++ {
+		logs, err = e.Client.CoreV1().Pods(ns).GetLogs(pod, &corev1.PodLogOptions{}).DoRaw(ctx)
+		if err == nil && strings.Contains(string(logs), "tessera-e2e-probe ok") {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatalf("logs of %s: %v", pod, err)
+	}
+	out := map[string]string{}
+	for _, line := range strings.Split(string(logs), "\n") {
+		if kv, ok := strings.CutPrefix(line, "env "); ok {
+			k, v, _ := strings.Cut(kv, "=")
+			out[k] = v
+		}
+	}
+	return out
+}
+
+// TestFractionalPodGetsItsSlices follows the whole data path on the real
+// node: tessera-scheduler assigns slices, the kubelet asks the device plugin,
+// the container's environment names exactly those slices and their GPU, and
+// the plugin reports the truth back on the pod.
+func TestFractionalPodGetsItsSlices(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	e := env(t)
+	ns := createNamespace(ctx, t, "frac")
+	pod := scenario.SlicePod(ns, "two-slices", 2, scenario.PodOptions{NodeSelector: map[string]string{scenario.RealNodeLabel: "true"}})
+	if _, err := e.Client.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	pods, err := e.WaitPods(ctx, ns, "app.kubernetes.io/part-of=tessera-e2e", 1, time.Minute, "running", scenario.Running)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := pods[0]
+	assigned, err := api.ParseSliceList(got.Annotations[api.AnnotationSliceAssignment])
+	if err != nil {
+		t.Fatalf("assignment annotation: %v", err)
+	}
+	if len(assigned) != 2 || len(api.GPUsOf(assigned)) != 1 {
+		t.Fatalf("assignment %v: want 2 slices of one GPU", assigned)
+	}
+	envs := probeEnv(ctx, t, e, ns, got.Name)
+	if envs[api.EnvSlices] != api.FormatSliceList(assigned) {
+		t.Errorf("%s = %q, want the assignment %q", api.EnvSlices, envs[api.EnvSlices], api.FormatSliceList(assigned))
+	}
+	if envs[api.EnvVisibleDevices] != assigned[0].GPU {
+		t.Errorf("%s = %q, want GPU %q", api.EnvVisibleDevices, envs[api.EnvVisibleDevices], assigned[0].GPU)
+	}
+	inv := realNodeInventory(ctx, t, e)
+	known := false
+	for _, g := range inv.GPUs {
+		known = known || g.UUID == assigned[0].GPU
+	}
+	if !known {
+		t.Errorf("assigned GPU %s is not in the node's inventory", assigned[0].GPU)
+	}
+	waitAllocatedMatches(ctx, t, e, ns, got.Name, assigned)
+}
+
+func waitAllocatedMatches(ctx context.Context, t *testing.T, e *scenario.Env, ns, name string, want []api.SliceID) {
+	t.Helper()
+	var last string
+	for i := 0; i < 150; i++ {
+		p, err := e.Client.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		last = p.Annotations[api.AnnotationSlicesAllocated]
+		if last != "" {
+			got, err := api.ParseSliceList(last)
+			if err != nil {
+				t.Fatalf("%s: %v", api.AnnotationSlicesAllocated, err)
+			}
+			if diff := cmp.Diff(sortedIDs(want), sortedIDs(got)); diff != "" {
+				t.Fatalf("%s differs from what the pod should hold (-want +got):\n%s", api.AnnotationSlicesAllocated, diff)
+			}
+			return
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	t.Fatalf("pod %s never got %s (last %q)", name, api.AnnotationSlicesAllocated, last)
+}
+
+func sortedIDs(ids []api.SliceID) []string {
+	var s []string
+	for _, id := range ids {
+		s = append(s, id.String())
+	}
+	// order does not matter to the kubelet
+	for i := range s {
+		for j := i + 1; j < len(s); j++ {
+			if s[j] < s[i] {
+				s[i], s[j] = s[j], s[i]
+			}
+		}
+	}
+	return s
+}
+
+// TestAssignmentIsHonoured binds a pod directly (as a scheduler would) with
+// an assignment the device plugin's own best-fit would never choose — the
+// last slices of the last GPU — and checks the container got exactly those.
+func TestAssignmentIsHonoured(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	e := env(t)
+	ns := createNamespace(ctx, t, "assign")
+	inv := realNodeInventory(ctx, t, e)
+	last := inv.GPUs[len(inv.GPUs)-1]
+	want := []api.SliceID{{GPU: last.UUID, Index: 3}, {GPU: last.UUID, Index: 1}}
+	pod := scenario.SlicePod(ns, "assigned", 2, scenario.PodOptions{})
+	pod.Spec.SchedulerName = ""
+	pod.Spec.NodeName = testCluster.RealNodeName
+	pod.Annotations = map[string]string{api.AnnotationSliceAssignment: api.FormatSliceList(want)}
+	if _, err := e.Client.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.WaitPods(ctx, ns, "app.kubernetes.io/part-of=tessera-e2e", 1, time.Minute, "running", scenario.Running); err != nil {
+		t.Fatal(err)
+	}
+	envs := probeEnv(ctx, t, e, ns, "assigned")
+	got, err := api.ParseSliceList(envs[api.EnvSlices])
+	if err != nil {
+		t.Fatalf("%s=%q: %v", api.EnvSlices, envs[api.EnvSlices], err)
+	}
+	if diff := cmp.Diff(sortedIDs(want), sortedIDs(got)); diff != "" {
+		t.Errorf("container slices differ from the assignment (-want +got):\n%s", diff)
+	}
+	waitAllocatedMatches(ctx, t, e, ns, "assigned", want)
+}
+
+// TestShardServerGang places a 2-rank tensor-parallel gang of shard servers
+// on the real node all-or-nothing, checks the ranks got distinct GPUs, waits
+// for readiness and compares a greedy completion with an unsharded run of
+// the same binary.
+func TestShardServerGang(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	e := env(t)
+	ns := createNamespace(ctx, t, "shard")
+	g := scenario.ShardGang{Namespace: ns, Name: "tp2", Ranks: 2, Slices: 2, HTTPPort: freePort(t), CollectivePort: freePort(t)}
+	if g.HTTPPort+1 == g.CollectivePort {
+		g.CollectivePort = freePort(t)
+	}
+	if _, err := g.Create(ctx, e); err != nil {
+		t.Fatal(err)
+	}
+	pods, err := e.WaitPods(ctx, ns, scenario.GangSelector("tp2"), 2, 3*time.Minute, "ready", scenario.Ready)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gpus := map[string]string{}
+	for _, p := range pods {
+		ids, err := scenario.Slices(&p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(ids) != 2 || len(api.GPUsOf(ids)) != 1 {
+			t.Errorf("rank %s holds %v, want 2 slices of one GPU", p.Name, ids)
+			continue
+		}
+		if other, dup := gpus[ids[0].GPU]; dup {
+			t.Errorf("ranks %s and %s share GPU %s", other, p.Name, ids[0].GPU)
+		}
+		gpus[ids[0].GPU] = p.Name
+	}
+	got, err := scenario.Complete(ctx, g.URL(), "Tessera shards", 24)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := unshardedReference(ctx, t, "Tessera shards", 24)
+	if got.Text != want.Text || got.CompletionTokens != 24 {
+		t.Errorf("sharded completion %q (%d tokens), unsharded reference %q", got.Text, got.CompletionTokens, want.Text)
+	}
+	t.Logf("2-rank gang answered %d tokens in %s", got.CompletionTokens, got.Elapsed)
+}
+
+// unshardedReference runs the same shard-server binary as one process (world
+// size 1) on loopback and asks it the same question.
+func unshardedReference(ctx context.Context, t *testing.T, prompt string, tokens int) *scenario.Completion {
+	t.Helper()
+	port := freePort(t)
+	bin := filepath.Join(os.Getenv("TESSERA_BIN_DIR"), "tessera-shard-server")
+	cmd := exec.CommandContext(ctx, bin, "--rank", "0", "--world-size", "1", "--model", "tiny",
+		"--listen", fmt.Sprintf("127.0.0.1:%d", port), "--collective-listen", "127.0.0.1:0")
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	url := fmt.Sprintf("http://127.0.0.1:%d", port)
+	var lastErr error
+	for i := 0; i < 100; i++ {
+		c, err := scenario.Complete(ctx, url, prompt, tokens)
+		if err == nil {
+			return c
+		}
+		lastErr = err
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Fatalf("unsharded reference server: %v", lastErr)
+	return nil
+}
+
+// TestGangThatCannotFitHoldsNothing asks for a gang bigger than what is
+// free on the real node: nothing may be bound; once capacity is freed the
+// gang places whole.
+func TestGangThatCannotFitHoldsNothing(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	e := env(t)
+	ns := createNamespace(ctx, t, "nofit")
+	onReal := scenario.PodOptions{NodeSelector: map[string]string{scenario.RealNodeLabel: "true"}}
+	// One whole GPU held by a single pod leaves 3 free GPUs.
+	blockerOpts := onReal
+	blockerOpts.Labels = map[string]string{"role": "blocker"}
+	if _, err := e.Client.CoreV1().Pods(ns).Create(ctx, scenario.SlicePod(ns, "blocker", slicesPerGPU, blockerOpts), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.WaitPods(ctx, ns, "role=blocker", 1, time.Minute, "running", scenario.Running); err != nil {
+		t.Fatal(err)
+	}
+	// 4 ranks × 1 whole GPU need all 4 GPUs of the node.
+	if _, err := e.Gang(ctx, ns, "big", 4, slicesPerGPU, "", onReal); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(15 * time.Second)
+	for time.Now().Before(deadline) {
+		list, err := e.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: scenario.GangSelector("big")})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, p := range list.Items {
+			if p.Spec.NodeName != "" {
+				t.Fatalf("gang member %s was bound to %s although the gang cannot fit", p.Name, p.Spec.NodeName)
+			}
+		}
+		time.Sleep(500 * time.Millisecond)
+	}
+	events, err := e.Client.CoreV1().Events(ns).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var reasons []string
+	for _, ev := range events.Items {
+		if strings.HasPrefix(ev.Reason, "Gang") || ev.Reason == "FailedScheduling" {
+			reasons = append(reasons, ev.Reason+": "+ev.Message)
+		}
+	}
+	if len(reasons) == 0 {
+		t.Errorf("no event tells why the gang waits")
+	} else {
+		t.Logf("why the gang waits: %s", reasons[0])
+	}
+	if err := e.DeleteAndWait(ctx, ns, "role=blocker", time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	pods, err := e.WaitPods(ctx, ns, scenario.GangSelector("big"), 4, 2*time.Minute, "running", scenario.Running)
+	if err != nil {
+		t.Fatalf("gang did not place whole after capacity was freed: %v", err)
+	}
+	seen := map[string]bool{}
+	for _, p := range pods {
+		ids, err := scenario.Slices(&p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, g := range api.GPUsOf(ids) {
+			if seen[g] {
+				t.Errorf("GPU %s given to two ranks", g)
+			}
+			seen[g] = true
+		}
+	}
+	if err := e.DeleteAndWait(ctx, ns, scenario.GangSelector("big"), time.Minute); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestGangsOnSimulatedNodes places two TP gangs and fractional singles on
+// the kwok GPU nodes: every gang whole and inside one clique.
+func TestGangsOnSimulatedNodes(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	e := env(t)
+	ns := createNamespace(ctx, t, "sim")
+	onSim := scenario.PodOptions{NodeSelector: map[string]string{scenario.SimulatedLabel: "true"}}
+	for _, g := range []struct {
+		name          string
+		ranks, slices int
+	}{{"llama-tp4", 4, 2}, {"mixtral-tp8", 8, 4}} {
+		if _, err := e.Gang(ctx, ns, g.name, g.ranks, g.slices, api.LabelClique, onSim); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := 0; i < 6; i++ {
+		p := scenario.SlicePod(ns, fmt.Sprintf("single-%d", i), 1+i%3, onSim)
+		if _, err := e.Client.CoreV1().Pods(ns).Create(ctx, p, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := e.WaitPods(ctx, ns, "app.kubernetes.io/part-of=tessera-e2e", 18, 2*time.Minute, "running", scenario.Running); err != nil {
+		t.Fatal(err)
+	}
+	nodes, err := e.Client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	clique := map[string]string{}
+	for _, n := range nodes.Items {
+		clique[n.Name] = n.Labels[api.LabelClique]
+	}
+	for _, gang := range []string{"llama-tp4", "mixtral-tp8"} {
+		list, err := e.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: scenario.GangSelector(gang)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		domains := map[string]bool{}
+		for _, p := range list.Items {
+			domains[clique[p.Spec.NodeName]] = true
+			if _, err := scenario.Slices(&p); err != nil {
+				t.Error(err)
+			}
+		}
+		if len(domains) != 1 {
+			t.Errorf("gang %s spans cliques %v", gang, domains)
+		}
+		pg, err := e.GetPodGroup(ctx, ns, gang)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("gang %s: clique %v, PodGroup phase %s", gang, domains, pg.Status.Phase)
+	}
+}
