@@ -313,20 +313,24 @@ func TestGangThatCannotFitHoldsNothing(t *testing.T) {
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
-	events, err := e.Client.CoreV1().Events(ns).List(ctx, metav1.ListOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	var reasons []string
-	for _, ev := range events.Items {
-		if strings.HasPrefix(ev.Reason, "Gang") || ev.Reason == "FailedScheduling" {
-			reasons = append(reasons, ev.Reason+": "+ev.Message)
+	// An admin must be told why: an event naming what the gang needs.
+	var why string
+	for i := 0; i < 40 && why == ""; i++ {
+		events, err := e.Client.CoreV1().Events(ns).List(ctx, metav1.ListOptions{})
+		if err != nil {
+			t.Fatal(err)
 		}
+		for _, ev := range events.Items {
+			if strings.Contains(ev.Message, "needs") && strings.Contains(ev.Message, "big") {
+				why = ev.Reason + ": " + ev.Message
+			}
+		}
+		time.Sleep(250 * time.Millisecond)
 	}
-	if len(reasons) == 0 {
-		t.Errorf("no event tells why the gang waits")
+	if why == "" {
+		t.Errorf("no event says what the waiting gang needs")
 	} else {
-		t.Logf("why the gang waits: %s", reasons[0])
+		t.Logf("why the gang waits: %s", why)
 	}
 	if err := e.DeleteAndWait(ctx, ns, "role=blocker", time.Minute); err != nil {
 		t.Fatal(err)
