@@ -26,7 +26,7 @@ CGO_CMDS := $(filter tessera-device-plugin,$(CMDS))
 TOOL_BINS := $(TOOLS)/etcd $(TOOLS)/kube-apiserver $(TOOLS)/kube-controller-manager \
 	$(TOOLS)/kube-scheduler $(TOOLS)/kubelet $(TOOLS)/kwok $(TOOLS)/kubectl
 
-.PHONY: all build tools lint test test-unit test-e2e cluster-up cluster-down demo clean
+.PHONY: all build tools lint test test-unit test-e2e cluster-up cluster-down demo install manifests clean
 
 all: build
 
@@ -80,6 +80,14 @@ cluster-down:
 # The main job end to end; grows with the project (see README).
 demo: tools build
 	./hack/demo.sh
+
+# The documented install onto the cluster of the current kubeconfig.
+install:
+	kubectl apply --server-side -k manifests/
+
+# Regenerates the PodGroup CRD from the scheduler-plugins Go types.
+manifests:
+	$(GO) generate ./manifests/base/crds
 
 clean: cluster-down
 	rm -rf $(BIN)

@@ -1,37 +1,45 @@
 #!/usr/bin/env bash
-# make demo: the main job end to end on the local cluster. Each step prints
-# what it does; a failure names the step and its log.
+# make demo: Tessera's main job end to end on the local cluster. Each step
+# says what it does; a failure names the step and where its log is.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 BIN=${BIN:-bin}
 TOOLS=${TOOLS:-.tools}
 CLUSTER_DIR=${TESSERA_CLUSTER_DIR:-/tmp/tessera-cluster}
+OUT_DIR=${OUT_DIR:-_output/demo}
 export KUBECONFIG="$CLUSTER_DIR/kubeconfig"
 kubectl() { "$TOOLS/kubectl" "$@"; }
+mkdir -p "$OUT_DIR"
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
-fail() { echo "demo failed at step: $1 (logs: $CLUSTER_DIR/logs)" >&2; exit 1; }
+fail() { echo "demo failed at step: $1 (cluster logs: $CLUSTER_DIR/logs)" >&2; exit 1; }
 
-step "1/3 starting the local cluster (1 real node + 16 simulated 8-GPU nodes in 4 cliques)"
-"$BIN/tessera-localcluster" down -dir "$CLUSTER_DIR" >/dev/null
+step "1/5 local cluster: 1 real node (containerd + kubelet) + 16 simulated 8-GPU nodes in 4 cliques"
+"$BIN/tessera-localcluster" down -dir "$CLUSTER_DIR" >/dev/null || fail "cleaning up the previous cluster"
 "$BIN/tessera-localcluster" up -dir "$CLUSTER_DIR" -tools "$TOOLS" -bin "$BIN" \
   -nodes 16 -nodes-per-clique 4 -cliques-per-rack 2 -gpus 8 -slices-per-gpu 4 || fail "cluster up"
 
-step "2/3 nodes and their topology"
-kubectl get nodes -L nvidia.com/gpu.clique,topology.kubernetes.io/rack,tessera.dev/gpu.count || fail "list nodes"
+step "2/5 install Tessera from manifests/ (overlay manifests/overlays/local: mock GPUs on the real node)"
+"$BIN/tessera-localcluster" install -dir "$CLUSTER_DIR" -tools "$TOOLS" -overlay manifests/overlays/local || fail "install"
+kubectl get pods -n tessera-system -o wide
 
-step "3/3 a pod from our own image on the real node"
-kubectl delete pod tessera-demo-probe --ignore-not-found >/dev/null
-kubectl run tessera-demo-probe --image=localhost/tessera/e2e-probe:dev --image-pull-policy=Never \
-  --restart=Never --overrides='{"spec":{"nodeSelector":{"tessera.dev/real-node":"true"}}}' >/dev/null || fail "create probe pod"
-kubectl wait --for=jsonpath='{.status.phase}'=Succeeded pod/tessera-demo-probe --timeout=120s >/dev/null || fail "probe pod"
-kubectl logs tessera-demo-probe
+step "3/5 workloads: fractional pods, two TP gangs on simulated nodes, a 2-rank shard-server gang on the real node"
+"$BIN/tessera-demo" || fail "workloads"
 
+step "4/5 placement map (kubectl tessera nodes / gangs)"
+"$BIN/kubectl-tessera" nodes --svg "$OUT_DIR/placement.svg" || fail "placement map"
+"$BIN/kubectl-tessera" gangs -n tessera-demo || fail "gang status"
+echo "picture of the map: $OUT_DIR/placement.svg"
+
+step "5/5 the cluster keeps running"
 cat <<EOT
-
-The cluster keeps running.
   export KUBECONFIG=$KUBECONFIG
-  kubectl get nodes,pods -A
-Stop it with: make cluster-down
+  export PATH=\$PWD/$TOOLS:\$PWD/$BIN:\$PATH     # kubectl and kubectl-tessera
+  kubectl get pods -n tessera-demo -o wide
+  kubectl tessera nodes            # slices per node and GPU
+  kubectl tessera gangs -A         # gangs, their domain and status
+  kubectl tessera explain -n tessera-demo llama-tp4-0
+  curl -s localhost:18000/v1/completions -d '{"prompt":"Hi","max_tokens":16}'
+Stop it: make cluster-down
 EOT
