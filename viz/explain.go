@@ -299,7 +299,8 @@ func (s *Snapshot) capacity(request int, g *Gang) *Capacity {
 // newest first.
 func (s *Snapshot) eventsFor(p *corev1.Pod, g *Gang) []EventLine {
 	var out []EventLine
-	seen := map[string]bool{}
+	seen := map[string]int{}
+	seenUID := map[string]bool{}
 	for i := range s.events {
 		ev := &s.events[i]
 		o := ev.InvolvedObject
@@ -311,20 +312,32 @@ func (s *Snapshot) eventsFor(p *corev1.Pod, g *Gang) []EventLine {
 		if !mine && !ofGang {
 			continue
 		}
-		id := string(ev.UID)
-		if id == "" {
-			id = ev.Name
+		// The same event can arrive from two lists (skip it by UID), and
+		// the events API starts new objects for what the old recorder
+		// counted in one: one line per object, reason and message, with
+		// the newest time and the summed count.
+		if ev.UID != "" {
+			if seenUID[string(ev.UID)] {
+				continue
+			}
+			seenUID[string(ev.UID)] = true
 		}
-		if seen[id] {
-			continue
-		}
-		seen[id] = true
-		count := ev.Count
+		count := max(ev.Count, 1)
 		if ev.Series != nil && ev.Series.Count > count {
 			count = ev.Series.Count
 		}
-		out = append(out, EventLine{Time: EventTime(ev), Type: ev.Type, Reason: ev.Reason,
-			Object: strings.ToLower(o.Kind) + "/" + o.Name, Message: oneLine(ev.Message), Count: count})
+		line := EventLine{Time: EventTime(ev), Type: ev.Type, Reason: ev.Reason,
+			Object: strings.ToLower(o.Kind) + "/" + o.Name, Message: oneLine(ev.Message), Count: count}
+		id := line.Object + "\x00" + line.Reason + "\x00" + line.Message
+		if i, ok := seen[id]; ok {
+			out[i].Count += line.Count
+			if line.Time.After(out[i].Time) {
+				out[i].Time = line.Time
+			}
+			continue
+		}
+		seen[id] = len(out)
+		out = append(out, line)
 	}
 	sort.SliceStable(out, func(i, j int) bool { return out[i].Time.After(out[j].Time) })
 	if len(out) > maxExplainEvents {
@@ -359,8 +372,8 @@ func (e *Explanation) Render(w io.Writer, now time.Time) error {
 		t.row("AGE", "TYPE", "REASON", "OBJECT", "MESSAGE")
 		for _, ev := range e.Events {
 			age := "-"
-			if !ev.Time.IsZero() && now.After(ev.Time) {
-				age = humanSeconds(now.Sub(ev.Time).Truncate(time.Second).Seconds())
+			if !ev.Time.IsZero() {
+				age = humanSeconds(now.Sub(ev.Time).Seconds())
 			}
 			reason := ev.Reason
 			if ev.Count > 1 {

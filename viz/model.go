@@ -190,11 +190,11 @@ const (
 	GangFinished = "Finished"
 )
 
-// gangEventReasons are the scheduler's gang-level event reasons plus the
-// framework's per-pod ones, in the order they are worth showing.
+// gangEventReasons are the scheduler's gang-level event reasons; the
+// framework's per-pod FailedScheduling is only a fallback, because member
+// pods repeat it long after the gang-level reason that explains it.
 var gangEventReasons = map[string]bool{
-	"GangNotReady": true, "GangUnschedulable": true, "GangRejected": true, "InvalidGang": true,
-	"GangPlaced": true, "FailedScheduling": true, "Scheduled": true,
+	"GangNotReady": true, "GangUnschedulable": true, "GangRejected": true, "InvalidGang": true, "GangPlaced": true,
 }
 
 // Build folds in into a Snapshot. It makes no API calls.
@@ -445,19 +445,26 @@ func (s *Snapshot) finishGang(g *Gang) {
 	for _, k := range g.members {
 		members[k] = true
 	}
+	var fallback *corev1.Event
 	for i := range s.events {
 		e := &s.events[i]
-		if !gangEventReasons[e.Reason] || e.InvolvedObject.Namespace != g.Namespace {
+		if e.InvolvedObject.Namespace != g.Namespace {
 			continue
 		}
 		o := e.InvolvedObject
 		ofGang := (o.Kind == "PodGroup" && o.Name == g.Name) || (o.Kind == "Pod" && members[o.Namespace+"/"+o.Name])
-		if !ofGang {
-			continue
+		switch {
+		case !ofGang:
+		case gangEventReasons[e.Reason]:
+			if t := EventTime(e); t.After(g.LastEvent) || g.LastReason == "" {
+				g.LastEvent, g.LastReason, g.LastMessage = t, e.Reason, strings.TrimSpace(e.Message)
+			}
+		case e.Reason == "FailedScheduling" && (fallback == nil || EventTime(e).After(EventTime(fallback))):
+			fallback = e
 		}
-		if t := EventTime(e); t.After(g.LastEvent) || g.LastReason == "" {
-			g.LastEvent, g.LastReason, g.LastMessage = t, e.Reason, strings.TrimSpace(e.Message)
-		}
+	}
+	if g.LastReason == "" && fallback != nil && g.State != GangPlaced {
+		g.LastEvent, g.LastReason, g.LastMessage = EventTime(fallback), fallback.Reason, strings.TrimSpace(fallback.Message)
 	}
 	if g.State == GangPending && g.LastReason == "" {
 		switch {

@@ -435,10 +435,10 @@ func RenderGangs(w io.Writer, s *Snapshot, gangs []Gang, opts GangsOptions) erro
 			r = append(r, g.Namespace)
 		}
 		var when string
-		switch {
-		case g.WaitingSeconds > 0:
+		switch g.State {
+		case GangPending, GangPartial:
 			when = "waiting " + humanSeconds(g.WaitingSeconds)
-		case g.PlacedAfterSeconds > 0:
+		case GangPlaced:
 			when = "placed in " + humanSeconds(g.PlacedAfterSeconds)
 		default:
 			when = "-"
@@ -476,12 +476,11 @@ func domainText(g *Gang) string {
 
 func secondsDuration(sec float64) time.Duration { return time.Duration(sec * float64(time.Second)) }
 
+// humanSeconds formats like kubectl's ages. Kubernetes timestamps mostly
+// have second resolution, so anything under a second is "<1s".
 func humanSeconds(sec float64) string {
 	if sec < 1 {
-		return fmt.Sprintf("%dms", int(sec*1000))
-	}
-	if sec < 10 {
-		return fmt.Sprintf("%.1fs", sec)
+		return "<1s"
 	}
 	return duration.HumanDuration(secondsDuration(sec))
 }
