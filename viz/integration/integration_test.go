@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -189,6 +190,31 @@ func TestPluginListsGangs(t *testing.T) {
 	for _, w := range []string{"Pending", "gang ml/huge", "GangUnschedulable"} {
 		if !strings.Contains(out, w) {
 			t.Errorf("explain lacks %q", w)
+		}
+	}
+
+	// The same through kubectl's plugin mechanism: kubectl finds
+	// kubectl-tessera on PATH and passes every argument after the plugin
+	// name through (kubectl refuses flags before it).
+	bin := t.TempDir()
+	goTool, err := exec.LookPath("go")
+	if err != nil {
+		t.Fatalf("go not on PATH, cannot build the plugin: %v", err)
+	}
+	build := exec.CommandContext(ctx, goTool, "build", "-o", filepath.Join(bin, "kubectl-tessera"), "github.com/tessera-gpu/tessera/cmd/kubectl-tessera")
+	if b, err := build.CombinedOutput(); err != nil {
+		t.Fatalf("building kubectl-tessera: %v\n%s", err, b)
+	}
+	kubectl := exec.CommandContext(ctx, filepath.Join(os.Getenv("TESSERA_TOOLS_DIR"), "kubectl"), "tessera", "gangs", "-n", ns, "--kubeconfig", c.Kubeconfig)
+	kubectl.Env = append(os.Environ(), "PATH="+bin+string(os.PathListSeparator)+os.Getenv("PATH"))
+	b, err := kubectl.CombinedOutput()
+	if err != nil {
+		t.Fatalf("kubectl tessera gangs: %v\n%s", err, b)
+	}
+	t.Logf("kubectl tessera gangs -n %s (through kubectl):\n%s", ns, b)
+	for _, w := range []string{"llama", "huge", "lws-0"} {
+		if !strings.Contains(string(b), w) {
+			t.Errorf("kubectl tessera gangs lacks %q", w)
 		}
 	}
 	t.Logf("whole test took %s", time.Since(start).Round(100*time.Millisecond))
