@@ -67,8 +67,10 @@ type Snapshot struct {
 	pods   map[string]*corev1.Pod // namespace/name
 	events []corev1.Event
 	gangOf map[string]string // pod key → gang key
-	gangIx map[string]int    // gang key → index in Gangs
-	nodeIx map[string]int    // node name → index in Nodes
+	// eventsOf indexes events by "Kind/namespace/name" of their object.
+	eventsOf map[string][]int
+	gangIx   map[string]int // gang key → index in Gangs
+	nodeIx   map[string]int // node name → index in Nodes
 }
 
 // Summary totals the map.
@@ -203,6 +205,12 @@ func Build(in *Input) *Snapshot {
 		gangIx: map[string]int{}, nodeIx: map[string]int{}, events: in.Events,
 		Warnings: append([]string(nil), in.Warnings...)}
 	s.buildNodes(in.Nodes)
+	s.eventsOf = make(map[string][]int, len(in.Events))
+	for i := range in.Events {
+		o := &in.Events[i].InvolvedObject
+		k := o.Kind + "/" + o.Namespace + "/" + o.Name
+		s.eventsOf[k] = append(s.eventsOf[k], i)
+	}
 	gangs := map[string]*Gang{}
 	for _, g := range in.Groups {
 		if g.NotGang {
@@ -441,26 +449,25 @@ func (s *Snapshot) finishGang(g *Gang) {
 	}
 	// The scheduler's latest word: events on the gang's object or on any
 	// member.
-	members := map[string]bool{}
-	for _, k := range g.members {
-		members[k] = true
-	}
+	// Events indexed by object once per snapshot: gangs × events would be
+	// quadratic on a big, busy cluster.
 	var fallback *corev1.Event
-	for i := range s.events {
-		e := &s.events[i]
-		if e.InvolvedObject.Namespace != g.Namespace {
-			continue
-		}
-		o := e.InvolvedObject
-		ofGang := (o.Kind == "PodGroup" && o.Name == g.Name) || (o.Kind == "Pod" && members[o.Namespace+"/"+o.Name])
+	consider := func(e *corev1.Event) {
 		switch {
-		case !ofGang:
 		case gangEventReasons[e.Reason]:
 			if t := EventTime(e); t.After(g.LastEvent) || g.LastReason == "" {
 				g.LastEvent, g.LastReason, g.LastMessage = t, e.Reason, strings.TrimSpace(e.Message)
 			}
 		case e.Reason == "FailedScheduling" && (fallback == nil || EventTime(e).After(EventTime(fallback))):
 			fallback = e
+		}
+	}
+	for _, i := range s.eventsOf["PodGroup/"+g.Key()] {
+		consider(&s.events[i])
+	}
+	for _, k := range g.members {
+		for _, i := range s.eventsOf["Pod/"+k] {
+			consider(&s.events[i])
 		}
 	}
 	if g.LastReason == "" && fallback != nil && g.State != GangPlaced {
