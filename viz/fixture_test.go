@@ -265,6 +265,7 @@ func fixture16() *Input {
 		// the allocation.
 		mkPod("default", "notebook-3", 2, on("gpu-node-2", [2]int{3, 0}, [2]int{3, 1}), allocated("gpu-node-2", [2]int{3, 2}, [2]int{3, 3})),
 		mkPod("default", "zz-conflict", 1, on("gpu-node-2", [2]int{3, 2})),
+		mkPod("research", "basic-0", 1, native("one-by-one"), on("gpu-node-10", [2]int{5, 3})),
 		mkPod("default", "infer-4", 1, on("gpu-node-9", [2]int{0, 0}), allocated("gpu-node-9", [2]int{0, 0})),
 		mkPod("default", "pending-1", 4, created(20*time.Second), unschedulable("0/17 nodes are available: 16 no GPU has 4 free slices.")),
 		mkPod("default", "done-1", 4, on("gpu-node-3", wholeGPUs(0, 1, 4)...), phase(corev1.PodSucceeded)),

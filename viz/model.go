@@ -212,8 +212,12 @@ func Build(in *Input) *Snapshot {
 		s.eventsOf[k] = append(s.eventsOf[k], i)
 	}
 	gangs := map[string]*Gang{}
+	// Pods of a native PodGroup with the basic policy are scheduled one by
+	// one, as the scheduler does: they are single pods here too.
+	single := map[string]bool{}
 	for _, g := range in.Groups {
 		if g.NotGang {
+			single[g.Namespace+"/"+g.Name] = true
 			continue
 		}
 		gangs[g.Namespace+"/"+g.Name] = &Gang{Namespace: g.Namespace, Name: g.Name, Source: g.Source,
@@ -232,6 +236,9 @@ func Build(in *Input) *Snapshot {
 		key := podKey(p)
 		s.pods[key] = p
 		ref, inGang := GangOf(p)
+		if inGang && ref.Source == gang.SourceNative && single[ref.Key] {
+			ref, inGang = GangRef{}, false
+		}
 		if inGang {
 			g := gangs[ref.Key]
 			if g == nil {

@@ -43,8 +43,8 @@ func TestBuildGangs(t *testing.T) {
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("gangs (-want +got):\n%s", diff)
 	}
-	wantSummary := Summary{Nodes: 16, GPUNodes: 15, GPUs: 120, Slices: 480, Used: 45, UsedByGangs: 40, Free: 431, Unhealthy: 4,
-		FreeGPUs: 104, Gangs: 6, GangsPending: 3}
+	wantSummary := Summary{Nodes: 16, GPUNodes: 15, GPUs: 120, Slices: 480, Used: 46, UsedByGangs: 40, Free: 430, Unhealthy: 4,
+		FreeGPUs: 103, Gangs: 6, GangsPending: 3}
 	if diff := cmp.Diff(wantSummary, s.Summary); diff != "" {
 		t.Errorf("summary (-want +got):\n%s", diff)
 	}
