@@ -64,6 +64,7 @@ func run(m *testing.M) int {
 	})
 	if err != nil {
 		fmt.Println("e2e: starting the local cluster:", err)
+		_ = os.RemoveAll(dir)
 		return 1
 	}
 	fmt.Printf("e2e: cluster up in %s (KUBECONFIG=%s)\n", time.Since(start).Round(time.Second), c.Kubeconfig)
