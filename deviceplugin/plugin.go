@@ -10,9 +10,7 @@ package deviceplugin
 import (
 	"context"
 	"fmt"
-	"maps"
 	"slices"
-	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -407,9 +405,3 @@ func (p *Plugin) PreStartContainer(context.Context, *pluginapi.PreStartContainer
 	return &pluginapi.PreStartContainerResponse{}, nil
 }
 
-// sortedKeys is a small helper for stable logs.
-func sortedKeys[V any](m map[string]V) []string {
-	k := slices.Collect(maps.Keys(m))
-	sort.Strings(k)
-	return k
-}
