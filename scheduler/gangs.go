@@ -197,7 +197,9 @@ func (r *gangRegistry) buildLocked(key string) (gang.GangSpec, bool) {
 		}
 	}
 	sort.Sort(sort.Reverse(sort.IntSlice(reqs)))
-	if reqs[0] == reqs[len(reqs)-1] || len(reqs) < spec.MinMember {
+	// A minMember below 1 (a hostile or mistyped PodGroup) must reach
+	// SetGang, whose validation turns it into an event, not index reqs.
+	if reqs[0] == reqs[len(reqs)-1] || len(reqs) < spec.MinMember || spec.MinMember < 1 {
 		spec.Request = reqs[0]
 	} else {
 		spec.MemberRequests = slices.Clone(reqs[:spec.MinMember])

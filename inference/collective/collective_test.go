@@ -133,6 +133,7 @@ func TestHelloRejections(t *testing.T) {
 		"model hash": {PeerInfo{Rank: 2, WorldSize: 3, ModelHash: "xyz"}, "model hash mismatch"},
 		"world size": {PeerInfo{Rank: 2, WorldSize: 4, ModelHash: "abc"}, "world size mismatch"},
 		"duplicate":  {PeerInfo{Rank: 1, WorldSize: 3, ModelHash: "abc"}, "rank 1 already joined"},
+		"no hash":    {PeerInfo{Rank: 2, WorldSize: 3}, "model hash mismatch"},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {

@@ -25,6 +25,10 @@ const (
 	frameHeader = 5
 	// maxFrame bounds allocations driven by a peer's length field.
 	maxFrame = 256 << 20
+	// maxHandshakeFrame bounds HELLO and WELCOME: they are a few hundred
+	// bytes of JSON, and an unauthenticated peer must not make the leader
+	// allocate maxFrame before its hello has even been checked.
+	maxHandshakeFrame = 64 << 10
 )
 
 // PeerInfo is what a rank tells the leader about itself at HELLO.
@@ -107,16 +111,26 @@ func (p *peer) writeFloats(v []float32) error {
 // readFrame reads one frame of type typ and returns its payload, valid until
 // the next read.
 func (p *peer) readFrame(typ byte) ([]byte, error) {
+	limit := uint32(maxFrame)
+	if typ == frameHello || typ == frameWelcome {
+		limit = maxHandshakeFrame
+	}
+	return p.readFrameLimit(typ, limit)
+}
+
+// readFrameLimit is readFrame with a payload bound, checked before anything
+// is allocated: the length field is the peer's word, not ours.
+func (p *peer) readFrameLimit(typ byte, limit uint32) ([]byte, error) {
 	var h [frameHeader]byte
 	if _, err := io.ReadFull(p.r, h[:]); err != nil {
 		return nil, err
 	}
 	n := binary.LittleEndian.Uint32(h[:])
-	if n > maxFrame {
-		return nil, fmt.Errorf("frame of %d bytes exceeds limit", n)
-	}
 	if h[4] != typ {
 		return nil, fmt.Errorf("protocol error: frame type %d, want %d", h[4], typ)
+	}
+	if n > limit {
+		return nil, fmt.Errorf("protocol error: frame of %d bytes exceeds the limit of %d", n, limit)
 	}
 	b := p.scratch(int(n))
 	if _, err := io.ReadFull(p.r, b); err != nil {
@@ -129,7 +143,13 @@ func (p *peer) readFrame(typ byte) ([]byte, error) {
 // readFloats reads a data frame into dst, which must match its length
 // exactly; a variable-length reader passes want < 0 and gets the count.
 func (p *peer) readFloats(dst []float32, want int) (int, error) {
-	b, err := p.readFrame(frameData)
+	// The frame can never be larger than dst; refusing it before reading
+	// keeps a confused or hostile peer from growing our buffer.
+	limit := uint64(len(dst)) * 4
+	if want >= 0 {
+		limit = min(limit, uint64(want)*4)
+	}
+	b, err := p.readFrameLimit(frameData, uint32(min(limit, maxFrame)))
 	if err != nil {
 		return 0, err
 	}

@@ -85,6 +85,11 @@ func ReadBPETokenizer(r io.Reader, vocab int) (*BPETokenizer, error) {
 	if maxLen <= 0 || maxLen > 1<<16 {
 		return nil, fmt.Errorf("tokenizer max_token_length %d out of range", maxLen)
 	}
+	// Encode emits the unknown, BOS and EOS ids unconditionally; a smaller
+	// vocabulary would make them index past the pieces.
+	if vocab < 3 || vocab > 1<<24 {
+		return nil, fmt.Errorf("tokenizer vocabulary of %d out of range 3..%d", vocab, 1<<24)
+	}
 	t := &BPETokenizer{pieces: make([]string, vocab), scores: make([]float32, vocab), ids: make(map[string]int, vocab)}
 	for i := 0; i < vocab; i++ {
 		var hdr struct {
