@@ -40,6 +40,12 @@ type Args struct {
 	// PodGroup APIs (the CRD and scheduling.k8s.io/v1beta1) until both are
 	// found, so an API installed after start is picked up. Default 30.
 	DiscoveryIntervalSeconds *int64 `json:"discoveryIntervalSeconds,omitempty"`
+	// UnhealthyGangAction is what happens when a GPU a running gang holds
+	// turns Unhealthy (Xid or failed probe): "Event" (default) records a
+	// Warning event and sets the PodGroup condition GPUHealthy=False;
+	// "EvictGang" does that and deletes every member so the gang's
+	// controller recreates the whole group on healthy GPUs.
+	UnhealthyGangAction *string `json:"unhealthyGangAction,omitempty"`
 }
 
 // Defaults for Args.
@@ -103,6 +109,10 @@ func SetDefaultsArgs(a *Args) {
 		b := true
 		a.PodGroupStatus = &b
 	}
+	if a.UnhealthyGangAction == nil {
+		s := UnhealthyGangEvent
+		a.UnhealthyGangAction = &s
+	}
 }
 
 // ValidateArgs checks defaulted args; every error names its field.
@@ -131,6 +141,9 @@ func ValidateArgs(a *Args) error {
 	}
 	labelKey("defaultRequiredTopology", a.DefaultRequiredTopology)
 	labelKey("defaultPreferredTopology", a.DefaultPreferredTopology)
+	if a.UnhealthyGangAction != nil && *a.UnhealthyGangAction != UnhealthyGangEvent && *a.UnhealthyGangAction != UnhealthyGangEvict {
+		errs = append(errs, fmt.Errorf("unhealthyGangAction: %q is not one of %q, %q", *a.UnhealthyGangAction, UnhealthyGangEvent, UnhealthyGangEvict))
+	}
 	return errors.Join(errs...)
 }
 
@@ -171,6 +184,7 @@ func (a *Args) DeepCopy() *Args {
 	out.DiscoveryIntervalSeconds = cp(a.DiscoveryIntervalSeconds)
 	out.DefaultRequiredTopology = cps(a.DefaultRequiredTopology)
 	out.DefaultPreferredTopology = cps(a.DefaultPreferredTopology)
+	out.UnhealthyGangAction = cps(a.UnhealthyGangAction)
 	if a.PodGroupStatus != nil {
 		v := *a.PodGroupStatus
 		out.PodGroupStatus = &v

@@ -108,6 +108,21 @@ func (r *gangRegistry) setMember(ref gangRef, uid string, pod *v1.Pod) {
 	r.sync(ref.Key)
 }
 
+// allMembers returns every gang's live member pods (gang key → pods).
+func (r *gangRegistry) allMembers() map[string][]*v1.Pod {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make(map[string][]*v1.Pod, len(r.members))
+	for key, ms := range r.members {
+		for _, m := range ms {
+			if m.pod != nil {
+				out[key] = append(out[key], m.pod)
+			}
+		}
+	}
+	return out
+}
+
 // isSingle reports whether pods of this gang key are scheduled one by one (a
 // native PodGroup without a gang policy).
 func (r *gangRegistry) isSingle(key string) bool {

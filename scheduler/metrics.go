@@ -71,6 +71,19 @@ var (
 		StabilityLevel: metrics.ALPHA,
 	}, []string{"reason"})
 
+	gangUnhealthyTotal = metrics.NewCounter(&metrics.CounterOpts{
+		Subsystem:      metricsSubsystem,
+		Name:           "gang_unhealthy_gpu_total",
+		Help:           "Times a running gang was found holding an Unhealthy GPU (reported once per distinct set of GPUs).",
+		StabilityLevel: metrics.ALPHA,
+	})
+	gangMembersEvictedTotal = metrics.NewCounter(&metrics.CounterOpts{
+		Subsystem:      metricsSubsystem,
+		Name:           "gang_members_evicted_total",
+		Help:           "Gang members deleted because their gang held an Unhealthy GPU (unhealthyGangAction: EvictGang).",
+		StabilityLevel: metrics.ALPHA,
+	})
+
 	registerOnce sync.Once
 	// placedCount and alignedCount feed alignmentRatio.
 	alignMu                   sync.Mutex
@@ -80,7 +93,7 @@ var (
 func registerMetrics() {
 	registerOnce.Do(func() {
 		legacyregistry.MustRegister(gangTimeToPlaced, gangsPlaced, gangsRejected, planAttempts, gangsAligned,
-			alignmentRatio, fragmentation, freeSlices, handoffMismatches)
+			alignmentRatio, fragmentation, freeSlices, handoffMismatches, gangUnhealthyTotal, gangMembersEvictedTotal)
 	})
 }
 

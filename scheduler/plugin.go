@@ -49,6 +49,10 @@ type Tessera struct {
 	// statusDirty are scheduling.x-k8s.io PodGroups whose status needs a
 	// refresh.
 	statusDirty map[string]struct{}
+	// badGPUs are the Unhealthy GPUs per node (uuid set), from the
+	// inventories; healthDirty wakes the health loop (health.go).
+	badGPUs     map[string]map[string]bool
+	healthDirty bool
 }
 
 type nodeKey struct {
@@ -83,7 +87,7 @@ func New(ctx context.Context, obj runtime.Object, h fwk.Handle) (fwk.Plugin, err
 	registerMetrics()
 	logger := klog.FromContext(ctx).WithName(Name)
 	pl := &Tessera{handle: h, args: args, logger: logger, nodeSeen: map[string]nodeKey{},
-		planStart: map[string]time.Time{}, lastEvent: map[string]string{}}
+		planStart: map[string]time.Time{}, lastEvent: map[string]string{}, badGPUs: map[string]map[string]bool{}}
 	pl.ledger = gang.NewLedger(gang.LedgerOptions{OnMismatch: pl.onMismatch})
 	pl.mgr = gang.NewManager(pl.ledger, gang.Options{Backoff: args.backoff(), OnReject: pl.onReject})
 	pl.gangs = newGangRegistry(pl.mgr, args)
@@ -115,6 +119,7 @@ func New(ctx context.Context, obj runtime.Object, h fwk.Handle) (fwk.Plugin, err
 	go pl.mgr.Run(ctx, args.sweepInterval())
 	go pl.refreshGauges(ctx)
 	go pl.watchGroupAPIs(ctx)
+	go pl.runHealth(klog.NewContext(ctx, logger.WithName("gpu-health")))
 	return pl, nil
 }
 
@@ -167,10 +172,12 @@ func (pl *Tessera) nodeChanged(obj any) {
 		if known {
 			pl.ledger.RemoveNode(node.Name)
 		}
+		pl.setNodeHealth(node.Name, nil)
 		return
 	}
 	inv, err := api.ParseInventory(raw)
 	if err == nil {
+		pl.setNodeHealth(node.Name, badGPUs(inv))
 		err = pl.ledger.UpsertNode(node.Name, node.Labels, inv)
 	} else {
 		pl.ledger.RemoveNode(node.Name)
@@ -193,6 +200,7 @@ func (pl *Tessera) nodeDeleted(obj any) {
 	pl.mu.Lock()
 	delete(pl.nodeSeen, node.Name)
 	pl.mu.Unlock()
+	pl.setNodeHealth(node.Name, nil)
 	pl.ledger.RemoveNode(node.Name)
 }
 

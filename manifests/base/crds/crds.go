@@ -1,8 +1,9 @@
 // Package crds embeds the CustomResourceDefinitions Tessera installs, so tests
 // and tools apply exactly the files shipped in manifests/base/crds.
 //
-// The PodGroup CRD is generated from the scheduler-plugins Go types (never
-// hand-edited); regenerate with `go generate ./manifests/base/crds`.
+// The PodGroup CRD is generated from the scheduler-plugins Go types plus
+// Tessera's status.conditions (conditions.yaml), never hand-edited;
+// regenerate with `go generate ./manifests/base/crds`.
 package crds
 
 import _ "embed"

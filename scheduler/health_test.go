@@ -1,0 +1,145 @@
+package scheduler
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/google/go-cmp/cmp/cmpopts"
+	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+
+	"github.com/tessera-gpu/tessera/api"
+)
+
+func member(name, node, assigned, allocated string) *v1.Pod {
+	p := &v1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: name, Annotations: map[string]string{}}, Spec: v1.PodSpec{NodeName: node}}
+	if assigned != "" {
+		p.Annotations[api.AnnotationSliceAssignment] = assigned
+	}
+	if allocated != "" {
+		p.Annotations[api.AnnotationSlicesAllocated] = allocated
+	}
+	return p
+}
+
+func TestPlanHealth(t *testing.T) {
+	gangA := []*v1.Pod{member("a-0", "n1", "GPU-1::0,GPU-1::1", ""), member("a-1", "n1", "GPU-2::0,GPU-2::1", "")}
+	gangB := []*v1.Pod{member("b-0", "n2", "GPU-9::0", ""), member("b-1", "", "", "")}
+	// The device plugin's truth wins over the assignment.
+	gangC := []*v1.Pod{member("c-0", "n1", "GPU-1::2", "GPU-3::2")}
+	members := map[string][]*v1.Pod{"ns/a": gangA, "ns/b": gangB, "ns/c": gangC}
+	tests := map[string]struct {
+		bad        map[string]map[string]bool
+		prev       map[string]string
+		action     string
+		want       []healthAction
+		wantReport map[string]string
+	}{
+		"all healthy": {want: nil, wantReport: map[string]string{}},
+		"one GPU of gang a": {
+			bad:        map[string]map[string]bool{"n1": {"GPU-2": true}},
+			action:     UnhealthyGangEvent,
+			want:       []healthAction{{Gang: "ns/a", Unhealthy: true, GPUs: []string{"n1/GPU-2"}, Pods: []string{"ns/a-1"}}},
+			wantReport: map[string]string{"ns/a": "n1/GPU-2"},
+		},
+		"evict lists every member, bound or not": {
+			bad:    map[string]map[string]bool{"n2": {"GPU-9": true}},
+			action: UnhealthyGangEvict,
+			want: []healthAction{{Gang: "ns/b", Unhealthy: true, GPUs: []string{"n2/GPU-9"}, Pods: []string{"ns/b-0"},
+				Evict: []string{"ns/b-0", "ns/b-1"}}},
+			wantReport: map[string]string{"ns/b": "n2/GPU-9"},
+		},
+		"truth beats assignment": {
+			bad:        map[string]map[string]bool{"n1": {"GPU-3": true}},
+			action:     UnhealthyGangEvent,
+			want:       []healthAction{{Gang: "ns/c", Unhealthy: true, GPUs: []string{"n1/GPU-3"}, Pods: []string{"ns/c-0"}}},
+			wantReport: map[string]string{"ns/c": "n1/GPU-3"},
+		},
+		"same GPU on another node is not ours": {
+			bad:        map[string]map[string]bool{"n2": {"GPU-1": true}},
+			want:       nil,
+			wantReport: map[string]string{},
+		},
+		"reported once": {
+			bad:        map[string]map[string]bool{"n1": {"GPU-2": true}},
+			prev:       map[string]string{"ns/a": "n1/GPU-2"},
+			want:       nil,
+			wantReport: map[string]string{"ns/a": "n1/GPU-2"},
+		},
+		"a second GPU is a new report": {
+			bad:        map[string]map[string]bool{"n1": {"GPU-1": true, "GPU-2": true}},
+			prev:       map[string]string{"ns/a": "n1/GPU-2"},
+			action:     UnhealthyGangEvent,
+			want:       []healthAction{{Gang: "ns/a", Unhealthy: true, GPUs: []string{"n1/GPU-1", "n1/GPU-2"}, Pods: []string{"ns/a-0", "ns/a-1"}}},
+			wantReport: map[string]string{"ns/a": "n1/GPU-1,n1/GPU-2"},
+		},
+		"recovery": {
+			prev:       map[string]string{"ns/a": "n1/GPU-2"},
+			want:       []healthAction{{Gang: "ns/a"}},
+			wantReport: map[string]string{},
+		},
+		"gang gone while unhealthy": {
+			bad:        map[string]map[string]bool{"n1": {"GPU-2": true}},
+			prev:       map[string]string{"ns/gone": "n1/GPU-7"},
+			action:     UnhealthyGangEvent,
+			want:       []healthAction{{Gang: "ns/a", Unhealthy: true, GPUs: []string{"n1/GPU-2"}, Pods: []string{"ns/a-1"}}, {Gang: "ns/gone"}},
+			wantReport: map[string]string{"ns/a": "n1/GPU-2"},
+		},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			got, report := planHealth(members, tc.bad, tc.prev, tc.action)
+			if diff := cmp.Diff(tc.want, got, cmpopts.EquateEmpty()); diff != "" {
+				t.Errorf("actions (-want +got):\n%s", diff)
+			}
+			if diff := cmp.Diff(tc.wantReport, report, cmpopts.EquateEmpty()); diff != "" {
+				t.Errorf("report state (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestUnhealthyGangActionArg(t *testing.T) {
+	tests := map[string]struct {
+		raw, want, wantErr string
+	}{
+		"default":   {raw: "", want: UnhealthyGangEvent},
+		"evict":     {raw: "unhealthyGangAction: EvictGang\n", want: UnhealthyGangEvict},
+		"event":     {raw: "unhealthyGangAction: Event\n", want: UnhealthyGangEvent},
+		"lowercase": {raw: "unhealthyGangAction: evictgang\n", wantErr: `unhealthyGangAction: "evictgang" is not one of`},
+		"empty":     {raw: "unhealthyGangAction: \"\"\n", wantErr: "unhealthyGangAction"},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			a, err := DecodeArgs(&runtime.Unknown{Raw: []byte(tc.raw)})
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("error = %v, want one containing %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(tc.want, *a.UnhealthyGangAction); diff != "" {
+				t.Errorf("unhealthyGangAction (-want +got):\n%s", diff)
+			}
+			if diff := cmp.Diff(a, a.DeepCopy()); diff != "" {
+				t.Errorf("DeepCopy differs (-orig +copy):\n%s", diff)
+			}
+		})
+	}
+}
+
+func TestBadGPUs(t *testing.T) {
+	inv := &api.Inventory{GPUs: []api.GPU{{UUID: "GPU-1", Healthy: true}, {UUID: "GPU-2"}}}
+	if diff := cmp.Diff(map[string]bool{"GPU-2": true}, badGPUs(inv)); diff != "" {
+		t.Errorf("badGPUs (-want +got):\n%s", diff)
+	}
+	inv.GPUs[1].Healthy = true
+	if got := badGPUs(inv); got != nil {
+		t.Errorf("badGPUs of a healthy node = %v, want nil", got)
+	}
+}
