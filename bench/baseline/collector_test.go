@@ -18,8 +18,6 @@ import (
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/kubernetes/test/utils/ktesting"
 	"sigs.k8s.io/yaml"
-
-	
 )
 
 // slicesPerGPU matches templateParams.slicesPerGPU of bench/scheduler's GPU

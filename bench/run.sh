@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# bench/run.sh [quick|full|smoke] — the scheduler benchmark behind `make bench`.
+#
+#   1. bench/scheduler (root module, Kubernetes 1.37.2 scheduler_perf):
+#      Tessera and its 1.37 baselines, one `go test -bench` invocation;
+#   2. bench/baseline (own module, Kubernetes 1.34.4): scheduler-plugins
+#      coscheduling v0.34.7 on the same shapes;
+#   3. bench/deviceplugin: Allocate / GetPreferredAllocation latency;
+#   4. bench/scheduler/report: bench/results/<date>.md + PNGs, and the latest
+#      table in bench/README.md.
+#
+# Needs etcd on PATH: `make tools` builds .tools/etcd. quick: < 10 min on
+# 2 cores (500 nodes; GPU mix 128 nodes x 8 GPUs). full: 5000 nodes; GPU mix
+# 1000 nodes x 8 GPUs (about an hour on 2 cores, 16+ GiB RAM).
+set -uo pipefail
+MODE=${1:-${BENCH_MODE:-quick}}
+case $MODE in quick|full|smoke) ;; *) echo "usage: $0 [quick|full|smoke]" >&2; exit 2 ;; esac
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+GO=${GO:-go}
+export PATH="$ROOT/.tools:$PATH"
+if ! command -v etcd >/dev/null; then echo "etcd not found: run 'make tools' first" >&2; exit 1; fi
+
+WORK=$(mktemp -d /tmp/tessera-bench.XXXXXX)
+NOTES=$WORK/notes.md
+: >"$NOTES"
+TIMEOUT=${BENCH_TIMEOUT:-120m}
+FLAGS=(-run '^$' -bench . -benchtime 1x -timeout "$TIMEOUT" -perf-scheduling-label-filter="$MODE")
+echo ">> work dir $WORK"
+
+# The baseline module carries a copy of record.go (it cannot import the root
+# module: different Kubernetes versions).
+{ echo "// Code generated from bench/scheduler/record.go by bench/run.sh; DO NOT EDIT."; echo
+  sed -e 's/^package scheduler_bench/package baseline/' -e '/^\/\/ Package scheduler_bench/,/^\/\/ bench\/results.*$/d' bench/scheduler/record.go
+} >bench/baseline/record.go.new && mv bench/baseline/record.go.new bench/baseline/record.go
+
+echo ">> [1/4] bench/scheduler ($MODE): Tessera vs default kube-scheduler / native gang+TAS 1.37"
+mkdir -p "$WORK/tessera"
+(cd bench/scheduler && $GO test . "${FLAGS[@]}" -tessera-records "$WORK/tessera/records.jsonl" \
+    -data-items-dir "$WORK/tessera") >"$WORK/tessera.log" 2>&1
+rc=$?
+grep -E '^(Benchmark|--- (FAIL|SKIP)|FAIL|ok)' "$WORK/tessera.log" | cut -c1-160
+if [ $rc -ne 0 ]; then
+  { echo "bench/scheduler exited with $rc; last lines of its log:"; echo '```'; grep -E -- '--- FAIL|Error|error in|\.go:[0-9]+:' "$WORK/tessera.log" | grep -v 'etcd output' | tail -20; echo '```'; } >>"$NOTES"
+fi
+
+echo ">> [2/4] bench/baseline ($MODE): scheduler-plugins coscheduling v0.34.7 on Kubernetes 1.34.4"
+mkdir -p "$WORK/baseline"
+(cd bench/baseline && $GO test . "${FLAGS[@]}" -tessera-records "$WORK/baseline/records.jsonl" \
+    -data-items-dir "$WORK/baseline") >"$WORK/baseline.log" 2>&1
+rc=$?
+grep -E '^(Benchmark|--- (FAIL|SKIP)|FAIL|ok)' "$WORK/baseline.log" | cut -c1-160
+if [ $rc -ne 0 ]; then
+  { echo "bench/baseline (coscheduling v0.34.7, Kubernetes 1.34.4) exited with $rc; no coscheduling figures where rows are missing. Last lines:"; echo '```'; grep -E -- '--- FAIL|Error|error in|\.go:[0-9]+:|cannot|undefined' "$WORK/baseline.log" | grep -v 'etcd output' | tail -20; echo '```'; } >>"$NOTES"
+fi
+
+echo ">> [3/4] bench/deviceplugin"
+DPN=2000; [ "$MODE" = smoke ] && DPN=200
+$GO test ./bench/deviceplugin -run '^$' -bench . -benchtime ${DPN}x >"$WORK/deviceplugin.txt" 2>&1 || \
+  echo "bench/deviceplugin failed, see its output" >>"$NOTES"
+
+echo ">> [4/4] report"
+MACHINE="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) CPUs, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM, $(uname -sr), $($GO version | cut -d' ' -f3)"
+OUTDIR=${BENCH_RESULTS:-bench/results}
+README=bench/README.md
+[ "$MODE" = smoke ] && README=""
+$GO run ./bench/scheduler/report -mode "$MODE" -machine "$MACHINE" \
+  -records "$WORK/tessera/records.jsonl,$WORK/baseline/records.jsonl" \
+  -data-items "$WORK/tessera,$WORK/baseline" -deviceplugin "$WORK/deviceplugin.txt" \
+  -notes "$NOTES" -out "$OUTDIR" -readme "$README"
+echo ">> logs in $WORK"
