@@ -197,6 +197,12 @@ func (g ShardGang) Create(ctx context.Context, e *Env) ([]*corev1.Pod, error) {
 	if err := e.CreatePodGroup(ctx, PodGroup(g.Namespace, g.Name, g.Ranks, "")); err != nil {
 		return nil, err
 	}
+	return g.CreatePods(ctx, e)
+}
+
+// CreatePods creates the gang's pods only: a controller recreating a lost
+// group (the PodGroup stays).
+func (g ShardGang) CreatePods(ctx context.Context, e *Env) ([]*corev1.Pod, error) {
 	model := g.Model
 	if model == "" {
 		model = "tiny"

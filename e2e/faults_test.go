@@ -1,0 +1,490 @@
+package e2e
+
+// Fault tests (issue 8): each kills or breaks one part of the running
+// system, checks that nothing is lost, measures how long the system takes to
+// be whole again, and leaves the cluster as it found it (Tessera ready, every
+// slice of the real node free) for the tests after it.
+
+import (
+	"context"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/utils/ptr"
+
+	"github.com/tessera-gpu/tessera/api"
+	"github.com/tessera-gpu/tessera/e2e/cluster"
+	"github.com/tessera-gpu/tessera/e2e/scenario"
+	"github.com/tessera-gpu/tessera/scheduler"
+)
+
+const (
+	devicePluginMetrics = "http://127.0.0.1:9400"
+	devicePluginConfig  = "tessera-device-plugin-config"
+)
+
+// figure records a measured number: in the test log, and as a line
+// "name value unit" in $TESSERA_RELIABILITY_OUT when set (make reliability
+// collects them into the summary).
+func figure(t *testing.T, name string, value float64, unit string) {
+	t.Helper()
+	t.Logf("FIGURE %s = %.2f %s", name, value, unit)
+	out := os.Getenv("TESSERA_RELIABILITY_OUT")
+	if out == "" {
+		return
+	}
+	f, err := os.OpenFile(out, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
+	if err != nil {
+		t.Logf("recording figure: %v", err)
+		return
+	}
+	defer f.Close()
+	fmt.Fprintf(f, "%s %.3f %s\n", name, value, unit)
+}
+
+// realNodeAllocatable is the real node's allocatable slice count.
+func realNodeAllocatable(ctx context.Context, e *scenario.Env) (int64, error) {
+	node, err := e.Client.CoreV1().Nodes().Get(ctx, testCluster.RealNodeName, metav1.GetOptions{})
+	if err != nil {
+		return 0, err
+	}
+	q := node.Status.Allocatable[api.ResourceName]
+	return q.Value(), nil
+}
+
+// waitAllocatable waits until the real node advertises want slices and
+// returns how long that took.
+func waitAllocatable(ctx context.Context, t *testing.T, e *scenario.Env, want int64, timeout time.Duration) time.Duration {
+	t.Helper()
+	start := time.Now()
+	var got int64
+	err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
+		n, err := realNodeAllocatable(ctx, e)
+		got = n
+		return err == nil && n == want, nil
+	})
+	if err != nil {
+		t.Fatalf("real node allocatable %s = %d after %s, want %d", api.ResourceName, got, timeout, want)
+	}
+	return time.Since(start)
+}
+
+// devicePluginPod is the device plugin pod on the real node.
+func devicePluginPod(ctx context.Context, e *scenario.Env) (*corev1.Pod, error) {
+	list, err := e.Client.CoreV1().Pods(cluster.TesseraNamespace).List(ctx, metav1.ListOptions{FieldSelector: "spec.nodeName=" + testCluster.RealNodeName})
+	if err != nil {
+		return nil, err
+	}
+	for i := range list.Items {
+		p := &list.Items[i]
+		if strings.HasPrefix(p.Name, "tessera-device-plugin-") && p.DeletionTimestamp == nil {
+			return p, nil
+		}
+	}
+	return nil, fmt.Errorf("no device plugin pod on %s", testCluster.RealNodeName)
+}
+
+// killDevicePlugin deletes the device plugin pod with no grace (the process
+// gets SIGKILL), waits for the DaemonSet's replacement to be ready and
+// returns how long the node was without a plugin.
+func killDevicePlugin(ctx context.Context, t *testing.T, e *scenario.Env) time.Duration {
+	t.Helper()
+	old, err := devicePluginPod(ctx, e)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if err := e.Client.CoreV1().Pods(old.Namespace).Delete(ctx, old.Name, metav1.DeleteOptions{GracePeriodSeconds: ptr.To[int64](0)}); err != nil {
+		t.Fatalf("killing the device plugin: %v", err)
+	}
+	err = wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+		p, err := devicePluginPod(ctx, e)
+		return err == nil && p.UID != old.UID && scenario.Ready(p), nil
+	})
+	if err != nil {
+		t.Fatalf("no new device plugin pod became ready: %v", err)
+	}
+	if err := testCluster.WaitForTessera(ctx, 2*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	return time.Since(start)
+}
+
+// holdSlices runs one probe pod holding n slices on the real node.
+func holdSlices(ctx context.Context, t *testing.T, e *scenario.Env, ns, name string, n int) corev1.Pod {
+	t.Helper()
+	pod := scenario.SlicePod(ns, name, n, scenario.PodOptions{NodeSelector: map[string]string{scenario.RealNodeLabel: "true"},
+		Labels: map[string]string{"tessera.dev/fault": name}})
+	if _, err := e.Client.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	pods, err := e.WaitPods(ctx, ns, "tessera.dev/fault="+name, 1, 2*time.Minute, "running with its allocation reported", func(p *corev1.Pod) bool {
+		return scenario.Running(p) && p.Annotations[api.AnnotationSlicesAllocated] != ""
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pods[0]
+}
+
+// freeRealNode deletes the namespace's pods and waits until they are gone,
+// so the next test finds every slice of the real node free.
+func freeRealNode(t *testing.T, e *scenario.Env, ns string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := e.DeleteAndWait(ctx, ns, "", time.Minute); err != nil {
+		t.Errorf("freeing the real node: %v", err)
+	}
+}
+
+// TestFaultDevicePluginKilled kills the device plugin while pods hold
+// slices. The running pods keep exactly their slices, the new plugin
+// rebuilds its view from the kubelet (PodResources + the kubelet's
+// checkpoint) and the API, and a pod admitted afterwards gets slices nobody
+// holds.
+func TestFaultDevicePluginKilled(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	e := env(t)
+	ns := createNamespace(ctx, t, "fault-dp")
+	defer freeRealNode(t, e, ns)
+	before := []corev1.Pod{holdSlices(ctx, t, e, ns, "a", 2), holdSlices(ctx, t, e, ns, "b", 4)}
+
+	down := killDevicePlugin(ctx, t, e)
+	figure(t, "device_plugin_restart_to_ready_seconds", down.Seconds(), "s")
+
+	// The running pods are untouched: same container, same slices.
+	held := map[api.SliceID]string{}
+	for _, b := range before {
+		p, err := e.Client.CoreV1().Pods(ns).Get(ctx, b.Name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !scenario.Running(p) || p.Status.ContainerStatuses[0].RestartCount != 0 {
+			t.Errorf("pod %s disturbed by the plugin restart: phase %s, restarts %d", p.Name, p.Status.Phase, p.Status.ContainerStatuses[0].RestartCount)
+		}
+		if got, want := p.Annotations[api.AnnotationSlicesAllocated], b.Annotations[api.AnnotationSlicesAllocated]; got != want {
+			t.Errorf("pod %s: allocation %q after restart, %q before", p.Name, got, want)
+		}
+		ids, err := scenario.Slices(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, id := range ids {
+			held[id] = p.Name
+		}
+	}
+	// A pod admitted by the new plugin gets free slices only.
+	c := holdSlices(ctx, t, e, ns, "c", 4)
+	ids, err := api.ParseSliceList(c.Annotations[api.AnnotationSlicesAllocated])
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range ids {
+		if other, dup := held[id]; dup {
+			t.Errorf("slice %s double-allocated: to %s before the restart and to %s after", id, other, c.Name)
+		}
+	}
+	if n, err := realNodeAllocatable(ctx, e); err != nil || n != realNodeGPUs*slicesPerGPU {
+		t.Errorf("allocatable after restart = %d (%v), want %d", n, err, realNodeGPUs*slicesPerGPU)
+	}
+}
+
+// TestFaultKubeletRestart restarts the real node's kubelet while a pod holds
+// slices: the plugin sees the new kubelet socket and registers again, the
+// kubelet keeps the pod's devices from its checkpoint, and the node
+// advertises its full capacity again. The figure is the time from the
+// restart to full capacity.
+func TestFaultKubeletRestart(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	e := env(t)
+	ns := createNamespace(ctx, t, "fault-kubelet")
+	defer freeRealNode(t, e, ns)
+	held := holdSlices(ctx, t, e, ns, "held", 2)
+
+	start := time.Now()
+	if err := testCluster.RestartKubelet(ctx); err != nil {
+		t.Fatalf("restarting the kubelet: %v", err)
+	}
+	restarted := time.Since(start)
+	// The restarted kubelet first reports no device-plugin capacity until
+	// the plugin registers again; wait for the drop to be seen or skipped,
+	// then for full capacity with the plugin's registration.
+	waitAllocatable(ctx, t, e, realNodeGPUs*slicesPerGPU, 2*time.Minute)
+	back := time.Since(start)
+	if err := testCluster.WaitForTessera(ctx, 2*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	figure(t, "kubelet_restart_seconds", restarted.Seconds(), "s")
+	figure(t, "kubelet_restart_to_capacity_back_seconds", back.Seconds(), "s")
+
+	p, err := e.Client.CoreV1().Pods(ns).Get(ctx, held.Name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !scenario.Running(p) || p.Annotations[api.AnnotationSlicesAllocated] != held.Annotations[api.AnnotationSlicesAllocated] {
+		t.Errorf("pod %s after kubelet restart: phase %s, allocation %q (was %q)", p.Name, p.Status.Phase,
+			p.Annotations[api.AnnotationSlicesAllocated], held.Annotations[api.AnnotationSlicesAllocated])
+	}
+	// New work is admitted after the restart, on slices nobody holds.
+	c := holdSlices(ctx, t, e, ns, "after", 2)
+	if c.Annotations[api.AnnotationSlicesAllocated] == held.Annotations[api.AnnotationSlicesAllocated] {
+		t.Errorf("pod admitted after the restart got the held pod's slices %s", c.Annotations[api.AnnotationSlicesAllocated])
+	}
+}
+
+// setDevicePluginConfig replaces the plugin's config and restarts the
+// plugin so the new config is read now (the kubelet refreshes ConfigMap
+// volumes only about once a minute).
+func setDevicePluginConfig(ctx context.Context, t *testing.T, e *scenario.Env, cfg string) {
+	t.Helper()
+	cm, err := e.Client.CoreV1().ConfigMaps(cluster.TesseraNamespace).Get(ctx, devicePluginConfig, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cm.Data["config.yaml"] = cfg
+	if _, err := e.Client.CoreV1().ConfigMaps(cluster.TesseraNamespace).Update(ctx, cm, metav1.UpdateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	killDevicePlugin(ctx, t, e)
+}
+
+// podGroupCondition returns the PodGroup's GPUHealthy condition status.
+func podGroupCondition(ctx context.Context, e *scenario.Env, ns, name string) (status, message string) {
+	u, err := e.Dynamic.Resource(scenario.PodGroupResource).Namespace(ns).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return "", err.Error()
+	}
+	conds, _, _ := unstructured.NestedSlice(u.Object, "status", "conditions")
+	for _, c := range conds {
+		m, _ := c.(map[string]any)
+		if m["type"] == scheduler.ConditionGPUHealthy {
+			s, _ := m["status"].(string)
+			msg, _ := m["message"].(string)
+			return s, msg
+		}
+	}
+	return "", ""
+}
+
+// TestFaultXid injects a critical Xid into a GPU held by a running gang
+// through the mock NVML: the GPU's slices turn Unhealthy (inventory and
+// allocatable), the scheduler reports it on the gang (Warning event,
+// PodGroup condition GPUHealthy=False, the default unhealthyGangAction),
+// and after the quiet period the GPU is Healthy again and so is the gang.
+func TestFaultXid(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
+	defer cancel()
+	e := env(t)
+	cm, err := e.Client.CoreV1().ConfigMaps(cluster.TesseraNamespace).Get(ctx, devicePluginConfig, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	original := cm.Data["config.yaml"]
+	// A short quiet period so recovery is seen in seconds, not minutes.
+	setDevicePluginConfig(ctx, t, e, strings.TrimRight(original, "\n")+"\nhealth:\n  recheckInterval: 1s\n  recoveryQuietPeriod: 5s\n")
+	defer func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+		defer cancel()
+		setDevicePluginConfig(ctx, t, e, original)
+	}()
+
+	ns := createNamespace(ctx, t, "fault-xid")
+	defer freeRealNode(t, e, ns)
+	pods, err := e.Gang(ctx, ns, "tp", 2, slicesPerGPU, "", scenario.PodOptions{NodeSelector: map[string]string{scenario.RealNodeLabel: "true"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	running, err := e.WaitPods(ctx, ns, scenario.GangSelector("tp"), len(pods), 2*time.Minute, "running", scenario.Running)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ids, err := scenario.Slices(&running[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	gpu := ids[0].GPU
+	full := int64(realNodeGPUs * slicesPerGPU)
+
+	start := time.Now()
+	resp, err := http.Post(fmt.Sprintf("%s/debug/fake/xid?gpu=%s&xid=79", devicePluginMetrics, gpu), "text/plain", nil)
+	if err != nil {
+		t.Fatalf("injecting Xid 79: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("injecting Xid 79: %s", resp.Status)
+	}
+	waitAllocatable(ctx, t, e, full-slicesPerGPU, time.Minute)
+	figure(t, "xid_to_capacity_drop_seconds", time.Since(start).Seconds(), "s")
+	if healthy, ok := gpuHealthy(realNodeInventory(ctx, t, e), gpu); !ok || healthy {
+		t.Errorf("inventory reports %s healthy=%t (listed %t) after Xid 79", gpu, healthy, ok)
+	}
+	var msg string
+	err = wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		var st string
+		st, msg = podGroupCondition(ctx, e, ns, "tp")
+		return st == string(metav1.ConditionFalse), nil
+	})
+	if err != nil {
+		t.Fatalf("PodGroup condition %s never turned False (last message %q)", scheduler.ConditionGPUHealthy, msg)
+	}
+	figure(t, "xid_to_gang_condition_seconds", time.Since(start).Seconds(), "s")
+	if !strings.Contains(msg, gpu) || !strings.Contains(msg, running[0].Name) {
+		t.Errorf("condition message %q does not name GPU %s and pod %s", msg, gpu, running[0].Name)
+	}
+	waitEvent(ctx, t, e, ns, "tp", "GPUUnhealthy")
+	// The default action keeps the gang running.
+	for _, p := range running {
+		got, err := e.Client.CoreV1().Pods(ns).Get(ctx, p.Name, metav1.GetOptions{})
+		if err != nil || got.DeletionTimestamp != nil {
+			t.Errorf("pod %s was removed under unhealthyGangAction Event: %v", p.Name, err)
+		}
+	}
+
+	recovered := time.Now()
+	waitAllocatable(ctx, t, e, full, time.Minute)
+	err = wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		st, _ := podGroupCondition(ctx, e, ns, "tp")
+		return st == string(metav1.ConditionTrue), nil
+	})
+	if err != nil {
+		t.Fatalf("PodGroup condition %s never turned True again after recovery", scheduler.ConditionGPUHealthy)
+	}
+	figure(t, "xid_recovery_to_gang_healthy_seconds", time.Since(recovered).Seconds(), "s")
+	if healthy, _ := gpuHealthy(realNodeInventory(ctx, t, e), gpu); !healthy {
+		t.Errorf("inventory still reports %s Unhealthy after recovery", gpu)
+	}
+}
+
+func gpuHealthy(inv *api.Inventory, uuid string) (healthy, ok bool) {
+	for _, g := range inv.GPUs {
+		if g.UUID == uuid {
+			return g.Healthy, true
+		}
+	}
+	return false, false
+}
+
+// waitEvent waits for an event with reason on the named object.
+func waitEvent(ctx context.Context, t *testing.T, e *scenario.Env, ns, name, reason string) {
+	t.Helper()
+	err := wait.PollUntilContextTimeout(ctx, 300*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		list, err := e.Client.EventsV1().Events(ns).List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return false, nil
+		}
+		for _, ev := range list.Items {
+			if ev.Reason == reason && ev.Regarding.Name == name {
+				return true, nil
+			}
+		}
+		return false, nil
+	})
+	if err != nil {
+		t.Errorf("no %s event on %s/%s", reason, ns, name)
+	}
+}
+
+// shardProcess finds the host PID of a shard-server rank by its command
+// line (the container shares the host's PID view from /proc).
+func shardProcess(httpPort int) (int, error) {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return 0, err
+	}
+	needle := fmt.Sprintf("127.0.0.1:%d", httpPort)
+	for _, ent := range entries {
+		pid, err := strconv.Atoi(ent.Name())
+		if err != nil {
+			continue
+		}
+		cmd, err := os.ReadFile(filepath.Join("/proc", ent.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		args := strings.Split(string(cmd), "\x00")
+		if strings.HasSuffix(args[0], "tessera-shard-server") && strings.Contains(string(cmd), "\x00--listen\x00"+needle+"\x00") {
+			return pid, nil
+		}
+	}
+	return 0, fmt.Errorf("no shard server listening on %s", needle)
+}
+
+// TestFaultShardRankKilled SIGKILLs rank 1 of a serving shard-server gang.
+// The group must notice (rank 0 stops being ready and exits: a tensor-
+// parallel group cannot go on without a rank), and once recreated as a
+// whole — as LeaderWorkerSet's RecreateGroupOnPodRestart does, here by the
+// test — place whole again and answer. The figure is kill → serving.
+func TestFaultShardRankKilled(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
+	defer cancel()
+	e := env(t)
+	ns := createNamespace(ctx, t, "fault-rank")
+	defer freeRealNode(t, e, ns)
+	g := scenario.ShardGang{Namespace: ns, Name: "tp2", Ranks: 2, Slices: 2, HTTPPort: freePort(t), CollectivePort: freePort(t)}
+	if g.HTTPPort+1 == g.CollectivePort {
+		g.CollectivePort = freePort(t)
+	}
+	if _, err := g.Create(ctx, e); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.WaitPods(ctx, ns, scenario.GangSelector("tp2"), 2, 3*time.Minute, "ready", scenario.Ready); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := scenario.Complete(ctx, g.URL(), "before the fault", 8); err != nil {
+		t.Fatal(err)
+	}
+	pid, err := shardProcess(g.HTTPPort + 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	if err := syscall.Kill(pid, syscall.SIGKILL); err != nil {
+		t.Fatalf("killing rank 1 (pid %d): %v", pid, err)
+	}
+	// The whole group turns unready: rank 1 is gone, rank 0 exits once its
+	// heartbeat finds the rank lost.
+	_, err = e.WaitPods(ctx, ns, scenario.GangSelector("tp2"), 2, 2*time.Minute, "failed", func(p *corev1.Pod) bool {
+		return p.Status.Phase == corev1.PodFailed
+	})
+	if err != nil {
+		t.Fatalf("the group did not notice the lost rank: %v", err)
+	}
+	figure(t, "rank_kill_to_group_unready_seconds", time.Since(start).Seconds(), "s")
+
+	// Recreate the group as a whole; the scheduler places it whole again.
+	if err := e.DeleteAndWait(ctx, ns, scenario.GangSelector("tp2"), time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := g.CreatePods(ctx, e); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.WaitPods(ctx, ns, scenario.GangSelector("tp2"), 2, 3*time.Minute, "ready", scenario.Ready); err != nil {
+		t.Fatal(err)
+	}
+	var lastErr error
+	for time.Since(start) < 3*time.Minute {
+		if _, lastErr = scenario.Complete(ctx, g.URL(), "after the fault", 8); lastErr == nil {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if lastErr != nil {
+		t.Fatalf("recreated group does not serve: %v", lastErr)
+	}
+	figure(t, "rank_kill_to_serving_again_seconds", time.Since(start).Seconds(), "s")
+}
