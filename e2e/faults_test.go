@@ -8,6 +8,7 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"io"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -17,10 +18,13 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/util/wait"
+	podresourcesv1 "k8s.io/kubelet/pkg/apis/podresources/v1"
 	"k8s.io/utils/ptr"
 
 	"github.com/tessera-gpu/tessera/api"
@@ -214,21 +218,66 @@ func TestFaultKubeletRestart(t *testing.T) {
 	ns := createNamespace(ctx, t, "fault-kubelet")
 	defer freeRealNode(t, e, ns)
 	held := holdSlices(ctx, t, e, ns, "held", 2)
+	regsBefore := pluginRegistrations(ctx, t)
+	full := realNodeGPUs * slicesPerGPU
 
+	// Watch the kubelet's own view (PodResources GetAllocatableResources):
+	// the node object is only refreshed with the next status update.
+	type sample struct {
+		at    time.Duration
+		count int
+		err   error
+	}
+	samples := make(chan sample, 1<<16)
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
 	start := time.Now()
+	go func() {
+		for watchCtx.Err() == nil {
+			n, err := kubeletAllocatable(watchCtx)
+			samples <- sample{time.Since(start), n, err}
+			time.Sleep(20 * time.Millisecond)
+		}
+		close(samples)
+	}()
 	if err := testCluster.RestartKubelet(ctx); err != nil {
 		t.Fatalf("restarting the kubelet: %v", err)
 	}
 	restarted := time.Since(start)
-	// The restarted kubelet first reports no device-plugin capacity until
-	// the plugin registers again; wait for the drop to be seen or skipped,
-	// then for full capacity with the plugin's registration.
-	waitAllocatable(ctx, t, e, realNodeGPUs*slicesPerGPU, 2*time.Minute)
-	back := time.Since(start)
+	var registered time.Duration
+	err := wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+		if pluginRegistrations(ctx, t) > regsBefore {
+			registered = time.Since(start)
+			return true, nil
+		}
+		return false, nil
+	})
+	if err != nil {
+		t.Fatalf("the device plugin did not register with the restarted kubelet")
+	}
+	waitAllocatable(ctx, t, e, int64(full), 2*time.Minute)
 	if err := testCluster.WaitForTessera(ctx, 2*time.Minute); err != nil {
 		t.Fatal(err)
 	}
+	// Capacity back: the first moment, after the kubelet went away, that
+	// the new kubelet reports every slice allocatable again.
+	time.Sleep(200 * time.Millisecond)
+	stopWatch()
+	var down bool
+	var back time.Duration
+	for s := range samples {
+		switch {
+		case s.err != nil || s.count < full:
+			down, back = true, 0
+		case down && back == 0:
+			back = s.at
+		}
+	}
+	if !down || back == 0 {
+		t.Errorf("the kubelet's allocatable slices never dropped and came back (down %t, back %s)", down, back)
+	}
 	figure(t, "kubelet_restart_seconds", restarted.Seconds(), "s")
+	figure(t, "kubelet_restart_to_plugin_registered_seconds", registered.Seconds(), "s")
 	figure(t, "kubelet_restart_to_capacity_back_seconds", back.Seconds(), "s")
 
 	p, err := e.Client.CoreV1().Pods(ns).Get(ctx, held.Name, metav1.GetOptions{})
@@ -244,6 +293,56 @@ func TestFaultKubeletRestart(t *testing.T) {
 	if c.Annotations[api.AnnotationSlicesAllocated] == held.Annotations[api.AnnotationSlicesAllocated] {
 		t.Errorf("pod admitted after the restart got the held pod's slices %s", c.Annotations[api.AnnotationSlicesAllocated])
 	}
+}
+
+// kubeletAllocatable counts the slices the kubelet itself considers
+// allocatable (PodResources v1 GetAllocatableResources).
+func kubeletAllocatable(ctx context.Context) (int, error) {
+	conn, err := grpc.NewClient("unix://"+testCluster.PodResourcesSocket(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return 0, err
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	resp, err := podresourcesv1.NewPodResourcesListerClient(conn).GetAllocatableResources(ctx, &podresourcesv1.AllocatableResourcesRequest{})
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, d := range resp.GetDevices() {
+		if d.GetResourceName() == api.ResourceName {
+			n += len(d.GetDeviceIds())
+		}
+	}
+	return n, nil
+}
+
+// pluginRegistrations reads the device plugin's registration counter.
+func pluginRegistrations(ctx context.Context, t *testing.T) float64 {
+	t.Helper()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, devicePluginMetrics+"/metrics", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return -1
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		return -1
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if v, ok := strings.CutPrefix(line, "tessera_deviceplugin_kubelet_registrations_total "); ok {
+			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			if err == nil {
+				return f
+			}
+		}
+	}
+	return -1
 }
 
 // setDevicePluginConfig replaces the plugin's config and restarts the

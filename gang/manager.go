@@ -489,6 +489,17 @@ func (m *Manager) Unreserve(p Pod) {
 		g := m.gangs[ref.gang]
 		switch {
 		case g == nil:
+		case !g.allowed && !m.clock.Now().Before(g.deadline):
+			// The framework's Permit wait ends at the plan's deadline, often
+			// before the sweep sees it: say what really happened, so a gang
+			// whose members never all came reads as a timeout, not a failure.
+			reserved := 0
+			for _, s := range g.slots {
+				if s.state >= slotReserved {
+					reserved++
+				}
+			}
+			rejs = append(rejs, m.rejectLocked(g, fmt.Sprintf("gang %s: timed out after %s with %d of %d members reserved", g.spec.Key, g.spec.timeout(), reserved, g.spec.MinMember), true))
 		case !g.allowed:
 			rejs = append(rejs, m.rejectLocked(g, fmt.Sprintf("gang %s: member %s failed", g.spec.Key, p.name()), true))
 		default:

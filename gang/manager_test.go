@@ -115,6 +115,16 @@ func TestGangRejection(t *testing.T) {
 			want: []Rejection{{Gang: "ns/g", Reason: "gang ns/g: member ns/g-1 failed",
 				PodUIDs: []string{"uid-ns-g-0", "uid-ns-g-1"}, BackoffUntil: t0.Add(10 * time.Second)}},
 		},
+		"the framework's Permit timeout (Unreserve at the deadline) reads as a timeout": {
+			reserve: 2,
+			fail: func(f *fixture) []Rejection {
+				f.clock.Step(30 * time.Second)
+				f.m.Unreserve(member("ns/g", 1, 8))
+				return f.rejs
+			},
+			want: []Rejection{{Gang: "ns/g", Reason: "gang ns/g: timed out after 30s with 2 of 3 members reserved",
+				PodUIDs: []string{"uid-ns-g-0", "uid-ns-g-1"}, BackoffUntil: t0.Add(40 * time.Second)}},
+		},
 		"a member refused by other plugins on its node rejects and avoids the node": {
 			reserve: 1,
 			fail: func(f *fixture) []Rejection {
