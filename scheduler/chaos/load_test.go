@@ -1,0 +1,253 @@
+package chaos
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"runtime"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+
+	"github.com/tessera-gpu/tessera/api"
+)
+
+// loadStats are the load run's counters.
+type loadStats struct {
+	gangs, gangsPlaced, partial, split atomic.Int64
+	singles, singlesBound              atomic.Int64
+	pods, lost                         atomic.Int64
+	mu                                 sync.Mutex
+	gangLatency                        []time.Duration
+}
+
+func (s *loadStats) latency(d time.Duration) {
+	s.mu.Lock()
+	s.gangLatency = append(s.gangLatency, d)
+	s.mu.Unlock()
+}
+
+func percentile(ds []time.Duration, p float64) time.Duration {
+	if len(ds) == 0 {
+		return 0
+	}
+	ds = slices.Clone(ds)
+	slices.Sort(ds)
+	return ds[min(len(ds)-1, int(float64(len(ds))*p))]
+}
+
+// heapMiB is the process's live heap after a GC (the scheduler runs in
+// this process; so do the test's clients, which stay the same size).
+func heapMiB() float64 {
+	runtime.GC()
+	var m runtime.MemStats
+	runtime.ReadMemStats(&m)
+	return float64(m.HeapAlloc) / (1 << 20)
+}
+
+// TestLoad creates and deletes gangs and single pods continuously on the
+// simulated nodes for TESSERA_LOAD_DURATION (default 1m; make reliability
+// runs 10m) with TESSERA_LOAD_WORKERS clients (default 24). Every gang must
+// place whole inside one clique or not at all, every pod must bind while it
+// lives, no slice may be assigned twice, the ledger must hold nothing once
+// everything is deleted, and the scheduler's heap must stay flat.
+func TestLoad(t *testing.T) {
+	duration, err := time.ParseDuration(os.Getenv("TESSERA_LOAD_DURATION"))
+	if err != nil || duration <= 0 {
+		duration = time.Minute
+	}
+	workers := envInt("TESSERA_LOAD_WORKERS", 24)
+	ctx, cancel := context.WithTimeout(context.Background(), duration+5*time.Minute)
+	defer cancel()
+	ns := "load"
+	createNamespace(t, ctx, ns)
+	s := startScheduler(t, "load", false)
+	defer s.Stop()
+	cliques := nodeCliques(t, ctx)
+
+	var st loadStats
+	var seq atomic.Int64
+	deadline := time.Now().Add(duration)
+	// The heap is sampled through the run; the first sample after warm-up
+	// is the baseline.
+	var heapMu sync.Mutex
+	var heap []float64
+	sampleDone := make(chan struct{})
+	go func() {
+		defer close(sampleDone)
+		tick := time.NewTicker(max(duration/20, 2*time.Second))
+		defer tick.Stop()
+		for time.Now().Before(deadline) {
+			select {
+			case <-ctx.Done():
+				return
+			case <-tick.C:
+			}
+			h := heapMiB()
+			heapMu.Lock()
+			heap = append(heap, h)
+			heapMu.Unlock()
+		}
+	}()
+
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rng := rand.New(rand.NewPCG(uint64(w), 42))
+			for time.Now().Before(deadline) && ctx.Err() == nil {
+				id := seq.Add(1)
+				if rng.IntN(10) < 7 {
+					runGang(t, ctx, ns, fmt.Sprintf("g%06d", id), 2<<rng.IntN(3), 1<<rng.IntN(4), cliques, &st)
+				} else {
+					runSingle(t, ctx, ns, fmt.Sprintf("s%06d", id), 1+rng.IntN(slicesPerGPU), &st)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	<-sampleDone
+	heapEnd := heapMiB()
+
+	deleteAll(t, ctx, ns)
+	leaked := leakedSlices(t, ctx, time.Minute)
+	if leaked != 0 {
+		t.Errorf("%d slices leaked in the scheduler's ledger after everything was deleted", leaked)
+	}
+	heapMu.Lock()
+	warm := heapEnd
+	if len(heap) > 2 {
+		warm = heap[2]
+	}
+	peak := slices.Max(append(slices.Clone(heap), heapEnd))
+	heapMu.Unlock()
+	// Flat: the end of the run holds no more than the warm run plus a
+	// margin for what Go's GC pacing leaves.
+	if heapEnd > 1.5*warm+32 {
+		t.Errorf("heap grew from %.0f MiB (warm) to %.0f MiB at the end", warm, heapEnd)
+	}
+	if n := st.partial.Load(); n > 0 {
+		t.Errorf("%d partial gangs", n)
+	}
+	if n := st.split.Load(); n > 0 {
+		t.Errorf("%d gangs span cliques", n)
+	}
+	if n := st.lost.Load(); n > 0 {
+		t.Errorf("%d pods never bound while they lived", n)
+	}
+	figure(t, "load_nodes", float64(env.nodes), "nodes")
+	figure(t, "load_duration_seconds", duration.Seconds(), "s")
+	figure(t, "load_workers", float64(workers), "clients")
+	figure(t, "load_gangs_created", float64(st.gangs.Load()), "gangs")
+	figure(t, "load_gangs_placed", float64(st.gangsPlaced.Load()), "gangs")
+	figure(t, "load_singles_created", float64(st.singles.Load()), "pods")
+	figure(t, "load_pods_created", float64(st.pods.Load()), "pods")
+	figure(t, "load_partial_gangs", float64(st.partial.Load()), "gangs")
+	figure(t, "load_split_gangs", float64(st.split.Load()), "gangs")
+	figure(t, "load_lost_pods", float64(st.lost.Load()), "pods")
+	figure(t, "load_leaked_slices", float64(leaked), "slices")
+	figure(t, "load_gang_bound_p50_seconds", percentile(st.gangLatency, 0.5).Seconds(), "s")
+	figure(t, "load_gang_bound_p99_seconds", percentile(st.gangLatency, 0.99).Seconds(), "s")
+	figure(t, "load_heap_warm_mib", warm, "MiB")
+	figure(t, "load_heap_peak_mib", peak, "MiB")
+	figure(t, "load_heap_end_mib", heapEnd, "MiB")
+}
+
+// waitGroupBound polls until every pod of the selector is bound or timeout;
+// it returns the pods' nodes.
+func waitGroupBound(ctx context.Context, ns, selector string, n int, timeout time.Duration) map[string]string {
+	nodes := map[string]string{}
+	_ = wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
+		list, err := env.client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: selector})
+		if err != nil {
+			return false, nil
+		}
+		clear(nodes)
+		bound := 0
+		for _, p := range list.Items {
+			nodes[p.Name] = p.Spec.NodeName
+			if p.Spec.NodeName != "" {
+				bound++
+			}
+		}
+		return bound == n, nil
+	})
+	return nodes
+}
+
+// runGang creates one gang, waits for it to place, holds it a moment and
+// deletes it. A gang bound in part, or spread over cliques, is counted.
+func runGang(t *testing.T, ctx context.Context, ns, name string, ranks, rankSlices int, cliques map[string]string, st *loadStats) {
+	st.gangs.Add(1)
+	if _, err := env.dyn.Resource(podGroupGVR).Namespace(ns).Create(ctx, podGroup(ns, name, ranks, 60), metav1.CreateOptions{}); err != nil {
+		t.Errorf("creating PodGroup %s: %v", name, err)
+		return
+	}
+	start := time.Now()
+	for r := range ranks {
+		p := gpuPod(ns, fmt.Sprintf("%s-r%d", name, r), rankSlices, map[string]string{api.LabelPodGroup: name, "load": name})
+		if _, err := env.client.CoreV1().Pods(ns).Create(ctx, p, metav1.CreateOptions{}); err != nil {
+			t.Errorf("creating %s: %v", p.Name, err)
+		}
+		st.pods.Add(1)
+	}
+	nodes := waitGroupBound(ctx, ns, "load="+name, ranks, 90*time.Second)
+	bound, domains := 0, map[string]bool{}
+	for _, n := range nodes {
+		if n != "" {
+			bound++
+			domains[cliques[n]] = true
+		}
+	}
+	switch {
+	case bound == ranks:
+		st.gangsPlaced.Add(1)
+		st.latency(time.Since(start))
+	case bound > 0:
+		st.partial.Add(1)
+		t.Errorf("gang %s partial: %d of %d bound after 90s", name, bound, ranks)
+	default:
+		st.lost.Add(int64(ranks))
+		t.Errorf("gang %s never placed", name)
+	}
+	if len(domains) > 1 {
+		st.split.Add(1)
+	}
+	time.Sleep(time.Duration(500+rand.IntN(1500)) * time.Millisecond)
+	zero := int64(0)
+	if err := env.client.CoreV1().Pods(ns).DeleteCollection(ctx, metav1.DeleteOptions{GracePeriodSeconds: &zero}, metav1.ListOptions{LabelSelector: "load=" + name}); err != nil {
+		t.Errorf("deleting gang %s: %v", name, err)
+	}
+	if err := env.dyn.Resource(podGroupGVR).Namespace(ns).Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
+		t.Errorf("deleting PodGroup %s: %v", name, err)
+	}
+}
+
+func runSingle(t *testing.T, ctx context.Context, ns, name string, n int, st *loadStats) {
+	st.singles.Add(1)
+	st.pods.Add(1)
+	p := gpuPod(ns, name, n, map[string]string{"load": name})
+	if _, err := env.client.CoreV1().Pods(ns).Create(ctx, p, metav1.CreateOptions{}); err != nil {
+		t.Errorf("creating %s: %v", name, err)
+		return
+	}
+	nodes := waitGroupBound(ctx, ns, "load="+name, 1, 60*time.Second)
+	if nodes[name] == "" {
+		st.lost.Add(1)
+		t.Errorf("single pod %s never bound", name)
+	} else {
+		st.singlesBound.Add(1)
+	}
+	time.Sleep(time.Duration(500+rand.IntN(1500)) * time.Millisecond)
+	zero := int64(0)
+	if err := env.client.CoreV1().Pods(ns).Delete(ctx, name, metav1.DeleteOptions{GracePeriodSeconds: &zero}); err != nil {
+		t.Errorf("deleting %s: %v", name, err)
+	}
+}
