@@ -50,7 +50,13 @@ mkdir -p "$WORK/baseline"
     -data-items-dir "$WORK/baseline") >"$WORK/baseline.log" 2>&1
 rc=$?
 grep -E '^(Benchmark|--- (FAIL|SKIP)|FAIL|ok)' "$WORK/baseline.log" | cut -c1-160
-if [ $rc -ne 0 ]; then
+# scheduler_perf's goroutine-leak check fails every coscheduling workload
+# (its go-cache janitor is never stopped); that alone is not a failed run.
+fails=$(grep -cE -- '^--- FAIL: BenchmarkPerfScheduling/[^/]+/[^/ ]+$' "$WORK/baseline.log")
+leaks=$(grep -c 'found unexpected goroutines' "$WORK/baseline.log")
+if [ $rc -ne 0 ] && [ -s "$WORK/baseline/records.jsonl" ] && [ "$fails" -le "$leaks" ]; then
+  echo "bench/baseline: scheduler_perf's goroutine-leak check marks the coscheduling benchmarks FAIL (coscheduling v0.34.7 starts a github.com/patrickmn/go-cache janitor goroutine that is never stopped); the workloads themselves completed and their figures are above." >>"$NOTES"
+elif [ $rc -ne 0 ]; then
   { echo "bench/baseline (coscheduling v0.34.7, Kubernetes 1.34.4) exited with $rc; no coscheduling figures where rows are missing. Last lines:"; echo '```'; grep -E -- '--- FAIL|Error|error in|\.go:[0-9]+:|cannot|undefined' "$WORK/baseline.log" | grep -v 'etcd output' | tail -20; echo '```'; } >>"$NOTES"
 fi
 
