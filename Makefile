@@ -26,7 +26,7 @@ CGO_CMDS := $(filter tessera-device-plugin,$(CMDS))
 TOOL_BINS := $(TOOLS)/etcd $(TOOLS)/kube-apiserver $(TOOLS)/kube-controller-manager \
 	$(TOOLS)/kube-scheduler $(TOOLS)/kubelet $(TOOLS)/kwok $(TOOLS)/kubectl
 
-.PHONY: all build tools lint test test-unit test-e2e cluster-up cluster-down demo install manifests clean
+.PHONY: all build tools lint test test-unit test-fuzz test-e2e reliability cluster-up cluster-down demo install manifests clean
 
 all: build
 
@@ -60,8 +60,18 @@ lint:
 	$(GO) tool staticcheck ./...
 
 # Unit and integration tests (integration tests start their own etcd and
-# kube-apiserver from $(TOOLS)), then the end-to-end tests on a local cluster.
-test: test-unit test-e2e
+# kube-apiserver from $(TOOLS)), bounded fuzzing, then the end-to-end tests
+# on a local cluster. The reliability CI subset rides along: scheduler/chaos
+# (1-minute load on 1000 simulated nodes, leader failover) in test-unit,
+# FUZZTIME per fuzz target in test-fuzz, the fault, security and bad-input
+# tests in test-e2e.
+test: test-unit test-fuzz test-e2e
+
+# Every fuzz target of the module for FUZZTIME each (hack/fuzz.sh).
+FUZZTIME ?= 5s
+RELIABILITY_OUT ?= _output/reliability
+test-fuzz:
+	FUZZTIME=$(FUZZTIME) FUZZ_OUT=$(RELIABILITY_OUT)/fuzz.txt GO=$(GO) ./hack/fuzz.sh
 
 test-unit: tools
 	TESSERA_TOOLS_DIR=$(abspath $(TOOLS)) $(GO) test -count=1 -timeout 20m $$($(GO) list ./... | grep -v '/e2e$$')
@@ -69,6 +79,17 @@ test-unit: tools
 test-e2e: tools build
 	TESSERA_TOOLS_DIR=$(abspath $(TOOLS)) TESSERA_BIN_DIR=$(abspath $(BIN)) \
 		$(GO) test -count=1 -p 1 -timeout 30m -v ./e2e/
+
+# Full reliability run (docs/reliability.md): fuzzing RELIABILITY_FUZZTIME per
+# target, the load run for LOAD_DURATION on LOAD_NODES simulated nodes, leader
+# failover, and the end-to-end fault, security and bad-input tests; prints
+# the summary table and writes it to $(RELIABILITY_OUT)/summary.md.
+RELIABILITY_FUZZTIME ?= 60s
+LOAD_DURATION ?= 10m
+LOAD_NODES ?= 1000
+reliability: tools build
+	RELIABILITY_OUT=$(RELIABILITY_OUT) FUZZTIME=$(RELIABILITY_FUZZTIME) LOAD_DURATION=$(LOAD_DURATION) \
+		LOAD_NODES=$(LOAD_NODES) TOOLS_DIR=$(abspath $(TOOLS)) BIN_DIR=$(abspath $(BIN)) GO=$(GO) ./hack/reliability.sh
 
 cluster-up: tools build
 	$(BIN)/tessera-localcluster up -dir $(CLUSTER_DIR) -tools $(TOOLS) -bin $(BIN) -nodes $(NODES) -apiserver-port $(APISERVER_PORT)

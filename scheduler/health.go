@@ -73,7 +73,12 @@ func podSlices(p *v1.Pod) []api.SliceID {
 // was reported last time (gang → signature), it returns what to do now and
 // the new report state. A gang is reported once per distinct set of
 // Unhealthy GPUs, and once more when it holds none again.
-func planHealth(members map[string][]*v1.Pod, bad map[string]map[string]bool, prev map[string]string, action string) ([]healthAction, map[string]string) {
+//
+// A reported gang with no members left (evicted, or between a controller's
+// delete and create) keeps its report while its object exists, so the
+// condition stays False until the gang runs again on healthy GPUs; a gang
+// whose object and members are gone is forgotten without a word.
+func planHealth(members map[string][]*v1.Pod, bad map[string]map[string]bool, prev map[string]string, action string, exists func(gang string) bool) ([]healthAction, map[string]string) {
 	next := map[string]string{}
 	var out []healthAction
 	for _, key := range slices.Sorted(maps.Keys(members)) {
@@ -107,9 +112,16 @@ func planHealth(members map[string][]*v1.Pod, bad map[string]map[string]bool, pr
 		out = append(out, a)
 	}
 	for _, key := range slices.Sorted(maps.Keys(prev)) {
-		if _, still := next[key]; !still {
-			out = append(out, healthAction{Gang: key})
+		if _, still := next[key]; still {
+			continue
 		}
+		if len(members[key]) == 0 {
+			if exists(key) {
+				next[key] = prev[key]
+			}
+			continue
+		}
+		out = append(out, healthAction{Gang: key})
 	}
 	return out, next
 }
@@ -173,7 +185,8 @@ func (pl *Tessera) runHealth(ctx context.Context) {
 		if !dirty {
 			continue
 		}
-		actions, next := planHealth(pl.gangs.allMembers(), bad, reported, *pl.args.UnhealthyGangAction)
+		exists := func(key string) bool { return pl.gangs.object(key) != nil }
+		actions, next := planHealth(pl.gangs.allMembers(), bad, reported, *pl.args.UnhealthyGangAction, exists)
 		for _, a := range actions {
 			if err := pl.applyHealth(ctx, dc, a); err != nil && ctx.Err() == nil {
 				logger.Error(err, "Applying the gang's GPU health action; retrying", "gang", a.Gang)

@@ -80,17 +80,23 @@ func TestPlanHealth(t *testing.T) {
 			want:       []healthAction{{Gang: "ns/a"}},
 			wantReport: map[string]string{},
 		},
-		"gang gone while unhealthy": {
+		"gang and its object gone: forgotten silently": {
 			bad:        map[string]map[string]bool{"n1": {"GPU-2": true}},
 			prev:       map[string]string{"ns/gone": "n1/GPU-7"},
 			action:     UnhealthyGangEvent,
-			want:       []healthAction{{Gang: "ns/a", Unhealthy: true, GPUs: []string{"n1/GPU-2"}, Pods: []string{"ns/a-1"}}, {Gang: "ns/gone"}},
+			want:       []healthAction{{Gang: "ns/a", Unhealthy: true, GPUs: []string{"n1/GPU-2"}, Pods: []string{"ns/a-1"}}},
 			wantReport: map[string]string{"ns/a": "n1/GPU-2"},
+		},
+		"evicted gang whose PodGroup stays keeps its report until it runs again": {
+			prev:       map[string]string{"ns/evicted": "n1/GPU-7"},
+			want:       nil,
+			wantReport: map[string]string{"ns/evicted": "n1/GPU-7"},
 		},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
-			got, report := planHealth(members, tc.bad, tc.prev, tc.action)
+			exists := func(key string) bool { return key != "ns/gone" }
+			got, report := planHealth(members, tc.bad, tc.prev, tc.action, exists)
 			if diff := cmp.Diff(tc.want, got, cmpopts.EquateEmpty()); diff != "" {
 				t.Errorf("actions (-want +got):\n%s", diff)
 			}
