@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
@@ -410,5 +411,33 @@ func TestGangsOnSimulatedNodes(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Logf("gang %s: clique %v, PodGroup phase %s", gang, domains, pg.Status.Phase)
+	}
+	// kubectl tessera, run as a user would, sees the same gangs.
+	out, err := exec.CommandContext(ctx, filepath.Join(os.Getenv("TESSERA_BIN_DIR"), "kubectl-tessera"),
+		"--kubeconfig", testCluster.Kubeconfig, "gangs", "-n", ns, "-o", "json").Output()
+	if err != nil {
+		t.Fatalf("kubectl-tessera gangs: %v", err)
+	}
+	var listed []struct {
+		Name     string   `json:"name"`
+		Source   string   `json:"source"`
+		Required int      `json:"required"`
+		Placed   int      `json:"placed"`
+		State    string   `json:"state"`
+		Domains  []string `json:"domains"`
+	}
+	if err := json.Unmarshal(out, &listed); err != nil {
+		t.Fatalf("kubectl-tessera gangs -o json: %v\n%s", err, out)
+	}
+	got := map[string]string{}
+	for _, g := range listed {
+		got[g.Name] = fmt.Sprintf("%s %d/%d %s domains=%d", g.Source, g.Placed, g.Required, g.State, len(g.Domains))
+	}
+	want := map[string]string{
+		"llama-tp4":   "PodGroup 4/4 Placed domains=1",
+		"mixtral-tp8": "PodGroup 8/8 Placed domains=1",
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("kubectl tessera gangs (-want +got):\n%s", diff)
 	}
 }
