@@ -25,10 +25,12 @@ func FuzzAssignmentAnnotation(f *testing.F) {
 	f.Add(h.uuids[0]+"::99", uint8(1))
 	ctx := context.Background()
 	f.Fuzz(func(t *testing.T, assignment string, size uint8) {
-		n := int(size%9) + 1
+		// The kubelet never asks for more devices than it offers: the size
+		// ranges over 1..len(available) (2 GPUs × 4 slices here).
+		avail := h.available()
+		n := int(size)%len(avail) + 1
 		pod := slicePod("fuzz", time.Unix(1, 0), strings.Split(assignment, ","), n)
 		h.pending.set(api.ResourceName, pod)
-		avail := h.available()
 		resp, err := h.p.GetPreferredAllocation(ctx, &pluginapi.PreferredAllocationRequest{ContainerRequests: []*pluginapi.ContainerPreferredAllocationRequest{{AvailableDeviceIDs: avail, AllocationSize: int32(n)}}})
 		if err != nil {
 			t.Fatal(err)
