@@ -404,4 +404,3 @@ func ownerOf(pending []slicing.Pending, ids []string) (owner, overlap *slicing.P
 func (p *Plugin) PreStartContainer(context.Context, *pluginapi.PreStartContainerRequest) (*pluginapi.PreStartContainerResponse, error) {
 	return &pluginapi.PreStartContainerResponse{}, nil
 }
-
