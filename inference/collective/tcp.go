@@ -188,8 +188,10 @@ type Leader struct {
 	mu     sync.Mutex
 	peers  []*peer // by rank; nil until joined
 	joined int
-	formed chan struct{}
-	closed bool
+	// welcomed counts workers whose WELCOME was written (see handshake).
+	welcomed int
+	formed   chan struct{}
+	closed   bool
 
 	tmp []float32
 	sum []float32
@@ -313,7 +315,6 @@ func (l *Leader) handshake(conn net.Conn) {
 	p.info = info
 	l.peers[info.Rank] = p
 	l.joined++
-	done := l.joined == self.WorldSize
 	l.mu.Unlock()
 
 	if b, err = json.Marshal(welcome{}); err == nil {
@@ -323,6 +324,14 @@ func (l *Leader) handshake(conn net.Conn) {
 		err = p.w.Flush()
 	}
 	p.deadline(0)
+	// The group is formed only once every rank's WELCOME is on the wire:
+	// forming it when the last rank merely joined let a collective write to
+	// a peer whose WELCOME another handshake was still writing (a race on
+	// its buffered writer: "short write", a corrupted stream).
+	l.mu.Lock()
+	l.welcomed++
+	done := l.welcomed == self.WorldSize-1
+	l.mu.Unlock()
 	if err != nil {
 		// The group cannot form without this rank; let Wait time out or the
 		// first collective fail rather than guess.
