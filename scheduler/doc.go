@@ -23,6 +23,16 @@
 // annotations, preferring the device plugin's tessera.dev/slices-allocated),
 // so a restarted scheduler never leaks slices or leaves a partial gang.
 //
+// # GPU health
+//
+// Node inventories say which GPUs are Unhealthy (the device plugin marks a
+// GPU after a critical Xid or a failed probe). A loop (health.go) finds the
+// running gangs that hold such a GPU and, per unhealthyGangAction, records a
+// Warning event GPUUnhealthy and the PodGroup condition GPUHealthy=False
+// (Event, the default), or also deletes every member at once so the gang's
+// controller recreates it whole on healthy GPUs (EvictGang). When the GPU
+// recovers, or the gang runs again on healthy GPUs, the condition turns True.
+//
 // # Profile
 //
 // The tessera-scheduler profile enables Tessera at multiPoint and disables
