@@ -26,7 +26,7 @@ CGO_CMDS := $(filter tessera-device-plugin,$(CMDS))
 TOOL_BINS := $(TOOLS)/etcd $(TOOLS)/kube-apiserver $(TOOLS)/kube-controller-manager \
 	$(TOOLS)/kube-scheduler $(TOOLS)/kubelet $(TOOLS)/kwok $(TOOLS)/kubectl
 
-.PHONY: all build tools lint test test-unit test-fuzz test-e2e reliability cluster-up cluster-down demo install manifests clean
+.PHONY: all build tools lint bench test test-unit test-fuzz test-e2e reliability cluster-up cluster-down demo install manifests clean
 
 all: build
 
@@ -101,6 +101,14 @@ cluster-down:
 # The main job end to end; grows with the project (see README).
 demo: tools build
 	./hack/demo.sh
+
+# Scheduler benchmarks (Tessera vs default kube-scheduler, native gang+TAS,
+# coscheduling) and device-plugin benchmarks -> bench/results/<date>.md + PNGs;
+# the latest table goes to bench/README.md. BENCH_MODE=quick (< 10 min on 2
+# cores) | full (5000 nodes, ~1 h) | smoke. Not part of make test.
+BENCH_MODE ?= quick
+bench: $(TOOLS)/etcd
+	PATH=$(abspath $(TOOLS)):$$PATH ./bench/run.sh $(BENCH_MODE)
 
 # The documented install onto the cluster of the current kubeconfig.
 install:
