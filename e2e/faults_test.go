@@ -119,10 +119,50 @@ func killDevicePlugin(ctx context.Context, t *testing.T, e *scenario.Env) time.D
 	if err != nil {
 		t.Fatalf("no new device plugin pod became ready: %v", err)
 	}
+	// With hostNetwork the readiness probe may still have reached the
+	// killed process: wait until only one plugin process is left and its
+	// metrics port answers.
+	err = wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		if n := len(devicePluginProcesses()); n != 1 {
+			return false, nil
+		}
+		resp, err := http.Get(devicePluginMetrics + "/healthz")
+		if err != nil {
+			return false, nil
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK, nil
+	})
+	if err != nil {
+		t.Fatalf("the new device plugin does not serve on %s (plugin processes: %v)", devicePluginMetrics, devicePluginProcesses())
+	}
 	if err := testCluster.WaitForTessera(ctx, 2*time.Minute); err != nil {
 		t.Fatal(err)
 	}
 	return time.Since(start)
+}
+
+// devicePluginProcesses lists the PIDs of running device plugin servers.
+func devicePluginProcesses() []int {
+	var pids []int
+	entries, _ := os.ReadDir("/proc")
+	for _, ent := range entries {
+		pid, err := strconv.Atoi(ent.Name())
+		if err != nil {
+			continue
+		}
+		cmd, err := os.ReadFile(filepath.Join("/proc", ent.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		args := strings.Split(string(cmd), "\x00")
+		if len(args) > 1 && strings.HasSuffix(args[0], "tessera-device-plugin") && args[1] == "serve" {
+			if st, err := os.ReadFile(filepath.Join("/proc", ent.Name(), "stat")); err == nil && !strings.Contains(string(st), ") Z ") {
+				pids = append(pids, pid)
+			}
+		}
+	}
+	return pids
 }
 
 // holdSlices runs one probe pod holding n slices on the real node.
@@ -439,7 +479,8 @@ func TestFaultXid(t *testing.T) {
 		return st == string(metav1.ConditionFalse), nil
 	})
 	if err != nil {
-		t.Fatalf("PodGroup condition %s never turned False (last message %q)", scheduler.ConditionGPUHealthy, msg)
+		logs, _ := testCluster.Kubectl(ctx, "logs", "-n", cluster.TesseraNamespace, "deploy/tessera-scheduler", "--tail=40")
+		t.Fatalf("PodGroup condition %s never turned False (last message %q); scheduler log:\n%s", scheduler.ConditionGPUHealthy, msg, logs)
 	}
 	figure(t, "xid_to_gang_condition_seconds", time.Since(start).Seconds(), "s")
 	if !strings.Contains(msg, gpu) || !strings.Contains(msg, running[0].Name) {
@@ -496,6 +537,29 @@ func waitEvent(ctx context.Context, t *testing.T, e *scenario.Env, ns, name, rea
 	if err != nil {
 		t.Errorf("no %s event on %s/%s", reason, ns, name)
 	}
+}
+
+// describePods says why a namespace's pods are where they are: phase,
+// reason and message, each container's last state, and the last log lines.
+func describePods(ctx context.Context, e *scenario.Env, ns string) string {
+	list, err := e.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return err.Error()
+	}
+	var b strings.Builder
+	for _, p := range list.Items {
+		fmt.Fprintf(&b, "%s: %s %s %s\n", p.Name, p.Status.Phase, p.Status.Reason, p.Status.Message)
+		for _, c := range p.Status.ContainerStatuses {
+			if term := c.State.Terminated; term != nil {
+				fmt.Fprintf(&b, "  %s exited %d: %s %s\n", c.Name, term.ExitCode, term.Reason, term.Message)
+			}
+		}
+		tail := int64(15)
+		if logs, err := e.Client.CoreV1().Pods(ns).GetLogs(p.Name, &corev1.PodLogOptions{TailLines: &tail}).DoRaw(ctx); err == nil {
+			fmt.Fprintf(&b, "  log:\n%s\n", logs)
+		}
+	}
+	return b.String()
 }
 
 // shardProcess finds the host PID of a shard-server rank by its command
@@ -573,7 +637,7 @@ func TestFaultShardRankKilled(t *testing.T) {
 		t.Fatal(err)
 	}
 	if _, err := e.WaitPods(ctx, ns, scenario.GangSelector("tp2"), 2, 3*time.Minute, "ready", scenario.Ready); err != nil {
-		t.Fatal(err)
+		t.Fatalf("recreated group: %v\n%s", err, describePods(ctx, e, ns))
 	}
 	var lastErr error
 	for time.Since(start) < 3*time.Minute {

@@ -16,6 +16,7 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/util/retry"
 	"k8s.io/klog/v2"
 
 	schedv1beta1 "k8s.io/api/scheduling/v1beta1"
@@ -190,12 +191,16 @@ func (pl *Tessera) runHealth(ctx context.Context) {
 		for _, a := range actions {
 			if err := pl.applyHealth(ctx, dc, a); err != nil && ctx.Err() == nil {
 				logger.Error(err, "Applying the gang's GPU health action; retrying", "gang", a.Gang)
-				// Forget the report so the next sweep tries again.
+				// Forget the report and wake the next sweep, so it tries
+				// again even when nothing else changes.
 				if a.Unhealthy {
 					delete(next, a.Gang)
 				} else {
 					next[a.Gang] = reported[a.Gang]
 				}
+				pl.mu.Lock()
+				pl.healthDirty = true
+				pl.mu.Unlock()
 			}
 		}
 		reported = next
@@ -222,7 +227,9 @@ func (pl *Tessera) applyHealth(ctx context.Context, dc dynamic.Interface, a heal
 		pl.healthEvent(a, obj, v1.EventTypeNormal, "GPUHealthy", cond.Message)
 	}
 	var errs []error
-	if err := setGroupCondition(ctx, pl, dc, obj, cond); err != nil {
+	// The status is also written by the PodGroup status loop; a conflict
+	// just means read again.
+	if err := retry.RetryOnConflict(retry.DefaultRetry, func() error { return setGroupCondition(ctx, pl, dc, obj, cond) }); err != nil {
 		errs = append(errs, fmt.Errorf("setting condition %s on %s: %w", ConditionGPUHealthy, a.Gang, err))
 	}
 	for _, nn := range a.Evict {

@@ -306,7 +306,7 @@ func (pl *Tessera) onReject(r gang.Rejection) {
 	pl.mu.Lock()
 	delete(pl.planStart, r.Gang)
 	pl.mu.Unlock()
-	pl.gangEvent(r.Gang, v1.EventTypeWarning, "GangRejected", r.Reason)
+	pl.gangEvent(r.Gang, v1.EventTypeWarning, "GangRejected", r.Reason, nil)
 	wait := time.Until(r.BackoffUntil)
 	if wait < 0 {
 		wait = 0
@@ -344,23 +344,37 @@ func (pl *Tessera) event(obj runtime.Object, typ, reason, action, note string, a
 	}
 }
 
-// gangEvent records an event on the gang's object (PodGroup), or on its
-// pending pods when it has none (LeaderWorkerSet); a reason repeated for the
-// same gang is recorded once.
-func (pl *Tessera) gangEvent(key, typ, reason, msg string) {
+// gangEvent records an event on the gang's object (PodGroup), or on one of
+// its pending pods when it has none (LeaderWorkerSet, a PodGroup not created
+// yet), falling back to pod, the member being scheduled; a reason repeated
+// for the same gang is recorded once. Nothing is marked recorded until an
+// event really is: the plugin's pod handler and the scheduling queue see a
+// new pod independently, so the first attempt may find no member yet.
+func (pl *Tessera) gangEvent(key, typ, reason, msg string, pod *v1.Pod) {
+	sig := reason + "\x00" + msg
 	pl.mu.Lock()
-	if pl.lastEvent[key] == reason+"\x00"+msg {
-		pl.mu.Unlock()
-		return
-	}
-	pl.lastEvent[key] = reason + "\x00" + msg
+	seen := pl.lastEvent[key] == sig
 	pl.mu.Unlock()
-	if obj := pl.gangs.object(key); obj != nil {
-		pl.event(obj, typ, reason, "Scheduling", "%s", msg)
+	if seen {
 		return
 	}
-	for _, pod := range pl.gangs.pendingMembers(key) {
-		pl.event(pod, typ, reason, "Scheduling", "%s", msg)
-		break
+	var target runtime.Object
+	if obj := pl.gangs.object(key); obj != nil {
+		target = obj
+	} else {
+		for _, p := range pl.gangs.pendingMembers(key) {
+			target = p
+			break
+		}
 	}
+	if target == nil && pod != nil {
+		target = pod
+	}
+	if target == nil {
+		return
+	}
+	pl.mu.Lock()
+	pl.lastEvent[key] = sig
+	pl.mu.Unlock()
+	pl.event(target, typ, reason, "Scheduling", "%s", msg)
 }

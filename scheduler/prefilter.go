@@ -91,7 +91,7 @@ func (pl *Tessera) PreFilter(ctx context.Context, cs fwk.CycleState, pod *v1.Pod
 			if _, known := pl.gangs.spec(p.Gang); !known {
 				reason = "GangNotReady"
 			}
-			pl.gangEvent(p.Gang, v1.EventTypeWarning, reason, ue.Msg)
+			pl.gangEvent(p.Gang, v1.EventTypeWarning, reason, ue.Msg, pod)
 			return nil, fwk.NewStatus(fwk.UnschedulableAndUnresolvable, ue.Msg)
 		}
 		if planning {

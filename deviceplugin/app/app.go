@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"text/tabwriter"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -232,6 +233,26 @@ func serve(ctx context.Context, f *flags) error {
 	return p.Run(ctx)
 }
 
+// listenRetry listens on addr, retrying while the address is in use for up
+// to wait: with hostNetwork a replacement pod starts while the killed one's
+// process may still hold the port for a moment, and exiting then would put
+// the new plugin into crash-loop backoff for nothing.
+func listenRetry(ctx context.Context, addr string, wait time.Duration) (net.Listener, error) {
+	deadline := time.Now().Add(wait)
+	for {
+		lis, err := net.Listen("tcp", addr)
+		if err == nil || !errors.Is(err, syscall.EADDRINUSE) || time.Now().After(deadline) {
+			return lis, err
+		}
+		klog.FromContext(ctx).Info("Metrics address in use; retrying", "address", addr)
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(250 * time.Millisecond):
+		}
+	}
+}
+
 func serveHTTP(ctx context.Context, addr string, p *deviceplugin.Plugin, fake *nvml.Fake) (func(), error) {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(p.Metrics().Registry, promhttp.HandlerOpts{}))
@@ -259,7 +280,7 @@ func serveHTTP(ctx context.Context, addr string, p *deviceplugin.Plugin, fake *n
 			_, _ = io.WriteString(w, "injected\n")
 		})
 	}
-	lis, err := net.Listen("tcp", addr)
+	lis, err := listenRetry(ctx, addr, 30*time.Second)
 	if err != nil {
 		return nil, fmt.Errorf("metrics listener: %w", err)
 	}

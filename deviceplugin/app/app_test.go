@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -67,5 +68,32 @@ func TestServeNoKube(t *testing.T) {
 	cancel()
 	if code := <-done; code != 0 {
 		t.Fatalf("exit %d: %s", code, errb.String())
+	}
+}
+
+// TestListenRetryWaitsForThePort: a port still held by a killed plugin's
+// process is waited for, not a reason to exit.
+func TestListenRetryWaitsForThePort(t *testing.T) {
+	held, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := held.Addr().String()
+	go func() {
+		time.Sleep(600 * time.Millisecond)
+		held.Close()
+	}()
+	lis, err := listenRetry(context.Background(), addr, 10*time.Second)
+	if err != nil {
+		t.Fatalf("listenRetry: %v", err)
+	}
+	lis.Close()
+	held2, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer held2.Close()
+	if _, err := listenRetry(context.Background(), held2.Addr().String(), 300*time.Millisecond); err == nil {
+		t.Fatal("listenRetry succeeded on a port that stays taken")
 	}
 }
