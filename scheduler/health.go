@@ -2,6 +2,7 @@ package scheduler
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -237,10 +238,7 @@ func (pl *Tessera) applyHealth(ctx context.Context, dc dynamic.Interface, a heal
 			errs = append(errs, err)
 		}
 	}
-	if len(errs) > 0 {
-		return fmt.Errorf("%v", errs)
-	}
-	return nil
+	return errors.Join(errs...)
 }
 
 // healthEvent records on the gang's object, or on its members when it has
