@@ -330,7 +330,11 @@ func (m *Manager) preFilterLocked(p Pod) (Placement, error) {
 	}
 	pr := &planRequest{spec: &g.spec, exclusiveOthers: m.exclusiveOthersLocked(g.spec.Key), avoid: avoid, eligible: p.Eligible}
 	if g.allowed && len(m.l.gangs[g.spec.Key]) == 0 {
-		g.allowed = false // every member is gone: plan the gang afresh
+		// Every member is gone: plan the gang afresh. Slots of the old plan
+		// hold nothing any more; keeping them (an empty, non-nil plan)
+		// would read as a plan of 0 members if this attempt fails.
+		g.allowed = false
+		g.slots = nil
 	}
 	if g.allowed || m.runningLocked(g) {
 		// Replacement (or extra) member of a running gang: stay in its domain.
