@@ -418,19 +418,22 @@ func TestGangsOnSimulatedNodes(t *testing.T) {
 	if err != nil {
 		t.Fatalf("kubectl-tessera gangs: %v", err)
 	}
-	var listed []struct {
-		Name     string   `json:"name"`
-		Source   string   `json:"source"`
-		Required int      `json:"required"`
-		Placed   int      `json:"placed"`
-		State    string   `json:"state"`
-		Domains  []string `json:"domains"`
+	// kubectl tessera gangs -o json prints {"gangs": [...], "warnings": [...]}.
+	var listed struct {
+		Gangs []struct {
+			Name     string   `json:"name"`
+			Source   string   `json:"source"`
+			Required int      `json:"required"`
+			Placed   int      `json:"placed"`
+			State    string   `json:"state"`
+			Domains  []string `json:"domains"`
+		} `json:"gangs"`
 	}
 	if err := json.Unmarshal(out, &listed); err != nil {
 		t.Fatalf("kubectl-tessera gangs -o json: %v\n%s", err, out)
 	}
 	got := map[string]string{}
-	for _, g := range listed {
+	for _, g := range listed.Gangs {
 		got[g.Name] = fmt.Sprintf("%s %d/%d %s domains=%d", g.Source, g.Placed, g.Required, g.State, len(g.Domains))
 	}
 	want := map[string]string{
