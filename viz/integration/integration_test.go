@@ -20,10 +20,6 @@ import (
 	"time"
 
 	v1 "k8s.io/api/core/v1"
-	rbacv1 "k8s.io/api/rbac/v1"
-	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
-	apiextensionsclient "k8s.io/apiextensions-apiserver/pkg/client/clientset/clientset"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
@@ -31,14 +27,10 @@ import (
 	"k8s.io/cli-runtime/pkg/genericiooptions"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/kubernetes/cmd/kube-scheduler/app"
-	"k8s.io/kubernetes/cmd/kube-scheduler/app/options"
-	"sigs.k8s.io/yaml"
 
 	"github.com/tessera-gpu/tessera/api"
 	"github.com/tessera-gpu/tessera/e2e/cluster"
-	"github.com/tessera-gpu/tessera/manifests/base/crds"
-	"github.com/tessera-gpu/tessera/scheduler"
+	"github.com/tessera-gpu/tessera/scheduler/schedtest"
 	"github.com/tessera-gpu/tessera/viz"
 )
 
@@ -88,10 +80,10 @@ func TestPluginListsGangs(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := installCRD(ctx, c); err != nil {
+	if err := schedtest.InstallCRD(ctx, c.RESTConfig()); err != nil {
 		t.Fatal(err)
 	}
-	if err := grantSchedulerRBAC(ctx, kc); err != nil {
+	if err := schedtest.GrantSchedulerRBAC(ctx, kc); err != nil {
 		t.Fatal(err)
 	}
 	startScheduler(t, c)
@@ -317,107 +309,20 @@ func waitBound(t *testing.T, ctx context.Context, kc kubernetes.Interface, names
 	}
 }
 
-// installCRD applies the shipped PodGroup CRD and waits until it is served.
-func installCRD(ctx context.Context, c *cluster.Cluster) error {
-	var crd apiextensionsv1.CustomResourceDefinition
-	if err := yaml.UnmarshalStrict(crds.PodGroups, &crd); err != nil {
-		return fmt.Errorf("decoding the PodGroup CRD: %w", err)
-	}
-	cs, err := apiextensionsclient.NewForConfig(c.RESTConfig())
-	if err != nil {
-		return err
-	}
-	if _, err := cs.ApiextensionsV1().CustomResourceDefinitions().Create(ctx, &crd, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-		return fmt.Errorf("creating the PodGroup CRD: %w", err)
-	}
-	return wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
-		got, err := cs.ApiextensionsV1().CustomResourceDefinitions().Get(ctx, crd.Name, metav1.GetOptions{})
-		if err != nil {
-			return false, nil
-		}
-		for _, cond := range got.Status.Conditions {
-			if cond.Type == apiextensionsv1.Established && cond.Status == apiextensionsv1.ConditionTrue {
-				return true, nil
-			}
-		}
-		return false, nil
-	})
-}
-
-// grantSchedulerRBAC gives the kube-scheduler identity what Tessera needs
-// beyond system:kube-scheduler (as manifests/base/scheduler-rbac.yaml does).
-func grantSchedulerRBAC(ctx context.Context, kc kubernetes.Interface) error {
-	role := &rbacv1.ClusterRole{
-		ObjectMeta: metav1.ObjectMeta{Name: "tessera-scheduler"},
-		Rules: []rbacv1.PolicyRule{
-			{APIGroups: []string{""}, Resources: []string{"pods"}, Verbs: []string{"patch"}},
-			{APIGroups: []string{"scheduling.x-k8s.io"}, Resources: []string{"podgroups"}, Verbs: []string{"get", "list", "watch"}},
-			{APIGroups: []string{"scheduling.x-k8s.io"}, Resources: []string{"podgroups/status"}, Verbs: []string{"patch", "update"}},
-			{APIGroups: []string{"scheduling.k8s.io"}, Resources: []string{"podgroups"}, Verbs: []string{"get", "list", "watch"}},
-		},
-	}
-	binding := &rbacv1.ClusterRoleBinding{
-		ObjectMeta: metav1.ObjectMeta{Name: "tessera-scheduler"},
-		RoleRef:    rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: role.Name},
-		Subjects:   []rbacv1.Subject{{APIGroup: rbacv1.GroupName, Kind: "User", Name: "system:kube-scheduler"}},
-	}
-	if _, err := kc.RbacV1().ClusterRoles().Create(ctx, role, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-		return fmt.Errorf("creating ClusterRole: %w", err)
-	}
-	if _, err := kc.RbacV1().ClusterRoleBindings().Create(ctx, binding, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-		return fmt.Errorf("creating ClusterRoleBinding: %w", err)
-	}
-	return nil
-}
-
-// startScheduler runs tessera-scheduler in process from the default
-// profile, as cmd/tessera-scheduler does, until the test ends. (The
-// scheduler's own integration harness does the same; its helpers are test
-// files, not importable.)
+// startScheduler runs tessera-scheduler in process (scheduler/schedtest)
+// until the test ends, with fast sweeps so the pending gang's status and
+// reasons show quickly.
 func startScheduler(t *testing.T, c *cluster.Cluster) {
 	t.Helper()
-	cfgPath := filepath.Join(t.TempDir(), "config.yaml")
-	// Fast sweeps so the pending gang's status and reasons show quickly.
-	cfg := scheduler.DefaultConfig(scheduler.ConfigOptions{Kubeconfig: c.KubeconfigFor("kube-scheduler"),
-		ArgsYAML: "sweepIntervalMillis: 200\ndiscoveryIntervalSeconds: 1\n"})
-	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	opts := options.NewOptions()
-	opts.ConfigFile = cfgPath
-	opts.SecureServing.BindPort = 0
-	if err := opts.ComponentGlobalsRegistry.Set(); err != nil {
-		t.Fatalf("feature gates: %v", err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	cc, sched, err := app.Setup(ctx, opts, app.WithPlugin(scheduler.Name, scheduler.New))
+	s, err := schedtest.Start(context.Background(), schedtest.Options{
+		Kubeconfig: c.KubeconfigFor("kube-scheduler"),
+		ArgsYAML:   "sweepIntervalMillis: 200\ndiscoveryIntervalSeconds: 1\n",
+		Dir:        t.TempDir(),
+	})
 	if err != nil {
-		cancel()
-		t.Fatalf("setting up the scheduler: %v", err)
+		t.Fatalf("starting the scheduler: %v", err)
 	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		cc.EventBroadcaster.StartRecordingToSink(ctx.Done())
-		defer cc.EventBroadcaster.Shutdown()
-		cc.InformerFactory.Start(ctx.Done())
-		if cc.DynInformerFactory != nil {
-			cc.DynInformerFactory.Start(ctx.Done())
-		}
-		cc.InformerFactory.WaitForCacheSync(ctx.Done())
-		if cc.DynInformerFactory != nil {
-			cc.DynInformerFactory.WaitForCacheSync(ctx.Done())
-		}
-		if err := sched.WaitForHandlersSync(ctx); err != nil && ctx.Err() == nil {
-			t.Errorf("scheduler handlers did not sync: %v", err)
-		}
-		sched.Run(ctx)
-		cc.InformerFactory.Shutdown()
-	}()
 	// Stop the scheduler before the cluster goes down (cleanups run last
 	// registered first).
-	t.Cleanup(func() {
-		cancel()
-		<-done
-	})
+	t.Cleanup(s.Stop)
 }
