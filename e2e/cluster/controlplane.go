@@ -218,8 +218,13 @@ func (c *Cluster) startControllerManager(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	// It has no health port (secure-port 0 keeps it off the network); give
-	// it a moment to fail on bad flags so the error surfaces here.
+	return settle(ctx, p)
+}
+
+// settle gives a component without a health port (secure-port 0 keeps it
+// off the network) a moment to fail on bad flags, so the error surfaces at
+// start rather than later as a missing controller.
+func settle(ctx context.Context, p proc) error {
 	select {
 	case <-time.After(time.Second):
 	case <-ctx.Done():
@@ -248,15 +253,7 @@ func (c *Cluster) startDefaultScheduler(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	select {
-	case <-time.After(time.Second):
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	if !p.alive() {
-		return fmt.Errorf("exited; see %s:\n%s", p.Log, tail(p.Log, 15))
-	}
-	return nil
+	return settle(ctx, p)
 }
 
 func (c *Cluster) adminHTTP() *http.Client {
