@@ -38,23 +38,10 @@ const (
 	devicePluginConfig  = "tessera-device-plugin-config"
 )
 
-// figure records a measured number: in the test log, and as a line
-// "name value unit" in $TESSERA_RELIABILITY_OUT when set (make reliability
-// collects them into the summary).
+// figure records a measured number (see scenario.RecordFigure).
 func figure(t *testing.T, name string, value float64, unit string) {
 	t.Helper()
-	t.Logf("FIGURE %s = %.2f %s", name, value, unit)
-	out := os.Getenv("TESSERA_RELIABILITY_OUT")
-	if out == "" {
-		return
-	}
-	f, err := os.OpenFile(out, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
-	if err != nil {
-		t.Logf("recording figure: %v", err)
-		return
-	}
-	defer f.Close()
-	fmt.Fprintf(f, "%s %.3f %s\n", name, value, unit)
+	scenario.RecordFigure(t, name, value, unit)
 }
 
 // realNodeAllocatable is the real node's allocatable slice count.

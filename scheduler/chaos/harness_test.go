@@ -22,6 +22,7 @@ import (
 
 	"github.com/tessera-gpu/tessera/api"
 	"github.com/tessera-gpu/tessera/e2e/cluster"
+	"github.com/tessera-gpu/tessera/e2e/scenario"
 	"github.com/tessera-gpu/tessera/scheduler/schedtest"
 )
 
@@ -116,22 +117,10 @@ func startScheduler(t *testing.T, identity string, leaderElect bool) *schedtest.
 	return s
 }
 
-// figure records a measured number in the log and, when
-// $TESSERA_RELIABILITY_OUT is set, as "name value unit" in that file.
+// figure records a measured number (see scenario.RecordFigure).
 func figure(t *testing.T, name string, value float64, unit string) {
 	t.Helper()
-	t.Logf("FIGURE %s = %.2f %s", name, value, unit)
-	out := os.Getenv("TESSERA_RELIABILITY_OUT")
-	if out == "" {
-		return
-	}
-	f, err := os.OpenFile(out, os.O_APPEND|os.O_CREATE|os.O_WRONLY, 0o644)
-	if err != nil {
-		t.Logf("recording figure: %v", err)
-		return
-	}
-	defer f.Close()
-	fmt.Fprintf(f, "%s %.3f %s\n", name, value, unit)
+	scenario.RecordFigure(t, name, value, unit)
 }
 
 func createNamespace(t *testing.T, ctx context.Context, name string) {
