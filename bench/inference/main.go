@@ -22,7 +22,9 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
+	"runtime/trace"
 	"slices"
 	"strconv"
 	"strings"
@@ -71,6 +73,8 @@ func main() {
 		runs       = flag.Int("runs", 5, "timed runs per world size (median reported)")
 		procs      = flag.Int("procs-per-rank", 1, "GOMAXPROCS of each rank process")
 		jsonOut    = flag.Bool("json", false, "print results as JSON lines")
+		busyPoll   = flag.Duration("busy-poll", collective.DefaultBusyPoll, "how long ranks poll their collective socket before sleeping (0: sleep at once)")
+		traceDir   = flag.String("trace-dir", "", "write a Go execution trace of every rank's timed runs here (rank<R>-of<N>.trace; go tool trace)")
 		rank       = flag.Int("rank", 0, "internal: rank")
 		world      = flag.Int("world", 1, "internal: world size")
 		leaderAddr = flag.String("leader", "", "internal: leader address")
@@ -78,10 +82,11 @@ func main() {
 	)
 	flag.Parse()
 	var err error
+	ro := rankOptions{tokens: *tokens, runs: *runs, traceDir: *traceDir, busyPoll: *busyPoll}
 	if *role == "rank" {
-		err = runRank(*rank, *world, *leaderAddr, *ckpt, *tokens, *runs)
+		err = runRank(*rank, *world, *leaderAddr, *ckpt, ro)
 	} else {
-		err = runBench(*shape, *ranksFlag, *tokens, *runs, *procs, *jsonOut)
+		err = runBench(*shape, *ranksFlag, *procs, *jsonOut, ro)
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
@@ -89,7 +94,20 @@ func main() {
 	}
 }
 
-func runBench(shape, ranksFlag string, tokens, runs, procs int, jsonOut bool) error {
+// rankOptions are what the parent passes on to every rank process.
+type rankOptions struct {
+	tokens, runs int
+	traceDir     string
+	busyPoll     time.Duration
+}
+
+func (o rankOptions) args() []string {
+	return []string{"-tokens=" + strconv.Itoa(o.tokens), "-runs=" + strconv.Itoa(o.runs),
+		"-trace-dir=" + o.traceDir, "-busy-poll=" + o.busyPoll.String()}
+}
+
+func runBench(shape, ranksFlag string, procs int, jsonOut bool, ro rankOptions) error {
+	tokens, runs := ro.tokens, ro.runs
 	cfg, ok := model.Shapes[shape]
 	if !ok {
 		return fmt.Errorf("unknown shape %q", shape)
@@ -112,8 +130,8 @@ func runBench(shape, ranksFlag string, tokens, runs, procs int, jsonOut bool) er
 	}
 	fmt.Printf("model %s: dim %d, layers %d, heads %d (kv %d), hidden %d, vocab %d\n",
 		shape, cfg.Dim, cfg.Layers, cfg.Heads, cfg.KVHeads, cfg.HiddenDim, cfg.Vocab)
-	fmt.Printf("%d tokens per run, median of %d runs, GOMAXPROCS=%d per rank, one process per rank, loopback TCP, %d CPUs\n\n",
-		tokens, runs, procs, runtime.NumCPU())
+	fmt.Printf("%d tokens per run, median of %d runs, GOMAXPROCS=%d per rank, one process per rank, loopback TCP, busy-poll %v, %d CPUs\n\n",
+		tokens, runs, procs, ro.busyPoll, runtime.NumCPU())
 	var worlds []int
 	for _, f := range strings.Split(ranksFlag, ",") {
 		n, err := strconv.Atoi(strings.TrimSpace(f))
@@ -131,7 +149,9 @@ func runBench(shape, ranksFlag string, tokens, runs, procs int, jsonOut bool) er
 	results := make(map[int]*result)
 	for i := 0; i < runs; i++ {
 		for _, n := range worlds {
-			res, err := measure(self, path, n, tokens, 1, procs)
+			one := ro
+			one.runs = 1
+			res, err := measure(self, path, n, procs, one)
 			if err != nil {
 				return fmt.Errorf("world size %d: %w", n, err)
 			}
@@ -175,12 +195,13 @@ func runBench(shape, ranksFlag string, tokens, runs, procs int, jsonOut bool) er
 }
 
 // measure starts n rank processes and returns rank 0's report.
-func measure(self, path string, n, tokens, runs, procs int) (result, error) {
+func measure(self, path string, n, procs int, ro rankOptions) (result, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	start := func(rank int, leader string) (*exec.Cmd, io.Reader, error) {
-		cmd := exec.CommandContext(ctx, self, "-role=rank", "-rank="+strconv.Itoa(rank), "-world="+strconv.Itoa(n),
-			"-leader="+leader, "-checkpoint="+path, "-tokens="+strconv.Itoa(tokens), "-runs="+strconv.Itoa(runs))
+		args := append([]string{"-role=rank", "-rank=" + strconv.Itoa(rank), "-world=" + strconv.Itoa(n),
+			"-leader=" + leader, "-checkpoint=" + path}, ro.args()...)
+		cmd := exec.CommandContext(ctx, self, args...)
 		cmd.Env = append(os.Environ(), "GOMAXPROCS="+strconv.Itoa(procs))
 		cmd.Stderr = os.Stderr
 		out, err := cmd.StdoutPipe()
@@ -229,7 +250,8 @@ func measure(self, path string, n, tokens, runs, procs int) (result, error) {
 	return res, nil
 }
 
-func runRank(rank, world int, leaderAddr, path string, tokens, runs int) error {
+func runRank(rank, world int, leaderAddr, path string, ro rankOptions) error {
+	tokens, runs, traceDir := ro.tokens, ro.runs, ro.traceDir
 	w, err := model.LoadShard(path, rank, world)
 	if err != nil {
 		return err
@@ -242,6 +264,7 @@ func runRank(rank, world int, leaderAddr, path string, tokens, runs int) error {
 	opts := collective.Options{
 		Self:      collective.PeerInfo{Rank: rank, WorldSize: world},
 		OpTimeout: time.Minute,
+		BusyPoll:  ro.busyPoll,
 		OnAllReduce: func(d time.Duration) {
 			mu.Lock()
 			if record {
@@ -280,6 +303,12 @@ func runRank(rank, world int, leaderAddr, path string, tokens, runs int) error {
 	}
 	eng := server.NewEngine(shard, comm, model.ByteTokenizer{Vocab: w.Config.Vocab}, nil, slog.New(slog.DiscardHandler))
 	if rank != 0 {
+		// A worker cannot tell warm-up from timed runs; its trace covers all.
+		stop, err := startTrace(traceDir, rank, world)
+		if err != nil {
+			return err
+		}
+		defer stop()
 		return eng.RunWorker(ctx)
 	}
 	defer eng.Shutdown(ctx)
@@ -294,6 +323,10 @@ func runRank(rank, world int, leaderAddr, path string, tokens, runs int) error {
 	var sent0, recv0 int64
 	if comm != nil {
 		sent0, recv0 = comm.Stats().BytesSent.Load(), comm.Stats().BytesReceived.Load()
+	}
+	stopTrace, err := startTrace(traceDir, rank, world)
+	if err != nil {
+		return err
 	}
 	mu.Lock()
 	record = true
@@ -311,6 +344,7 @@ func runRank(rank, world int, leaderAddr, path string, tokens, runs int) error {
 		res.Tokens += steps
 		res.TokensPerSec = append(res.TokensPerSec, float64(steps)/el.Seconds())
 	}
+	stopTrace()
 	mu.Lock()
 	record = false
 	lat := slices.Clone(latencies)
@@ -331,6 +365,26 @@ func runRank(rank, world int, leaderAddr, path string, tokens, runs int) error {
 	}
 	fmt.Printf("RESULT %s\n", b)
 	return nil
+}
+
+// startTrace writes a Go execution trace of this rank to dir, if set: the
+// trace shows where each rank waits for the other (go tool trace).
+func startTrace(dir string, rank, world int) (stop func(), err error) {
+	if dir == "" {
+		return func() {}, nil
+	}
+	f, err := os.Create(filepath.Join(dir, fmt.Sprintf("rank%d-of%d.trace", rank, world)))
+	if err != nil {
+		return nil, err
+	}
+	if err := trace.Start(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() {
+		trace.Stop()
+		f.Close()
+	}, nil
 }
 
 func median(v []float64) float64 {

@@ -42,6 +42,7 @@ type Options struct {
 
 	JoinTimeout   time.Duration
 	OpTimeout     time.Duration
+	BusyPoll      time.Duration
 	Heartbeat     time.Duration
 	ShutdownGrace time.Duration
 
@@ -82,6 +83,7 @@ func ParseArgs(args []string, getenv func(string) string, out io.Writer) (Option
 	fs.StringVar(&o.ModelName, "model-name", "", "model id in the API (default tessera-<shape> or the checkpoint's base name)")
 	fs.DurationVar(&o.JoinTimeout, "join-timeout", 5*time.Minute, "how long to wait for the group to form")
 	fs.DurationVar(&o.OpTimeout, "op-timeout", 30*time.Second, "limit on one collective operation; a slower rank counts as lost")
+	fs.DurationVar(&o.BusyPoll, "collective-busy-poll", collective.DefaultBusyPoll, "how long a rank polls its collective socket before sleeping; 0 sleeps at once (use 0 when ranks share CPU cores)")
 	fs.DurationVar(&o.Heartbeat, "heartbeat", 2*time.Second, "interval of idle liveness checks across ranks")
 	fs.DurationVar(&o.ShutdownGrace, "shutdown-grace", 10*time.Second, "time to finish in-flight requests on exit")
 	if err := fs.Parse(args); err != nil {
@@ -107,6 +109,9 @@ func ParseArgs(args []string, getenv func(string) string, out io.Writer) (Option
 		if d <= 0 {
 			return o, configErr("--%s must be positive", name)
 		}
+	}
+	if o.BusyPoll < 0 || o.BusyPoll > time.Second {
+		return o, configErr("--collective-busy-poll must be between 0 and 1s, got %v", o.BusyPoll)
 	}
 	return o, nil
 }
@@ -192,7 +197,7 @@ func Run(ctx context.Context, o Options, log *slog.Logger) error {
 		ranks     func() []collective.PeerInfo
 	)
 	metrics := server.NewMetrics(func() int { return connected() })
-	copts := collective.Options{Self: self, OpTimeout: o.OpTimeout, Logger: log, OnAllReduce: metrics.ObserveAllReduce}
+	copts := collective.Options{Self: self, OpTimeout: o.OpTimeout, BusyPoll: o.BusyPoll, Logger: log, OnAllReduce: metrics.ObserveAllReduce}
 	collAddr := ""
 	switch {
 	case place.WorldSize == 1:

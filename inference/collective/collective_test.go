@@ -15,13 +15,18 @@ import (
 
 func tcpGroup(t *testing.T, world int) []Comm {
 	t.Helper()
-	leader, err := Listen("127.0.0.1:0", Options{Self: PeerInfo{Rank: 0, WorldSize: world, ModelHash: "m"}, OpTimeout: 5 * time.Second})
+	return tcpGroupPolling(t, world, 0)
+}
+
+func tcpGroupPolling(t *testing.T, world int, busyPoll time.Duration) []Comm {
+	t.Helper()
+	leader, err := Listen("127.0.0.1:0", Options{Self: PeerInfo{Rank: 0, WorldSize: world, ModelHash: "m"}, OpTimeout: 5 * time.Second, BusyPoll: busyPoll})
 	if err != nil {
 		t.Fatal(err)
 	}
 	comms := []Comm{leader}
 	for r := 1; r < world; r++ {
-		w, err := Dial(context.Background(), leader.Addr().String(), Options{Self: PeerInfo{Rank: r, WorldSize: world, ModelHash: "m"}, OpTimeout: 5 * time.Second}, Backoff{})
+		w, err := Dial(context.Background(), leader.Addr().String(), Options{Self: PeerInfo{Rank: r, WorldSize: world, ModelHash: "m"}, OpTimeout: 5 * time.Second, BusyPoll: busyPoll}, Backoff{})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -57,6 +62,9 @@ func TestCollectives(t *testing.T) {
 	groups := map[string]func(*testing.T, int) []Comm{
 		"in-process": func(_ *testing.T, n int) []Comm { return NewInProcess(n) },
 		"tcp":        tcpGroup,
+		// Long enough that most reads finish while polling, so both the
+		// polling path and the fall-back to the network poller run.
+		"tcp busy-poll": func(t *testing.T, n int) []Comm { return tcpGroupPolling(t, n, 2*time.Millisecond) },
 	}
 	for name, mk := range groups {
 		t.Run(name, func(t *testing.T) {
@@ -197,6 +205,9 @@ func TestRankLoss(t *testing.T) {
 	for name, mk := range map[string]func(*testing.T, int) []Comm{
 		"in-process": func(_ *testing.T, n int) []Comm { return NewInProcess(n) },
 		"tcp":        tcpGroup,
+		// Long enough that most reads finish while polling, so both the
+		// polling path and the fall-back to the network poller run.
+		"tcp busy-poll": func(t *testing.T, n int) []Comm { return tcpGroupPolling(t, n, 2*time.Millisecond) },
 	} {
 		t.Run(name, func(t *testing.T) {
 			comms := mk(t, 3)

@@ -112,7 +112,7 @@ func FuzzReadFloats(f *testing.F) {
 			_, _ = client.Write(in)
 			client.Close()
 		}()
-		p := newPeer(server, &Stats{})
+		p := newPeer(server, &Stats{}, 0)
 		dst := make([]float32, n)
 		want := -1
 		if exact {
@@ -164,7 +164,7 @@ func TestFrameBounds(t *testing.T) {
 				_, _ = client.Write(tc.in)
 				client.Close()
 			}()
-			p := newPeer(server, &Stats{})
+			p := newPeer(server, &Stats{}, 0)
 			err := tc.read(p)
 			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
 				t.Fatalf("error = %v, want one containing %q", err, tc.wantErr)
