@@ -248,3 +248,37 @@ func ExampleNewInProcess() {
 	wg.Wait()
 	// Output: 3
 }
+
+// TestOpTimeoutWhilePolling checks that a rank that is alive but silent
+// still fails a collective after OpTimeout when reads poll the socket: the
+// poll is bounded and the conn's deadline applies once it parks.
+func TestOpTimeoutWhilePolling(t *testing.T) {
+	for name, poll := range map[string]time.Duration{"parking": 0, "busy-poll": 5 * time.Millisecond} {
+		t.Run(name, func(t *testing.T) {
+			opts := func(r int) Options {
+				return Options{Self: PeerInfo{Rank: r, WorldSize: 2, ModelHash: "m"}, OpTimeout: 100 * time.Millisecond, BusyPoll: poll}
+			}
+			leader, err := Listen("127.0.0.1:0", opts(0))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer leader.Close()
+			w, err := Dial(context.Background(), leader.Addr().String(), opts(1), Backoff{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer w.Close() // never calls a collective: alive but hung
+			if err := leader.Wait(context.Background()); err != nil {
+				t.Fatal(err)
+			}
+			start := time.Now()
+			err = leader.AllReduceSum([]float32{1})
+			if !errors.Is(err, ErrGroupBroken) || !strings.Contains(err.Error(), "timeout") {
+				t.Fatalf("AllReduceSum with a silent rank = %v, want ErrGroupBroken after an i/o timeout", err)
+			}
+			if el := time.Since(start); el > 2*time.Second {
+				t.Errorf("timed out after %v, want about the 100ms op timeout", el)
+			}
+		})
+	}
+}
