@@ -47,6 +47,9 @@ type gangRegistry struct {
 	mgr      *gang.Manager
 	args     *Args
 	onChange func(key string, spec gang.GangSpec, err error, added bool)
+	// onGone runs after a sync that left nothing of the gang: no object,
+	// no member; the plugin forgets its per-gang state then.
+	onGone func(key string)
 
 	mu      sync.Mutex
 	groups  map[string]*groupInfo
@@ -232,6 +235,9 @@ func gangSource(pod *v1.Pod) gang.Source {
 // member is gone).
 func (r *gangRegistry) sync(key string) {
 	r.mu.Lock()
+	if r.onGone != nil && r.groups[key] == nil && r.members[key] == nil {
+		defer r.onGone(key)
+	}
 	spec, ok := r.buildLocked(key)
 	old, had := r.applied[key]
 	switch {

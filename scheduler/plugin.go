@@ -92,6 +92,7 @@ func New(ctx context.Context, obj runtime.Object, h fwk.Handle) (fwk.Plugin, err
 	pl.mgr = gang.NewManager(pl.ledger, gang.Options{Backoff: args.backoff(), OnReject: pl.onReject})
 	pl.gangs = newGangRegistry(pl.mgr, args)
 	pl.gangs.onChange = pl.onGangChange
+	pl.gangs.onGone = pl.forgetGang
 
 	if h.SharedInformerFactory() == nil {
 		return nil, fmt.Errorf("%s: the framework handle has no informer factory", Name)
@@ -280,6 +281,16 @@ func (pl *Tessera) onGangChange(key string, spec gang.GangSpec, err error, added
 	if added {
 		pl.activateGang(key)
 	}
+}
+
+// forgetGang drops the plugin's per-gang state of a gang whose object and
+// members are all gone; without it, a gang deleted before it was placed
+// (rejected, unschedulable, never declared) kept its entries for good.
+func (pl *Tessera) forgetGang(key string) {
+	pl.mu.Lock()
+	delete(pl.planStart, key)
+	delete(pl.lastEvent, key)
+	pl.mu.Unlock()
 }
 
 // activateGang moves the gang's pending pods back to the active queue: their

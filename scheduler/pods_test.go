@@ -91,3 +91,28 @@ func TestRegistryBuildsSpecs(t *testing.T) {
 		t.Errorf("LWS spec kept after its last member left")
 	}
 }
+
+// TestGoneGangForgotten: the plugin's per-gang entries (plan start, last
+// event) go when nothing of the gang is left, placed or not.
+func TestGoneGangForgotten(t *testing.T) {
+	mgr := gang.NewManager(gang.NewLedger(gang.LedgerOptions{}), gang.Options{})
+	args, _ := DecodeArgs(nil)
+	pl := &Tessera{mgr: mgr, planStart: map[string]time.Time{}, lastEvent: map[string]string{}}
+	pl.gangs = newGangRegistry(mgr, args)
+	pl.gangs.onGone = pl.forgetGang
+	p := &v1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "a", UID: "uid-a", Labels: map[string]string{api.LabelPodGroup: "pg"}},
+		Spec: v1.PodSpec{Containers: []v1.Container{{Resources: slicesRes(1)}}}}
+	ref, _ := gangRefOf(p)
+	// A member naming a PodGroup that never comes: GangNotReady recorded.
+	pl.gangs.setMember(ref, string(p.UID), p)
+	pl.planStart["ns/pg"], pl.lastEvent["ns/pg"] = time.Now(), "GangNotReady"
+	pl.gangs.setGroup("ns/pg", &groupInfo{source: gang.SourcePodGroup, minMember: 2})
+	pl.gangs.setMember(ref, string(p.UID), nil)
+	if len(pl.planStart) != 1 || len(pl.lastEvent) != 1 {
+		t.Fatalf("entries dropped while the PodGroup still exists: %v %v", pl.planStart, pl.lastEvent)
+	}
+	pl.gangs.setGroup("ns/pg", nil)
+	if len(pl.planStart) != 0 || len(pl.lastEvent) != 0 {
+		t.Errorf("entries kept after the gang is gone: %v %v", pl.planStart, pl.lastEvent)
+	}
+}
