@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"testing"
 	"time"
@@ -57,6 +58,7 @@ func TestMain(m *testing.M) {
 }
 
 func run(m *testing.M) int {
+	runtime.MemProfileRate = memProfileRate
 	tools := os.Getenv("TESSERA_TOOLS_DIR")
 	if tools == "" {
 		fmt.Fprintln(os.Stderr, "TESSERA_TOOLS_DIR is not set: these tests need etcd, kube-apiserver, kube-controller-manager and kwok; run them with `make test-unit` or `make reliability`")

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
-	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -42,27 +41,26 @@ func percentile(ds []time.Duration, p float64) time.Duration {
 	return ds[min(len(ds)-1, int(float64(len(ds))*p))]
 }
 
-// heapMiB is the process's live heap after a GC (the scheduler runs in
-// this process; so do the test's clients, which stay the same size).
-func heapMiB() float64 {
-	runtime.GC()
-	var m runtime.MemStats
-	runtime.ReadMemStats(&m)
-	return float64(m.HeapAlloc) / (1 << 20)
-}
-
 // TestLoad creates and deletes gangs and single pods continuously on the
 // simulated nodes for TESSERA_LOAD_DURATION (default 1m; make reliability
 // runs 10m) with TESSERA_LOAD_WORKERS clients (default 24). Every gang must
 // place whole inside one clique or not at all, every pod must bind while it
 // lives, no slice may be assigned twice, the ledger must hold nothing once
 // everything is deleted, and the scheduler's heap must stay flat.
+//
+// Flat is measured with the same live objects at both ends: after a
+// warm-up (a tenth of the run, at least 10 s) the clients pause, everything
+// is deleted and the ledger drains, and the heap is sampled (base); at the
+// end, again with nothing left, it is sampled once more. The heap without
+// client-go's event cache (see heapSample) must not grow by more than 10 %
+// + 4 MiB. TESSERA_LOAD_PROFILE_DIR keeps base.heap and end.heap.
 func TestLoad(t *testing.T) {
 	duration, err := time.ParseDuration(os.Getenv("TESSERA_LOAD_DURATION"))
 	if err != nil || duration <= 0 {
 		duration = time.Minute
 	}
 	workers := envInt("TESSERA_LOAD_WORKERS", 24)
+	profileDir := os.Getenv("TESSERA_LOAD_PROFILE_DIR")
 	ctx, cancel := context.WithTimeout(context.Background(), duration+5*time.Minute)
 	defer cancel()
 	ns := "load"
@@ -73,11 +71,12 @@ func TestLoad(t *testing.T) {
 
 	var st loadStats
 	var seq atomic.Int64
-	deadline := time.Now().Add(duration)
-	// The heap is sampled through the run; the first sample after warm-up
-	// is the baseline.
+	start := time.Now()
+	warmup := max(duration/10, 10*time.Second)
+	deadline := start.Add(duration)
+	// The heap total is sampled through the run for the peak.
 	var heapMu sync.Mutex
-	var heap []float64
+	var peak float64
 	sampleDone := make(chan struct{})
 	go func() {
 		defer close(sampleDone)
@@ -89,49 +88,63 @@ func TestLoad(t *testing.T) {
 				return
 			case <-tick.C:
 			}
-			h := heapMiB()
+			h := sampleHeap()
 			heapMu.Lock()
-			heap = append(heap, h)
+			peak = max(peak, h.total)
 			heapMu.Unlock()
 		}
 	}()
 
-	var wg sync.WaitGroup
-	for w := range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			rng := rand.New(rand.NewPCG(uint64(w), 42))
-			for time.Now().Before(deadline) && ctx.Err() == nil {
-				id := seq.Add(1)
-				if rng.IntN(10) < 7 {
-					runGang(t, ctx, ns, fmt.Sprintf("g%06d", id), 2<<rng.IntN(3), 1<<rng.IntN(4), cliques, &st)
-				} else {
-					runSingle(t, ctx, ns, fmt.Sprintf("s%06d", id), 1+rng.IntN(slicesPerGPU), &st)
+	// run drives the clients until the given time; each finishes (and
+	// deletes) what it holds.
+	run := func(until time.Time, phase uint64) {
+		var wg sync.WaitGroup
+		for w := range workers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				rng := rand.New(rand.NewPCG(uint64(w), 42+phase))
+				for time.Now().Before(until) && ctx.Err() == nil {
+					id := seq.Add(1)
+					if rng.IntN(10) < 7 {
+						runGang(t, ctx, ns, fmt.Sprintf("g%06d", id), 2<<rng.IntN(3), 1<<rng.IntN(4), cliques, &st)
+					} else {
+						runSingle(t, ctx, ns, fmt.Sprintf("s%06d", id), 1+rng.IntN(slicesPerGPU), &st)
+					}
 				}
-			}
-		}()
+			}()
+		}
+		wg.Wait()
 	}
-	wg.Wait()
-	<-sampleDone
-	heapEnd := heapMiB()
+	// drained deletes everything left and waits until the ledger holds
+	// nothing; it returns the slices it still holds.
+	drained := func() int {
+		deleteAll(t, ctx, ns)
+		return leakedSlices(t, ctx, time.Minute)
+	}
 
-	deleteAll(t, ctx, ns)
-	leaked := leakedSlices(t, ctx, time.Minute)
+	run(start.Add(warmup), 0)
+	if n := drained(); n != 0 {
+		t.Errorf("%d slices leaked in the scheduler's ledger after the warm-up", n)
+	}
+	base := sampleHeap()
+	writeHeapProfile(t, profileDir, "base.heap")
+	run(deadline, 1)
+	<-sampleDone
+	leaked := drained()
 	if leaked != 0 {
 		t.Errorf("%d slices leaked in the scheduler's ledger after everything was deleted", leaked)
 	}
+	end := sampleHeap()
+	writeHeapProfile(t, profileDir, "end.heap")
 	heapMu.Lock()
-	warm := heapEnd
-	if len(heap) > 2 {
-		warm = heap[2]
-	}
-	peak := slices.Max(append(slices.Clone(heap), heapEnd))
+	peak = max(peak, base.total, end.total)
 	heapMu.Unlock()
-	// Flat: the end of the run holds no more than the warm run plus a
-	// margin for what Go's GC pacing leaves.
-	if heapEnd > 1.5*warm+32 {
-		t.Errorf("heap grew from %.0f MiB (warm) to %.0f MiB at the end", warm, heapEnd)
+	t.Logf("heap with nothing live: base %.1f MiB (event cache %.1f, Tessera %.1f), end %.1f MiB (event cache %.1f, Tessera %.1f)",
+		base.total, base.events, base.tessera, end.total, end.events, end.tessera)
+	if limit := 1.1*base.other() + 4; end.other() > limit {
+		t.Errorf("heap without the event cache grew from %.1f MiB to %.1f MiB (limit %.1f MiB) with nothing live at either end",
+			base.other(), end.other(), limit)
 	}
 	if n := st.partial.Load(); n > 0 {
 		t.Errorf("%d partial gangs", n)
@@ -155,9 +168,15 @@ func TestLoad(t *testing.T) {
 	figure(t, "load_leaked_slices", float64(leaked), "slices")
 	figure(t, "load_gang_bound_p50_seconds", percentile(st.gangLatency, 0.5).Seconds(), "s")
 	figure(t, "load_gang_bound_p99_seconds", percentile(st.gangLatency, 0.99).Seconds(), "s")
-	figure(t, "load_heap_warm_mib", warm, "MiB")
+	figure(t, "load_heap_warm_mib", base.total, "MiB")
 	figure(t, "load_heap_peak_mib", peak, "MiB")
-	figure(t, "load_heap_end_mib", heapEnd, "MiB")
+	figure(t, "load_heap_end_mib", end.total, "MiB")
+	figure(t, "load_heap_warm_without_event_cache_mib", base.other(), "MiB")
+	figure(t, "load_heap_end_without_event_cache_mib", end.other(), "MiB")
+	figure(t, "load_heap_event_cache_warm_mib", base.events, "MiB")
+	figure(t, "load_heap_event_cache_end_mib", end.events, "MiB")
+	figure(t, "load_heap_tessera_warm_mib", base.tessera, "MiB")
+	figure(t, "load_heap_tessera_end_mib", end.tessera, "MiB")
 }
 
 // waitGroupBound polls until every pod of the selector is bound or timeout;
