@@ -2,7 +2,11 @@ package e2e
 
 import (
 	"context"
+	"fmt"
+	"math/rand/v2"
 	"net"
+	"os"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -135,12 +139,55 @@ func createNamespace(ctx context.Context, t *testing.T, prefix string) string {
 	return ns.Name
 }
 
+// freePort returns a free port on 127.0.0.1 (see freePortBlock).
 func freePort(t *testing.T) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	return freePortBlock(t, 1)
+}
+
+// freePortBlock returns the first of n consecutive ports on 127.0.0.1 that
+// are free now and lie below the kernel's ephemeral range
+// (net.ipv4.ip_local_port_range). Ports from bind(":0") are inside that
+// range — odd ones; the kernel gives outbound connections the even ones —
+// so port+1 of such a port is where any client socket of the machine
+// (kubelet probes, HTTP clients, other processes) may sit, in TIME_WAIT for
+// a minute after it closed, and a server binding it then fails with
+// "address already in use". A shard-server rank on hostNetwork did that
+// (issue 8: the recreated group of TestFaultShardRankKilled failed). Below
+// the range only explicit binds can take a port.
+func freePortBlock(t *testing.T, n int) int {
+	t.Helper()
+	const floor = 20000
+	low := 32768
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if v, err := strconv.Atoi(f[0]); err == nil {
+				low = v
+			}
+		}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	if low-n <= floor {
+		t.Fatalf("the ephemeral port range starts at %d: no room below it for %d ports above %d", low, n, floor)
+	}
+	for range 100 {
+		base := floor + rand.IntN(low-n-floor)
+		free := true
+		var ls []net.Listener
+		for p := base; p < base+n && free; p++ {
+			l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
+			if err != nil {
+				free = false
+				break
+			}
+			ls = append(ls, l)
+		}
+		for _, l := range ls {
+			l.Close()
+		}
+		if free {
+			return base
+		}
+	}
+	t.Fatalf("no %d consecutive free ports in [%d, %d)", n, floor, low)
+	return 0
 }

@@ -54,21 +54,33 @@ func realNodeAllocatable(ctx context.Context, e *scenario.Env) (int64, error) {
 	return q.Value(), nil
 }
 
+// waitFor polls cond every interval until it reports done and returns how
+// long that took. Past timeout (or ctx) it fails the test with what it
+// waited for and the last state cond described.
+func waitFor(ctx context.Context, t *testing.T, what string, interval, timeout time.Duration, cond func(ctx context.Context) (done bool, state string)) time.Duration {
+	t.Helper()
+	start := time.Now()
+	var state string
+	err := wait.PollUntilContextTimeout(ctx, interval, timeout, true, func(ctx context.Context) (bool, error) {
+		var done bool
+		done, state = cond(ctx)
+		return done, nil
+	})
+	if err != nil {
+		t.Fatalf("%s: not after %s (%v); last: %s", what, time.Since(start).Round(100*time.Millisecond), err, state)
+	}
+	return time.Since(start)
+}
+
 // waitAllocatable waits until the real node advertises want slices and
 // returns how long that took.
 func waitAllocatable(ctx context.Context, t *testing.T, e *scenario.Env, want int64, timeout time.Duration) time.Duration {
 	t.Helper()
-	start := time.Now()
-	var got int64
-	err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
-		n, err := realNodeAllocatable(ctx, e)
-		got = n
-		return err == nil && n == want, nil
-	})
-	if err != nil {
-		t.Fatalf("real node allocatable %s = %d after %s, want %d", api.ResourceName, got, timeout, want)
-	}
-	return time.Since(start)
+	return waitFor(ctx, t, fmt.Sprintf("real node allocatable %s = %d", api.ResourceName, want), 100*time.Millisecond, timeout,
+		func(ctx context.Context) (bool, string) {
+			n, err := realNodeAllocatable(ctx, e)
+			return err == nil && n == want, fmt.Sprintf("%d (%v)", n, err)
+		})
 }
 
 // devicePluginPod is the device plugin pod on the real node.
@@ -99,30 +111,27 @@ func killDevicePlugin(ctx context.Context, t *testing.T, e *scenario.Env) time.D
 	if err := e.Client.CoreV1().Pods(old.Namespace).Delete(ctx, old.Name, metav1.DeleteOptions{GracePeriodSeconds: ptr.To[int64](0)}); err != nil {
 		t.Fatalf("killing the device plugin: %v", err)
 	}
-	err = wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
+	waitFor(ctx, t, "a new device plugin pod ready", 200*time.Millisecond, 2*time.Minute, func(ctx context.Context) (bool, string) {
 		p, err := devicePluginPod(ctx, e)
-		return err == nil && p.UID != old.UID && scenario.Ready(p), nil
+		if err != nil {
+			return false, err.Error()
+		}
+		return p.UID != old.UID && scenario.Ready(p), fmt.Sprintf("%s ready=%t", p.Name, scenario.Ready(p))
 	})
-	if err != nil {
-		t.Fatalf("no new device plugin pod became ready: %v", err)
-	}
 	// With hostNetwork the readiness probe may still have reached the
 	// killed process: wait until only one plugin process is left and its
 	// metrics port answers.
-	err = wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
-		if n := len(devicePluginProcesses()); n != 1 {
-			return false, nil
+	waitFor(ctx, t, "one device plugin process serving on "+devicePluginMetrics, 100*time.Millisecond, time.Minute, func(ctx context.Context) (bool, string) {
+		if pids := devicePluginProcesses(); len(pids) != 1 {
+			return false, fmt.Sprintf("plugin processes %v", pids)
 		}
 		resp, err := http.Get(devicePluginMetrics + "/healthz")
 		if err != nil {
-			return false, nil
+			return false, err.Error()
 		}
 		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK, nil
+		return resp.StatusCode == http.StatusOK, resp.Status
 	})
-	if err != nil {
-		t.Fatalf("the new device plugin does not serve on %s (plugin processes: %v)", devicePluginMetrics, devicePluginProcesses())
-	}
 	if err := testCluster.WaitForTessera(ctx, 2*time.Minute); err != nil {
 		t.Fatal(err)
 	}
@@ -271,17 +280,11 @@ func TestFaultKubeletRestart(t *testing.T) {
 		t.Fatalf("restarting the kubelet: %v", err)
 	}
 	restarted := time.Since(start)
-	var registered time.Duration
-	err := wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, 2*time.Minute, true, func(ctx context.Context) (bool, error) {
-		if pluginRegistrations(ctx, t) > regsBefore {
-			registered = time.Since(start)
-			return true, nil
-		}
-		return false, nil
+	waitFor(ctx, t, "the device plugin registered with the restarted kubelet", 50*time.Millisecond, 2*time.Minute, func(ctx context.Context) (bool, string) {
+		n := pluginRegistrations(ctx, t)
+		return n > regsBefore, fmt.Sprintf("registrations %v, %v before", n, regsBefore)
 	})
-	if err != nil {
-		t.Fatalf("the device plugin did not register with the restarted kubelet")
-	}
+	registered := time.Since(start)
 	waitAllocatable(ctx, t, e, int64(full), 2*time.Minute)
 	if err := testCluster.WaitForTessera(ctx, 2*time.Minute); err != nil {
 		t.Fatal(err)
@@ -420,6 +423,12 @@ func TestFaultXid(t *testing.T) {
 		t.Fatal(err)
 	}
 	original := cm.Data["config.yaml"]
+	t.Cleanup(func() {
+		if t.Failed() {
+			logs, _ := testCluster.Kubectl(context.Background(), "logs", "-n", cluster.TesseraNamespace, "deploy/tessera-scheduler", "--tail=40")
+			t.Logf("scheduler log:\n%s", logs)
+		}
+	})
 	// A short quiet period so recovery is seen in seconds, not minutes.
 	setDevicePluginConfig(ctx, t, e, strings.TrimRight(original, "\n")+"\nhealth:\n  recheckInterval: 1s\n  recoveryQuietPeriod: 5s\n")
 	defer func() {
@@ -460,15 +469,11 @@ func TestFaultXid(t *testing.T) {
 		t.Errorf("inventory reports %s healthy=%t (listed %t) after Xid 79", gpu, healthy, ok)
 	}
 	var msg string
-	err = wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+	waitFor(ctx, t, "PodGroup condition "+scheduler.ConditionGPUHealthy+"=False", 200*time.Millisecond, time.Minute, func(ctx context.Context) (bool, string) {
 		var st string
 		st, msg = podGroupCondition(ctx, e, ns, "tp")
-		return st == string(metav1.ConditionFalse), nil
+		return st == string(metav1.ConditionFalse), st + " " + msg
 	})
-	if err != nil {
-		logs, _ := testCluster.Kubectl(ctx, "logs", "-n", cluster.TesseraNamespace, "deploy/tessera-scheduler", "--tail=40")
-		t.Fatalf("PodGroup condition %s never turned False (last message %q); scheduler log:\n%s", scheduler.ConditionGPUHealthy, msg, logs)
-	}
 	figure(t, "xid_to_gang_condition_seconds", time.Since(start).Seconds(), "s")
 	if !strings.Contains(msg, gpu) || !strings.Contains(msg, running[0].Name) {
 		t.Errorf("condition message %q does not name GPU %s and pod %s", msg, gpu, running[0].Name)
@@ -484,13 +489,10 @@ func TestFaultXid(t *testing.T) {
 
 	recovered := time.Now()
 	waitAllocatable(ctx, t, e, full, time.Minute)
-	err = wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
-		st, _ := podGroupCondition(ctx, e, ns, "tp")
-		return st == string(metav1.ConditionTrue), nil
+	waitFor(ctx, t, "PodGroup condition "+scheduler.ConditionGPUHealthy+"=True again after recovery", 200*time.Millisecond, time.Minute, func(ctx context.Context) (bool, string) {
+		st, msg := podGroupCondition(ctx, e, ns, "tp")
+		return st == string(metav1.ConditionTrue), st + " " + msg
 	})
-	if err != nil {
-		t.Fatalf("PodGroup condition %s never turned True again after recovery", scheduler.ConditionGPUHealthy)
-	}
 	figure(t, "xid_recovery_to_gang_healthy_seconds", time.Since(recovered).Seconds(), "s")
 	if healthy, _ := gpuHealthy(realNodeInventory(ctx, t, e), gpu); !healthy {
 		t.Errorf("inventory still reports %s Unhealthy after recovery", gpu)
@@ -509,21 +511,20 @@ func gpuHealthy(inv *api.Inventory, uuid string) (healthy, ok bool) {
 // waitEvent waits for an event with reason on the named object.
 func waitEvent(ctx context.Context, t *testing.T, e *scenario.Env, ns, name, reason string) {
 	t.Helper()
-	err := wait.PollUntilContextTimeout(ctx, 300*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+	waitFor(ctx, t, fmt.Sprintf("a %s event on %s/%s", reason, ns, name), 300*time.Millisecond, time.Minute, func(ctx context.Context) (bool, string) {
 		list, err := e.Client.EventsV1().Events(ns).List(ctx, metav1.ListOptions{})
 		if err != nil {
-			return false, nil
+			return false, err.Error()
 		}
+		var seen []string
 		for _, ev := range list.Items {
 			if ev.Reason == reason && ev.Regarding.Name == name {
-				return true, nil
+				return true, ""
 			}
+			seen = append(seen, ev.Reason+" on "+ev.Regarding.Name)
 		}
-		return false, nil
+		return false, strings.Join(seen, ", ")
 	})
-	if err != nil {
-		t.Errorf("no %s event on %s/%s", reason, ns, name)
-	}
 }
 
 // describePods says why a namespace's pods are where they are: phase,
@@ -585,15 +586,14 @@ func TestFaultShardRankKilled(t *testing.T) {
 	e := env(t)
 	ns := createNamespace(ctx, t, "fault-rank")
 	defer freeRealNode(t, e, ns)
-	g := scenario.ShardGang{Namespace: ns, Name: "tp2", Ranks: 2, Slices: 2, HTTPPort: freePort(t), CollectivePort: freePort(t)}
-	if g.HTTPPort+1 == g.CollectivePort {
-		g.CollectivePort = freePort(t)
-	}
+	// Rank r serves HTTP on base+r; the collective listens on base+2.
+	base := freePortBlock(t, 3)
+	g := scenario.ShardGang{Namespace: ns, Name: "tp2", Ranks: 2, Slices: 2, HTTPPort: base, CollectivePort: base + 2}
 	if _, err := g.Create(ctx, e); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := e.WaitPods(ctx, ns, scenario.GangSelector("tp2"), 2, 3*time.Minute, "ready", scenario.Ready); err != nil {
-		t.Fatal(err)
+		t.Fatalf("%v\n%s", err, describePods(ctx, e, ns))
 	}
 	if _, err := scenario.Complete(ctx, g.URL(), "before the fault", 8); err != nil {
 		t.Fatal(err)
@@ -626,15 +626,9 @@ func TestFaultShardRankKilled(t *testing.T) {
 	if _, err := e.WaitPods(ctx, ns, scenario.GangSelector("tp2"), 2, 3*time.Minute, "ready", scenario.Ready); err != nil {
 		t.Fatalf("recreated group: %v\n%s", err, describePods(ctx, e, ns))
 	}
-	var lastErr error
-	for time.Since(start) < 3*time.Minute {
-		if _, lastErr = scenario.Complete(ctx, g.URL(), "after the fault", 8); lastErr == nil {
-			break
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-	if lastErr != nil {
-		t.Fatalf("recreated group does not serve: %v", lastErr)
-	}
+	waitFor(ctx, t, "the recreated group serving", 200*time.Millisecond, time.Minute, func(ctx context.Context) (bool, string) {
+		_, err := scenario.Complete(ctx, g.URL(), "after the fault", 8)
+		return err == nil, fmt.Sprint(err)
+	})
 	figure(t, "rank_kill_to_serving_again_seconds", time.Since(start).Seconds(), "s")
 }

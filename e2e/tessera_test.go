@@ -216,10 +216,9 @@ func TestShardServerGang(t *testing.T) {
 	defer cancel()
 	e := env(t)
 	ns := createNamespace(ctx, t, "shard")
-	g := scenario.ShardGang{Namespace: ns, Name: "tp2", Ranks: 2, Slices: 2, HTTPPort: freePort(t), CollectivePort: freePort(t)}
-	if g.HTTPPort+1 == g.CollectivePort {
-		g.CollectivePort = freePort(t)
-	}
+	// Rank r serves HTTP on base+r; the collective listens on base+2.
+	base := freePortBlock(t, 3)
+	g := scenario.ShardGang{Namespace: ns, Name: "tp2", Ranks: 2, Slices: 2, HTTPPort: base, CollectivePort: base + 2}
 	if _, err := g.Create(ctx, e); err != nil {
 		t.Fatal(err)
 	}
