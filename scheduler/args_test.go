@@ -57,7 +57,8 @@ func TestDecodeArgs(t *testing.T) {
 
 func TestDefaultConfigHasProfile(t *testing.T) {
 	cfg := DefaultConfig(ConfigOptions{Kubeconfig: "/k", ArgsYAML: "backoffSeconds: 2\n"})
-	for _, want := range []string{"schedulerName: tessera-scheduler", "- name: Tessera", "- name: PrioritySort", "- name: GangScheduling", "backoffSeconds: 2", `kubeconfig: "/k"`} {
+	for _, want := range []string{"schedulerName: tessera-scheduler", "- name: Tessera", "- name: PrioritySort", "- name: GangScheduling", "backoffSeconds: 2", `kubeconfig: "/k"`,
+		"    bind:\n      enabled:\n      - name: Tessera\n"} {
 		if !strings.Contains(cfg, want) {
 			t.Errorf("config lacks %q:\n%s", want, cfg)
 		}

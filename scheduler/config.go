@@ -23,7 +23,11 @@ type ConfigOptions struct {
 // tessera-scheduler profile:
 //
 //   - Tessera enabled at multiPoint (QueueSort, PreFilter, Filter,
-//     PostFilter, Score, Reserve, Permit, PreBind, PostBind);
+//     PostFilter, Score, Reserve, Permit, PreBind, Bind, PostBind), and
+//     named at bind as well so that it binds before DefaultBinder: its Bind
+//     writes tessera.dev/slice-assignment in the Binding itself (one API
+//     write per pod instead of a patch and a bind) and skips pods without
+//     slices;
 //   - PrioritySort disabled (Tessera's QueueSort keeps gang members together);
 //   - the native gang plugins GangScheduling, TopologyPlacementGenerator and
 //     PodGroupPodsCount disabled: with the GenericWorkload gate they would
@@ -48,7 +52,10 @@ func DefaultConfig(o ConfigOptions) string {
       - name: GangScheduling
       - name: TopologyPlacementGenerator
       - name: PodGroupPodsCount
-`, api.SchedulerName, Name)
+    bind:
+      enabled:
+      - name: %s
+`, api.SchedulerName, Name, Name)
 	if o.ArgsYAML != "" {
 		fmt.Fprintf(&b, "  pluginConfig:\n  - name: %s\n    args:\n", Name)
 		for _, line := range strings.Split(strings.TrimRight(o.ArgsYAML, "\n"), "\n") {

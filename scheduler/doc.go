@@ -10,8 +10,9 @@
 //     without a gang: PreFilter (Skip for pods without slices, so Filter and
 //     Score cost nothing for them), Filter per GPU (never per node total),
 //     Score (best fit: keeps whole GPUs and NVLink pairs free), Reserve picks
-//     exact slice IDs, Unreserve frees them, PreBind writes
-//     tessera.dev/slice-assignment;
+//     exact slice IDs, Unreserve frees them, Bind binds the pod with
+//     tessera.dev/slice-assignment in the Binding (one API write; PreBind
+//     patches the annotation instead where another binder comes first);
 //   - gangs from scheduling.x-k8s.io PodGroups, LeaderWorkerSet groups and
 //     native scheduling.k8s.io/v1beta1 PodGroups: QueueSort (priority, then
 //     age, members of a gang together), PreFilter plans and reserves the whole

@@ -36,6 +36,9 @@ type Tessera struct {
 	// never places onto slices it has not yet learnt are taken.
 	handlersSynced []cache.InformerSynced
 	synced         atomic.Bool
+	// bindsSlicePods is set once Tessera's Bind ran: it comes before
+	// DefaultBinder, so PreBind need not patch the assignment (bind.go).
+	bindsSlicePods atomic.Bool
 
 	mu sync.Mutex
 	// nodeSeen is the last inventory annotation applied per node, so label
@@ -69,6 +72,7 @@ var (
 	_ fwk.ReservePlugin     = &Tessera{}
 	_ fwk.PermitPlugin      = &Tessera{}
 	_ fwk.PreBindPlugin     = &Tessera{}
+	_ fwk.BindPlugin        = &Tessera{}
 	_ fwk.PostBindPlugin    = &Tessera{}
 	_ fwk.EnqueueExtensions = &Tessera{}
 )

@@ -14,16 +14,20 @@ import (
 	"github.com/tessera-gpu/tessera/api"
 )
 
-// PreBindPreFlight skips pods Tessera placed no slices for.
+// PreBindPreFlight skips pods Tessera placed no slices for, and every pod
+// once Tessera's Bind has shown that it binds slice pods itself (it then
+// writes the assignment in the Binding, bind.go). Skipping also spares the
+// framework's NominatedNodeName write for pods that did not wait in Permit.
 func (pl *Tessera) PreBindPreFlight(_ context.Context, cs fwk.CycleState, _ *v1.Pod, _ string) (*fwk.PreBindPreFlightResult, *fwk.Status) {
-	if _, ok := getState(cs); !ok {
+	if _, ok := getState(cs); !ok || pl.bindsSlicePods.Load() {
 		return nil, fwk.NewStatus(fwk.Skip)
 	}
 	return &fwk.PreBindPreFlightResult{AllowParallel: true}, nil
 }
 
 // PreBind writes the reserved slice IDs into tessera.dev/slice-assignment,
-// which the device plugin hands to the container at Allocate.
+// which the device plugin hands to the container at Allocate, when Tessera is
+// not (yet known to be) the pod's binder; see Bind.
 func (pl *Tessera) PreBind(ctx context.Context, cs fwk.CycleState, pod *v1.Pod, nodeName string) *fwk.Status {
 	s, ok := getState(cs)
 	if !ok {
