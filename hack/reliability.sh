@@ -16,7 +16,7 @@ FUZZTIME=${FUZZTIME:-60s} FUZZ_OUT=$out/fuzz.txt GO=$GO ./hack/fuzz.sh || status
 
 step "load (${LOAD_DURATION:-10m} on ${LOAD_NODES:-1000} simulated nodes) and leader failover"
 TESSERA_TOOLS_DIR=$TOOLS_DIR TESSERA_RELIABILITY_OUT=$figures TESSERA_LOAD_DURATION=${LOAD_DURATION:-10m} \
-  TESSERA_LOAD_NODES=${LOAD_NODES:-1000} $GO test -count=1 -timeout 60m -v ./scheduler/chaos/ 2>&1 | tee "$out/chaos.log" | grep -E '^(=== RUN|--- |ok|FAIL)|FIGURE' || true
+  TESSERA_LOAD_NODES=${LOAD_NODES:-1000} TESSERA_LOAD_PROFILE_DIR=$out $GO test -count=1 -timeout 60m -v ./scheduler/chaos/ 2>&1 | tee "$out/chaos.log" | grep -E '^(=== RUN|--- |ok|FAIL)|FIGURE' || true
 grep -q '^ok' "$out/chaos.log" || status=1
 
 step "scheduler restart mid-gang (integration)"
