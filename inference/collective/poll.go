@@ -44,8 +44,10 @@ func (r *pollingReader) Read(b []byte) (int, error) {
 				return false
 			}
 			// Let other goroutines of this rank (HTTP, heartbeats) run
-			// even with GOMAXPROCS=1.
+			// even with GOMAXPROCS=1, and other processes on this core:
+			// where ranks share cores the peer we wait for may need it.
 			runtime.Gosched()
+			yieldCPU()
 		}
 	})
 	if err != nil {
