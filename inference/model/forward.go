@@ -28,6 +28,7 @@ type Shard struct {
 
 	x, xb, q, k, v, attOut, part, h1, h3, scores []float32
 	localLogits, logits                          []float32
+	cand, cands                                  []float32 // argmax candidates: this rank's, all (rank 0)
 	cos, sin                                     []float32
 
 	// LayerHook, when set, sees the residual stream after every layer
@@ -61,8 +62,10 @@ func NewShard(w *Weights, comm Collective) (*Shard, error) {
 		cos:         make([]float32, hs/2),
 		sin:         make([]float32, hs/2),
 	}
+	s.cand = make([]float32, s.candidateLen())
 	if p.Rank == 0 {
 		s.logits = make([]float32, c.Vocab)
+		s.cands = make([]float32, p.World*s.candidateLen())
 	}
 	return s, nil
 }
@@ -80,29 +83,88 @@ func (s *Shard) allReduce(buf []float32) error {
 	return s.comm.AllReduceSum(buf)
 }
 
+// Head says what a step computes after the last layer.
+type Head uint8
+
+const (
+	// HeadNone skips the classifier, the largest matrix: prompt tokens
+	// before the last need no prediction.
+	HeadNone Head = iota
+	// HeadLogits gathers the full vocabulary's logits to rank 0 (what
+	// sampling with top-p needs).
+	HeadLogits
+	// HeadArgmax finds the highest logit across the vocab-parallel shards:
+	// every rank sends rank 0 only its best candidate and that token's
+	// embedding row, so rank 0 can hand the row to the next step instead of
+	// all ranks all-reducing it.
+	HeadArgmax
+)
+
+// StepInput is one token to feed through the model.
+type StepInput struct {
+	Token, Pos int
+	// Row is Token's embedding row (Dim values) when the caller has it, as
+	// rank 0 does after a HeadArgmax step; every rank must then pass the same
+	// row. Nil makes the ranks build the row with an all-reduce.
+	Row []float32
+}
+
+// StepOutput is what rank 0 gets from a step; other ranks get zero values.
+// Slices are valid until the next step.
+type StepOutput struct {
+	Logits []float32 // HeadLogits
+	Token  int       // HeadArgmax: the highest logit, lowest index on ties
+	Row    []float32 // HeadArgmax: Token's embedding row
+}
+
+// candidateLen is one rank's argmax candidate on the wire: its best logit,
+// the token id (as float bits, exact), and that token's embedding row.
+func (s *Shard) candidateLen() int { return 2 + s.cfg.Dim }
+
 // Forward feeds token at position pos through the model, appending to the KV
 // cache. With wantLogits, rank 0 gets the full vocabulary's logits (valid
-// until the next call); other ranks get nil. Skipping logits for all but the
-// last prompt token avoids the classifier, the largest matrix.
+// until the next call); other ranks get nil.
 func (s *Shard) Forward(token, pos int, wantLogits bool) ([]float32, error) {
+	head := HeadNone
+	if wantLogits {
+		head = HeadLogits
+	}
+	out, err := s.Step(StepInput{Token: token, Pos: pos}, head)
+	return out.Logits, err
+}
+
+// Step runs one forward pass on this rank; all ranks must call it with the
+// same input and head.
+func (s *Shard) Step(in StepInput, head Head) (StepOutput, error) {
 	c, p := s.cfg, s.plan
+	token, pos := in.Token, in.Pos
 	if token < 0 || token >= c.Vocab {
-		return nil, fmt.Errorf("token %d outside vocab of %d", token, c.Vocab)
+		return StepOutput{}, fmt.Errorf("token %d outside vocab of %d", token, c.Vocab)
 	}
 	if pos < 0 || pos >= c.SeqLen {
-		return nil, fmt.Errorf("position %d outside context of %d", pos, c.SeqLen)
+		return StepOutput{}, fmt.Errorf("position %d outside context of %d", pos, c.SeqLen)
+	}
+	if in.Row != nil && len(in.Row) != c.Dim {
+		return StepOutput{}, fmt.Errorf("embedding row of %d values, want %d", len(in.Row), c.Dim)
 	}
 	dim, hs := c.Dim, c.HeadSize()
 	x := s.x
 
-	// Vocab-parallel embedding: the owner contributes the row, the others
-	// zeros, so the all-reduce reproduces the row exactly.
-	clear(x)
-	if token >= p.VocabLo && token < p.VocabHi {
-		copy(x, s.W.Emb[(token-p.VocabLo)*dim:])
-	}
-	if err := s.allReduce(x); err != nil {
-		return nil, fmt.Errorf("embedding all-reduce: %w", err)
+	switch {
+	case in.Row != nil:
+		copy(x, in.Row)
+	case p.World == 1:
+		copy(x, s.W.Emb[token*dim:(token+1)*dim])
+	default:
+		// Vocab-parallel embedding: the owner contributes the row, the
+		// others zeros, so the all-reduce reproduces the row exactly.
+		clear(x)
+		if token >= p.VocabLo && token < p.VocabHi {
+			copy(x, s.W.Emb[(token-p.VocabLo)*dim:])
+		}
+		if err := s.allReduce(x); err != nil {
+			return StepOutput{}, fmt.Errorf("embedding all-reduce: %w", err)
+		}
 	}
 	if s.LayerHook != nil {
 		s.LayerHook(-1, x)
@@ -151,7 +213,7 @@ func (s *Shard) Forward(token, pos int, wantLogits bool) ([]float32, error) {
 		// Row-parallel output projection: each rank holds a partial sum.
 		matmul(s.part, L.WO, s.attOut)
 		if err := s.allReduce(s.part); err != nil {
-			return nil, fmt.Errorf("layer %d attention all-reduce: %w", l, err)
+			return StepOutput{}, fmt.Errorf("layer %d attention all-reduce: %w", l, err)
 		}
 		for i := range x {
 			x[i] += s.part[i]
@@ -165,7 +227,7 @@ func (s *Shard) Forward(token, pos int, wantLogits bool) ([]float32, error) {
 		}
 		matmul(s.part, L.W2, s.h1)
 		if err := s.allReduce(s.part); err != nil {
-			return nil, fmt.Errorf("layer %d ffn all-reduce: %w", l, err)
+			return StepOutput{}, fmt.Errorf("layer %d ffn all-reduce: %w", l, err)
 		}
 		for i := range x {
 			x[i] += s.part[i]
@@ -174,21 +236,60 @@ func (s *Shard) Forward(token, pos int, wantLogits bool) ([]float32, error) {
 			s.LayerHook(l, x)
 		}
 	}
-	if !wantLogits {
-		return nil, nil
+	if head == HeadNone {
+		return StepOutput{}, nil
 	}
 	rmsnorm(s.xb, x, s.W.RMSFinal)
 	matmul(s.localLogits, s.W.Cls, s.xb)
-	if p.World == 1 {
-		return s.localLogits, nil
+	switch head {
+	case HeadLogits:
+		if p.World == 1 {
+			return StepOutput{Logits: s.localLogits}, nil
+		}
+		if err := s.comm.Gather(s.localLogits, s.logits); err != nil {
+			return StepOutput{}, fmt.Errorf("logits gather: %w", err)
+		}
+		if p.Rank != 0 {
+			return StepOutput{}, nil
+		}
+		return StepOutput{Logits: s.logits}, nil
+	case HeadArgmax:
+		return s.argmax()
+	default:
+		return StepOutput{}, fmt.Errorf("unknown head %d", head)
 	}
-	if err := s.comm.Gather(s.localLogits, s.logits); err != nil {
-		return nil, fmt.Errorf("logits gather: %w", err)
+}
+
+// argmax gathers every rank's best local logit and its embedding row to rank
+// 0, which keeps the first highest in rank order. Ranks own ascending vocab
+// ranges and each picks its lowest index on ties, so the result is exactly
+// Argmax over the full logits, for a few hundred bytes per rank instead of
+// a whole vocab shard.
+func (s *Shard) argmax() (StepOutput, error) {
+	p, dim := s.plan, s.cfg.Dim
+	best := Argmax(s.localLogits)
+	cand := s.cand[:s.candidateLen()]
+	cand[0] = s.localLogits[best]
+	cand[1] = math.Float32frombits(uint32(p.VocabLo + best))
+	copy(cand[2:], s.W.Emb[best*dim:(best+1)*dim])
+	if p.World == 1 {
+		return StepOutput{Token: p.VocabLo + best, Row: cand[2:]}, nil
+	}
+	if err := s.comm.Gather(cand, s.cands); err != nil {
+		return StepOutput{}, fmt.Errorf("argmax gather: %w", err)
 	}
 	if p.Rank != 0 {
-		return nil, nil
+		return StepOutput{}, nil
 	}
-	return s.logits, nil
+	n := s.candidateLen()
+	win := 0
+	for r := 1; r < p.World; r++ {
+		if s.cands[r*n] > s.cands[win*n] {
+			win = r
+		}
+	}
+	c := s.cands[win*n : (win+1)*n]
+	return StepOutput{Token: int(math.Float32bits(c[1])), Row: c[2:]}, nil
 }
 
 // rope rotates consecutive pairs within each head, as llama2.c does.

@@ -238,3 +238,170 @@ func TestRanksBitIdentical(t *testing.T) {
 		}
 	}
 }
+
+// runArgmax decodes greedily the way the engine does: rank 0 gets the next
+// token and its embedding row from a HeadArgmax step and hands both to every
+// rank with the next step, so no step after the first all-reduces the
+// embedding or gathers logits.
+func runArgmax(t *testing.T, path string, comms []collective.Comm) trace {
+	t.Helper()
+	world := len(comms)
+	var tr trace
+	errs := make([]error, world)
+	var wg sync.WaitGroup
+	for r := 0; r < world; r++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[r] = func() error {
+				w, err := model.LoadShard(path, r, world)
+				if err != nil {
+					return err
+				}
+				var comm model.Collective
+				if world > 1 {
+					comm = comms[r]
+				}
+				s, err := model.NewShard(w, comm)
+				if err != nil {
+					return err
+				}
+				var layers [][]float32
+				if r == 0 {
+					s.LayerHook = func(_ int, x []float32) { layers = append(layers, append([]float32(nil), x...)) }
+				}
+				dim := s.Config().Dim
+				in := model.StepInput{Token: model.TokenBOS}
+				msg := make([]byte, 4+4*dim)
+				for pos := 0; pos < seqSteps; pos++ {
+					in.Pos = pos
+					if world > 1 && pos > 0 {
+						if r == 0 {
+							binary.LittleEndian.PutUint32(msg, uint32(in.Token))
+							for i, v := range in.Row {
+								binary.LittleEndian.PutUint32(msg[4+4*i:], math.Float32bits(v))
+							}
+						}
+						if err := comms[r].Broadcast(msg); err != nil {
+							return err
+						}
+						in.Token = int(binary.LittleEndian.Uint32(msg))
+						in.Row = make([]float32, dim)
+						for i := range in.Row {
+							in.Row[i] = math.Float32frombits(binary.LittleEndian.Uint32(msg[4+4*i:]))
+						}
+					}
+					layers = nil
+					out, err := s.Step(in, model.HeadArgmax)
+					if err != nil {
+						return fmt.Errorf("rank %d pos %d: %w", r, pos, err)
+					}
+					if r != 0 {
+						continue
+					}
+					if pos > 0 && in.Token >= w.Plan.VocabLo && in.Token < w.Plan.VocabHi {
+						want := w.Emb[(in.Token-w.Plan.VocabLo)*dim:][:dim]
+						if diff := cmp.Diff(want, in.Row); diff != "" {
+							return fmt.Errorf("pos %d: row handed on is not token %d's embedding (-want +got):\n%s", pos, in.Token, diff)
+						}
+					}
+					tr.tokens = append(tr.tokens, in.Token)
+					tr.layers = append(tr.layers, layers)
+					in = model.StepInput{Token: out.Token, Row: append([]float32(nil), out.Row...)}
+				}
+				return nil
+			}()
+			if errs[r] != nil {
+				comms[r].Close()
+			}
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	return tr
+}
+
+// TestArgmaxHeadMatchesGreedy checks the vocab-parallel argmax against
+// greedy decoding from the full logits at N = 1: the same 64 tokens, and
+// every layer's output within 1e-4 although the embedding now comes from
+// rank 0's hand-on instead of an all-reduce.
+func TestArgmaxHeadMatchesGreedy(t *testing.T) {
+	c := model.Shapes["tiny"]
+	path, err := model.GenerateFile(t.TempDir(), c, model.GenerateOptions{Seed: 42})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := run(t, path, collective.NewInProcess(1), nil)
+	groups := map[string]func(int) []collective.Comm{
+		"in-process": collective.NewInProcess,
+		"tcp":        func(n int) []collective.Comm { return tcpGroup(t, n) },
+	}
+	for gname, mk := range groups {
+		for _, world := range []int{1, 2, 4} {
+			t.Run(fmt.Sprintf("%s/N=%d", gname, world), func(t *testing.T) {
+				got := runArgmax(t, path, mk(world))
+				if diff := cmp.Diff(want.tokens, got.tokens); diff != "" {
+					t.Fatalf("tokens differ from greedy over full logits at N=1 (-want +got):\n%s", diff)
+				}
+				for step := range want.layers {
+					for l := range want.layers[step] {
+						if d := maxDiff(want.layers[step][l], got.layers[step][l]); d > 1e-4 {
+							t.Errorf("step %d layer %d: max |Δx| = %g > 1e-4", step, l-1, d)
+						}
+					}
+				}
+			})
+		}
+	}
+}
+
+// TestArgmaxTiesPickLowestIndex checks the tie rule across shards: equal
+// logits on two ranks must pick the lower token id, as Argmax does.
+func TestArgmaxTiesPickLowestIndex(t *testing.T) {
+	c := model.Shapes["tiny"]
+	c.Vocab = 8
+	path, err := model.GenerateFile(t.TempDir(), c, model.GenerateOptions{Seed: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	const world = 2
+	comms := collective.NewInProcess(world)
+	tokens := make([]int, world)
+	var wg sync.WaitGroup
+	errs := make([]error, world)
+	for r := 0; r < world; r++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			w, err := model.LoadShard(path, r, world)
+			if err != nil {
+				errs[r] = err
+				return
+			}
+			// Identical classifier rows everywhere: every logit ties.
+			for i := range w.Cls {
+				w.Cls[i] = 0.5
+			}
+			s, err := model.NewShard(w, comms[r])
+			if err != nil {
+				errs[r] = err
+				return
+			}
+			out, err := s.Step(model.StepInput{Token: 1}, model.HeadArgmax)
+			tokens[r], errs[r] = out.Token, err
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	if tokens[0] != 0 {
+		t.Errorf("rank 0 picked token %d among equal logits, want 0", tokens[0])
+	}
+}

@@ -21,32 +21,53 @@ import (
 
 // Rank 0 drives every step: it broadcasts a command, then all ranks run the
 // same forward pass in lock step.
+//
+// A command is [op, token, pos, flags] as little-endian uint32s followed by
+// room for one embedding row (Dim float32s), so every broadcast has the same
+// length. The low byte of flags is the model.Head of a step; flagRow says
+// the row is filled in (rank 0 has it after an argmax step) and the ranks
+// skip the embedding all-reduce.
 const (
 	opStep     uint32 = 1
 	opPing     uint32 = 2
 	opShutdown uint32 = 3
 
-	flagWantLogits uint32 = 1
+	flagHeadMask uint32 = 0xff
+	flagRow      uint32 = 1 << 8
 
-	commandBytes = 16
+	commandHeaderBytes = 16
 )
 
 type command struct {
 	op, token, pos, flags uint32
+	row                   []float32 // nil unless flags has flagRow
 }
+
+func commandBytes(dim int) int { return commandHeaderBytes + 4*dim }
 
 func (c command) encode(b []byte) {
 	binary.LittleEndian.PutUint32(b[0:], c.op)
 	binary.LittleEndian.PutUint32(b[4:], c.token)
 	binary.LittleEndian.PutUint32(b[8:], c.pos)
 	binary.LittleEndian.PutUint32(b[12:], c.flags)
+	for i, v := range c.row {
+		binary.LittleEndian.PutUint32(b[commandHeaderBytes+4*i:], math.Float32bits(v))
+	}
 }
 
-func decodeCommand(b []byte) command {
-	return command{
+// decodeCommand reads b; a row, if flagged, is decoded into row.
+func decodeCommand(b []byte, row []float32) command {
+	c := command{
 		op: binary.LittleEndian.Uint32(b[0:]), token: binary.LittleEndian.Uint32(b[4:]),
 		pos: binary.LittleEndian.Uint32(b[8:]), flags: binary.LittleEndian.Uint32(b[12:]),
 	}
+	if c.flags&flagRow != 0 {
+		for i := range row {
+			row[i] = math.Float32frombits(binary.LittleEndian.Uint32(b[commandHeaderBytes+4*i:]))
+		}
+		c.row = row
+	}
+	return c
 }
 
 // ErrNotReady means the group has not formed or warmed up yet.
@@ -66,7 +87,8 @@ type Engine struct {
 	m     *Metrics
 
 	sem   chan struct{}
-	cmd   [commandBytes]byte
+	cmd   []byte
+	row   []float32 // the next token's embedding row after an argmax step
 	ready atomic.Bool
 
 	failOnce sync.Once
@@ -82,7 +104,9 @@ func NewEngine(shard *model.Shard, comm collective.Comm, tok model.Tokenizer, m 
 	if m == nil {
 		m = NewMetrics(nil)
 	}
-	return &Engine{shard: shard, comm: comm, tok: tok, log: log, m: m, sem: make(chan struct{}, 1), failed: make(chan struct{})}
+	dim := shard.Config().Dim
+	return &Engine{shard: shard, comm: comm, tok: tok, log: log, m: m, sem: make(chan struct{}, 1), failed: make(chan struct{}),
+		cmd: make([]byte, commandBytes(dim)), row: make([]float32, dim)}
 }
 
 // Ready reports whether requests can be served.
@@ -139,23 +163,24 @@ func (e *Engine) broadcast(c command) error {
 	if e.comm == nil {
 		return nil
 	}
-	c.encode(e.cmd[:])
-	return e.comm.Broadcast(e.cmd[:])
+	clear(e.cmd)
+	c.encode(e.cmd)
+	return e.comm.Broadcast(e.cmd)
 }
 
-func (e *Engine) step(token, pos int, wantLogits bool) ([]float32, error) {
-	var flags uint32
-	if wantLogits {
-		flags = flagWantLogits
+func (e *Engine) step(in model.StepInput, head model.Head) (model.StepOutput, error) {
+	flags := uint32(head)
+	if in.Row != nil {
+		flags |= flagRow
 	}
-	if err := e.broadcast(command{op: opStep, token: uint32(token), pos: uint32(pos), flags: flags}); err != nil {
-		return nil, e.fail(err)
+	if err := e.broadcast(command{op: opStep, token: uint32(in.Token), pos: uint32(in.Pos), flags: flags, row: in.Row}); err != nil {
+		return model.StepOutput{}, e.fail(err)
 	}
-	logits, err := e.shard.Forward(token, pos, wantLogits)
+	out, err := e.shard.Step(in, head)
 	if err != nil {
-		return nil, e.fail(err)
+		return model.StepOutput{}, e.fail(err)
 	}
-	return logits, nil
+	return out, nil
 }
 
 func (e *Engine) ping() error {
@@ -184,11 +209,11 @@ func (e *Engine) Warmup(ctx context.Context) error {
 	if err := e.ping(); err != nil {
 		return err
 	}
-	logits, err := e.step(model.TokenBOS, 0, true)
+	out, err := e.step(model.StepInput{Token: model.TokenBOS}, model.HeadLogits)
 	if err != nil {
 		return err
 	}
-	for i, v := range logits {
+	for i, v := range out.Logits {
 		if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
 			return e.fail(fmt.Errorf("warm-up produced non-finite logit %v at %d", v, i))
 		}
@@ -242,18 +267,19 @@ func (e *Engine) RunWorker(ctx context.Context) error {
 	defer stop()
 	e.ready.Store(true)
 	e.m.Ready.Set(1)
-	var buf [commandBytes]byte
+	buf := make([]byte, commandBytes(e.shard.Config().Dim))
 	for {
-		if err := e.comm.Broadcast(buf[:]); err != nil {
+		if err := e.comm.Broadcast(buf); err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
 			return e.fail(err)
 		}
-		c := decodeCommand(buf[:])
+		c := decodeCommand(buf, e.row)
 		switch c.op {
 		case opStep:
-			if _, err := e.shard.Forward(int(c.token), int(c.pos), c.flags&flagWantLogits != 0); err != nil {
+			in := model.StepInput{Token: int(c.token), Pos: int(c.pos), Row: c.row}
+			if _, err := e.shard.Step(in, model.Head(c.flags&flagHeadMask)); err != nil {
 				return e.fail(err)
 			}
 		case opPing:
@@ -326,10 +352,22 @@ func (e *Engine) Generate(ctx context.Context, req GenRequest, emit func(string)
 	}
 	defer e.release()
 
+	// Greedy decoding needs only the best token: the ranks find it without
+	// gathering the logits, and rank 0 passes its embedding row on with the
+	// next step. Sampling needs the whole distribution on rank 0.
+	greedy := req.Temperature <= 0
+	head := model.HeadLogits
+	if greedy {
+		head = model.HeadArgmax
+	}
 	res := GenResult{PromptTokens: len(ids), FinishReason: "length"}
-	var logits []float32
+	var step model.StepOutput
 	for pos, id := range ids {
-		if logits, err = e.step(id, pos, pos == len(ids)-1); err != nil {
+		h := model.HeadNone
+		if pos == len(ids)-1 {
+			h = head
+		}
+		if step, err = e.step(model.StepInput{Token: id, Pos: pos}, h); err != nil {
 			return res, err
 		}
 	}
@@ -349,11 +387,21 @@ func (e *Engine) Generate(ctx context.Context, req GenRequest, emit func(string)
 			return res, err
 		}
 		if n > 0 {
-			if logits, err = e.step(prev, len(ids)+n-1, true); err != nil {
+			in := model.StepInput{Token: prev, Pos: len(ids) + n - 1}
+			if greedy {
+				in.Row = e.row
+			}
+			if step, err = e.step(in, head); err != nil {
 				return res, err
 			}
 		}
-		next := sampler.Sample(logits)
+		var next int
+		if greedy {
+			next = step.Token
+			copy(e.row, step.Row)
+		} else {
+			next = sampler.Sample(step.Logits)
+		}
 		now := time.Now()
 		if n == 0 {
 			e.m.TTFT.Observe(now.Sub(req.Started).Seconds())
