@@ -98,7 +98,22 @@ const (
 	// embedding row, so rank 0 can hand the row to the next step instead of
 	// all ranks all-reducing it.
 	HeadArgmax
+	// HeadSample draws the next token from softmax(logits / temperature)
+	// with the Gumbel-max trick: the token with the highest
+	// logit/temperature + Gumbel noise is an exact sample, and the noise of
+	// each token depends only on (seed, draw, token id), so the draw is an
+	// argmax like HeadArgmax and the same for every world size.
+	HeadSample
 )
+
+// SampleParams drive a HeadSample step.
+type SampleParams struct {
+	Temperature float32
+	Seed        uint64
+	// Draw numbers the draws of one generation, so every step gets fresh
+	// noise from the same seed.
+	Draw uint64
+}
 
 // StepInput is one token to feed through the model.
 type StepInput struct {
@@ -107,19 +122,23 @@ type StepInput struct {
 	// rank 0 does after a HeadArgmax step; every rank must then pass the same
 	// row. Nil makes the ranks build the row with an all-reduce.
 	Row []float32
+	// Sample is used by HeadSample.
+	Sample SampleParams
 }
 
 // StepOutput is what rank 0 gets from a step; other ranks get zero values.
 // Slices are valid until the next step.
 type StepOutput struct {
 	Logits []float32 // HeadLogits
-	Token  int       // HeadArgmax: the highest logit, lowest index on ties
-	Row    []float32 // HeadArgmax: Token's embedding row
+	Token  int       // HeadArgmax, HeadSample: the chosen token
+	Row    []float32 // HeadArgmax, HeadSample: Token's embedding row
 }
 
-// candidateLen is one rank's argmax candidate on the wire: its best logit,
-// the token id (as float bits, exact), and that token's embedding row.
-func (s *Shard) candidateLen() int { return 2 + s.cfg.Dim }
+// candidateLen is one rank's argmax candidate on the wire: its best score as
+// a float64 split into two float32 bit patterns (so ranks compare exactly
+// what one rank would), the token id (as float bits, exact), and that
+// token's embedding row.
+func (s *Shard) candidateLen() int { return 3 + s.cfg.Dim }
 
 // Forward feeds token at position pos through the model, appending to the KV
 // cache. With wantLogits, rank 0 gets the full vocabulary's logits (valid
@@ -254,26 +273,41 @@ func (s *Shard) Step(in StepInput, head Head) (StepOutput, error) {
 		}
 		return StepOutput{Logits: s.logits}, nil
 	case HeadArgmax:
-		return s.argmax()
+		return s.argmax(func(_ int, logit float32) float64 { return float64(logit) })
+	case HeadSample:
+		sp := in.Sample
+		if !(sp.Temperature > 0) {
+			return StepOutput{}, fmt.Errorf("sampling temperature must be positive, got %v", sp.Temperature)
+		}
+		inv := 1 / float64(sp.Temperature)
+		return s.argmax(func(token int, logit float32) float64 {
+			return float64(logit)*inv + gumbel(sp.Seed, sp.Draw, token)
+		})
 	default:
 		return StepOutput{}, fmt.Errorf("unknown head %d", head)
 	}
 }
 
-// argmax gathers every rank's best local logit and its embedding row to rank
-// 0, which keeps the first highest in rank order. Ranks own ascending vocab
-// ranges and each picks its lowest index on ties, so the result is exactly
-// Argmax over the full logits, for a few hundred bytes per rank instead of
-// a whole vocab shard.
-func (s *Shard) argmax() (StepOutput, error) {
+// argmax gathers every rank's best local score and that token's embedding
+// row to rank 0, which keeps the first highest in rank order. Ranks own
+// ascending vocab ranges and each keeps its lowest token id on ties, so the
+// result is exactly the argmax over the whole vocabulary, for a few hundred
+// bytes per rank instead of a whole vocab shard.
+func (s *Shard) argmax(score func(token int, logit float32) float64) (StepOutput, error) {
 	p, dim := s.plan, s.cfg.Dim
-	best := Argmax(s.localLogits)
+	best, bestScore := -1, math.Inf(-1)
+	for i, l := range s.localLogits {
+		if v := score(p.VocabLo+i, l); v > bestScore || best < 0 {
+			best, bestScore = i, v
+		}
+	}
 	cand := s.cand[:s.candidateLen()]
-	cand[0] = s.localLogits[best]
-	cand[1] = math.Float32frombits(uint32(p.VocabLo + best))
-	copy(cand[2:], s.W.Emb[best*dim:(best+1)*dim])
+	bits := math.Float64bits(bestScore)
+	cand[0], cand[1] = math.Float32frombits(uint32(bits>>32)), math.Float32frombits(uint32(bits))
+	cand[2] = math.Float32frombits(uint32(p.VocabLo + best))
+	copy(cand[3:], s.W.Emb[best*dim:(best+1)*dim])
 	if p.World == 1 {
-		return StepOutput{Token: p.VocabLo + best, Row: cand[2:]}, nil
+		return StepOutput{Token: p.VocabLo + best, Row: cand[3:]}, nil
 	}
 	if err := s.comm.Gather(cand, s.cands); err != nil {
 		return StepOutput{}, fmt.Errorf("argmax gather: %w", err)
@@ -282,14 +316,35 @@ func (s *Shard) argmax() (StepOutput, error) {
 		return StepOutput{}, nil
 	}
 	n := s.candidateLen()
+	scoreOf := func(r int) float64 {
+		c := s.cands[r*n:]
+		return math.Float64frombits(uint64(math.Float32bits(c[0]))<<32 | uint64(math.Float32bits(c[1])))
+	}
 	win := 0
 	for r := 1; r < p.World; r++ {
-		if s.cands[r*n] > s.cands[win*n] {
+		if scoreOf(r) > scoreOf(win) {
 			win = r
 		}
 	}
 	c := s.cands[win*n : (win+1)*n]
-	return StepOutput{Token: int(math.Float32bits(c[1])), Row: c[2:]}, nil
+	return StepOutput{Token: int(math.Float32bits(c[2])), Row: c[3:]}, nil
+}
+
+// gumbel is standard Gumbel noise for one token of one draw, a pure
+// function of its arguments so every rank (and every world size) adds the
+// same noise to the same token.
+func gumbel(seed, draw uint64, token int) float64 {
+	h := mix64(seed ^ mix64(draw^mix64(uint64(token)+0x9e3779b97f4a7c15)))
+	u := (float64(h>>11) + 0.5) / (1 << 53) // (0, 1): both logs finite
+	return -math.Log(-math.Log(u))
+}
+
+// mix64 is the splitmix64 finaliser: a bijection that spreads every input
+// bit over the output.
+func mix64(z uint64) uint64 {
+	z = (z ^ z>>30) * 0xbf58476d1ce4e5b9
+	z = (z ^ z>>27) * 0x94d049bb133111eb
+	return z ^ z>>31
 }
 
 // rope rotates consecutive pairs within each head, as llama2.c does.

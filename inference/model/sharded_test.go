@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"math"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -404,4 +405,129 @@ func TestArgmaxTiesPickLowestIndex(t *testing.T) {
 	if tokens[0] != 0 {
 		t.Errorf("rank 0 picked token %d among equal logits, want 0", tokens[0])
 	}
+}
+
+// TestSampleHeadSameForEveryWorldSize checks that a seeded HeadSample
+// generation is the same sequence of tokens whatever the world size: each
+// token's Gumbel noise depends only on (seed, draw, token id).
+func TestSampleHeadSameForEveryWorldSize(t *testing.T) {
+	c := model.Shapes["tiny"]
+	path, err := model.GenerateFile(t.TempDir(), c, model.GenerateOptions{Seed: 9})
+	if err != nil {
+		t.Fatal(err)
+	}
+	sample := func(comms []collective.Comm) []int {
+		world := len(comms)
+		tokens := make([]int, 0, seqSteps)
+		errs := make([]error, world)
+		var wg sync.WaitGroup
+		for r := 0; r < world; r++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				w, err := model.LoadShard(path, r, world)
+				if err == nil {
+					var s *model.Shard
+					if s, err = model.NewShard(w, comms[r]); err == nil {
+						// Every rank feeds the same forced tokens; only the
+						// draws are compared.
+						for pos := 0; pos < seqSteps && err == nil; pos++ {
+							var out model.StepOutput
+							in := model.StepInput{Token: 3 + pos%50, Pos: pos, Sample: model.SampleParams{Temperature: 0.8, Seed: 1234, Draw: uint64(pos)}}
+							if out, err = s.Step(in, model.HeadSample); err == nil && r == 0 {
+								tokens = append(tokens, out.Token)
+							}
+						}
+					}
+				}
+				if errs[r] = err; err != nil {
+					comms[r].Close()
+				}
+			}()
+		}
+		wg.Wait()
+		for _, err := range errs {
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		return tokens
+	}
+	want := sample(collective.NewInProcess(1))
+	if len(slices.Compact(slices.Clone(want))) < 10 {
+		t.Fatalf("draws look degenerate: %v", want)
+	}
+	for _, world := range []int{2, 4} {
+		for name, comms := range map[string][]collective.Comm{"in-process": collective.NewInProcess(world), "tcp": tcpGroup(t, world)} {
+			if diff := cmp.Diff(want, sample(comms)); diff != "" {
+				t.Errorf("%s N=%d: draws differ from N=1 (-want +got):\n%s", name, world, diff)
+			}
+		}
+	}
+}
+
+// TestSampleHeadDistribution checks that HeadSample draws follow
+// softmax(logits / temperature): a chi-square test of 20000 draws from one
+// fixed set of logits (the step is repeated at position 0). The seeds are
+// fixed, so the test is deterministic; the bound is five standard
+// deviations above the statistic's mean.
+func TestSampleHeadDistribution(t *testing.T) {
+	c := model.Shapes["tiny"]
+	path, err := model.GenerateFile(t.TempDir(), c, model.GenerateOptions{Seed: 11})
+	if err != nil {
+		t.Fatal(err)
+	}
+	w, err := model.LoadShard(path, 0, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, err := model.NewShard(w, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const temp, draws = 0.25, 20000
+	logits, err := s.Forward(7, 0, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	probs := make([]float64, len(logits))
+	m := float64(logits[model.Argmax(logits)])
+	var z float64
+	for i, l := range logits {
+		probs[i] = math.Exp((float64(l) - m) / temp)
+		z += probs[i]
+	}
+	counts := make([]int, len(logits))
+	for d := 0; d < draws; d++ {
+		out, err := s.Step(model.StepInput{Token: 7, Sample: model.SampleParams{Temperature: temp, Seed: 99, Draw: uint64(d)}}, model.HeadSample)
+		if err != nil {
+			t.Fatal(err)
+		}
+		counts[out.Token]++
+	}
+	// Pool the tokens expected fewer than 5 times into one bin.
+	var chi2, restExp float64
+	var restObs, bins int
+	for i, p := range probs {
+		exp := p / z * draws
+		if exp < 5 {
+			restExp += exp
+			restObs += counts[i]
+			continue
+		}
+		chi2 += (float64(counts[i]) - exp) * (float64(counts[i]) - exp) / exp
+		bins++
+	}
+	if restExp > 0 {
+		chi2 += (float64(restObs) - restExp) * (float64(restObs) - restExp) / restExp
+		bins++
+	}
+	df := float64(bins - 1)
+	if bins < 10 {
+		t.Fatalf("only %d bins: the test premise (a spread-out distribution) does not hold", bins)
+	}
+	if limit := df + 5*math.Sqrt(2*df); chi2 > limit {
+		t.Errorf("chi-square %.1f over %d bins exceeds %.1f: draws do not follow softmax(logits/%v)", chi2, bins, limit, temp)
+	}
+	t.Logf("chi-square %.1f over %d bins (df %.0f)", chi2, bins, df)
 }

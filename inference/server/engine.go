@@ -22,9 +22,9 @@ import (
 // Rank 0 drives every step: it broadcasts a command, then all ranks run the
 // same forward pass in lock step.
 //
-// A command is [op, token, pos, flags] as little-endian uint32s followed by
-// room for one embedding row (Dim float32s), so every broadcast has the same
-// length. The low byte of flags is the model.Head of a step; flagRow says
+// A command is [op, token, pos, flags, temperature bits, draw] as
+// little-endian uint32s and a uint64 seed, followed by room for one
+// embedding row (Dim float32s), so every broadcast has the same length. The low byte of flags is the model.Head of a step; flagRow says
 // the row is filled in (rank 0 has it after an argmax step) and the ranks
 // skip the embedding all-reduce.
 const (
@@ -35,11 +35,12 @@ const (
 	flagHeadMask uint32 = 0xff
 	flagRow      uint32 = 1 << 8
 
-	commandHeaderBytes = 16
+	commandHeaderBytes = 32
 )
 
 type command struct {
 	op, token, pos, flags uint32
+	sample                model.SampleParams
 	row                   []float32 // nil unless flags has flagRow
 }
 
@@ -50,6 +51,9 @@ func (c command) encode(b []byte) {
 	binary.LittleEndian.PutUint32(b[4:], c.token)
 	binary.LittleEndian.PutUint32(b[8:], c.pos)
 	binary.LittleEndian.PutUint32(b[12:], c.flags)
+	binary.LittleEndian.PutUint32(b[16:], math.Float32bits(c.sample.Temperature))
+	binary.LittleEndian.PutUint32(b[20:], uint32(c.sample.Draw))
+	binary.LittleEndian.PutUint64(b[24:], c.sample.Seed)
 	for i, v := range c.row {
 		binary.LittleEndian.PutUint32(b[commandHeaderBytes+4*i:], math.Float32bits(v))
 	}
@@ -60,6 +64,11 @@ func decodeCommand(b []byte, row []float32) command {
 	c := command{
 		op: binary.LittleEndian.Uint32(b[0:]), token: binary.LittleEndian.Uint32(b[4:]),
 		pos: binary.LittleEndian.Uint32(b[8:]), flags: binary.LittleEndian.Uint32(b[12:]),
+		sample: model.SampleParams{
+			Temperature: math.Float32frombits(binary.LittleEndian.Uint32(b[16:])),
+			Draw:        uint64(binary.LittleEndian.Uint32(b[20:])),
+			Seed:        binary.LittleEndian.Uint64(b[24:]),
+		},
 	}
 	if c.flags&flagRow != 0 {
 		for i := range row {
@@ -173,7 +182,7 @@ func (e *Engine) step(in model.StepInput, head model.Head) (model.StepOutput, er
 	if in.Row != nil {
 		flags |= flagRow
 	}
-	if err := e.broadcast(command{op: opStep, token: uint32(in.Token), pos: uint32(in.Pos), flags: flags, row: in.Row}); err != nil {
+	if err := e.broadcast(command{op: opStep, token: uint32(in.Token), pos: uint32(in.Pos), flags: flags, sample: in.Sample, row: in.Row}); err != nil {
 		return model.StepOutput{}, e.fail(err)
 	}
 	out, err := e.shard.Step(in, head)
@@ -278,7 +287,7 @@ func (e *Engine) RunWorker(ctx context.Context) error {
 		c := decodeCommand(buf, e.row)
 		switch c.op {
 		case opStep:
-			in := model.StepInput{Token: int(c.token), Pos: int(c.pos), Row: c.row}
+			in := model.StepInput{Token: int(c.token), Pos: int(c.pos), Row: c.row, Sample: c.sample}
 			if _, err := e.shard.Step(in, model.Head(c.flags&flagHeadMask)); err != nil {
 				return e.fail(err)
 			}
@@ -352,14 +361,20 @@ func (e *Engine) Generate(ctx context.Context, req GenRequest, emit func(string)
 	}
 	defer e.release()
 
-	// Greedy decoding needs only the best token: the ranks find it without
-	// gathering the logits, and rank 0 passes its embedding row on with the
-	// next step. Sampling needs the whole distribution on rank 0.
-	greedy := req.Temperature <= 0
+	// Greedy decoding and plain temperature sampling are an argmax across
+	// the vocab shards (HeadSample adds Gumbel noise): the ranks find the
+	// token without gathering the logits, and rank 0 passes its embedding
+	// row on with the next step. Top-p needs the whole distribution on
+	// rank 0.
 	head := model.HeadLogits
-	if greedy {
+	switch {
+	case req.Temperature <= 0:
 		head = model.HeadArgmax
+	case req.TopP <= 0 || req.TopP >= 1:
+		head = model.HeadSample
 	}
+	distributed := head != model.HeadLogits
+	sample := model.SampleParams{Temperature: float32(req.Temperature), Seed: req.Seed}
 	res := GenResult{PromptTokens: len(ids), FinishReason: "length"}
 	var step model.StepOutput
 	for pos, id := range ids {
@@ -367,7 +382,7 @@ func (e *Engine) Generate(ctx context.Context, req GenRequest, emit func(string)
 		if pos == len(ids)-1 {
 			h = head
 		}
-		if step, err = e.step(model.StepInput{Token: id, Pos: pos}, h); err != nil {
+		if step, err = e.step(model.StepInput{Token: id, Pos: pos, Sample: sample}, h); err != nil {
 			return res, err
 		}
 	}
@@ -387,8 +402,9 @@ func (e *Engine) Generate(ctx context.Context, req GenRequest, emit func(string)
 			return res, err
 		}
 		if n > 0 {
-			in := model.StepInput{Token: prev, Pos: len(ids) + n - 1}
-			if greedy {
+			sample.Draw = uint64(n)
+			in := model.StepInput{Token: prev, Pos: len(ids) + n - 1, Sample: sample}
+			if distributed {
 				in.Row = e.row
 			}
 			if step, err = e.step(in, head); err != nil {
@@ -396,7 +412,7 @@ func (e *Engine) Generate(ctx context.Context, req GenRequest, emit func(string)
 			}
 		}
 		var next int
-		if greedy {
+		if distributed {
 			next = step.Token
 			copy(e.row, step.Row)
 		} else {

@@ -262,6 +262,44 @@ func TestCompletions(t *testing.T) {
 	}
 }
 
+// TestSampledCompletionsSameForEveryWorldSize covers the two sampling paths
+// end to end: plain temperature sampling (a distributed Gumbel-max draw) and
+// top-p (logits gathered to rank 0) give the same seeded text at N=1 and N=2.
+func TestSampledCompletionsSameForEveryWorldSize(t *testing.T) {
+	one := newGroup(t, 1, 0, true)
+	two := newGroup(t, 2, 0, true)
+	for name, body := range map[string]string{
+		"temperature": `{"prompt":"Once","max_tokens":32,"temperature":0.8,"seed":5}`,
+		"top-p":       `{"prompt":"Once","max_tokens":32,"temperature":0.8,"top_p":0.5,"seed":5}`,
+	} {
+		t.Run(name, func(t *testing.T) {
+			var texts []string
+			for _, g := range []*group{one, two} {
+				code, v := post(t, g.http.URL, body)
+				if code != 200 {
+					t.Fatalf("status %d: %v", code, v)
+				}
+				text, _ := choiceText(t, v)
+				texts = append(texts, text)
+			}
+			if texts[0] != texts[1] {
+				t.Errorf("seeded sample differs: N=1 %q, N=2 %q", texts[0], texts[1])
+			}
+			if texts[0] == "" {
+				t.Errorf("empty completion")
+			}
+		})
+	}
+	// A different seed draws differently (32 tokens from a flat random model).
+	_, a := post(t, two.http.URL, `{"prompt":"Once","max_tokens":32,"temperature":0.8,"seed":5}`)
+	_, b := post(t, two.http.URL, `{"prompt":"Once","max_tokens":32,"temperature":0.8,"seed":6}`)
+	ta, _ := choiceText(t, a)
+	tb, _ := choiceText(t, b)
+	if ta == tb {
+		t.Errorf("seeds 5 and 6 gave the same text %q", ta)
+	}
+}
+
 func TestBadRequests(t *testing.T) {
 	g := newGroup(t, 1, 0, true)
 	tests := map[string]struct {
