@@ -23,6 +23,9 @@ func TestParseArgs(t *testing.T) {
 		"unknown flag":           {args: []string{"--bogus"}, wantErr: "flag provided but not defined"},
 		"stray argument":         {args: []string{"extra"}, wantErr: "unexpected arguments"},
 		"non-positive heartbeat": {args: []string{"--heartbeat", "0s"}, wantErr: "--heartbeat must be positive"},
+		"busy-poll off":          {args: []string{"--collective-busy-poll", "0"}},
+		"negative busy-poll":     {args: []string{"--collective-busy-poll", "-1us"}, wantErr: "--collective-busy-poll must be between 0 and 1s"},
+		"busy-poll over 1s":      {args: []string{"--collective-busy-poll", "2s"}, wantErr: "--collective-busy-poll must be between 0 and 1s"},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
