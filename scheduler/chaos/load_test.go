@@ -53,7 +53,9 @@ func percentile(ds []time.Duration, p float64) time.Duration {
 // is deleted and the ledger drains, and the heap is sampled (base); at the
 // end, again with nothing left, it is sampled once more. The heap without
 // client-go's event cache (see heapSample) must not grow by more than 10 %
-// + 4 MiB. TESSERA_LOAD_PROFILE_DIR keeps base.heap and end.heap.
+// + 4 MiB (+ the cache's share counted outside it, below), and what
+// Tessera's scheduler code holds by no more than 1.5 MiB.
+// TESSERA_LOAD_PROFILE_DIR keeps base.heap and end.heap.
 func TestLoad(t *testing.T) {
 	duration, err := time.ParseDuration(os.Getenv("TESSERA_LOAD_DURATION"))
 	if err != nil || duration <= 0 {
@@ -142,9 +144,21 @@ func TestLoad(t *testing.T) {
 	heapMu.Unlock()
 	t.Logf("heap with nothing live: base %.1f MiB (event cache %.1f, Tessera %.1f), end %.1f MiB (event cache %.1f, Tessera %.1f)",
 		base.total, base.events, base.tessera, end.total, end.events, end.tessera)
-	if limit := 1.1*base.other() + 4; end.other() > limit {
+	// The strings the cached events point to (names, namespaces, UIDs of
+	// the pods) were allocated when the pods were decoded, so the profile
+	// counts them outside the cache: about 100-150 B per cached event of
+	// ~1.1 KiB (the 10-minute run: +2.9 MiB of decoded pod metadata left
+	// with no pod live, for +35 MiB of cache); 15 % of the cache's growth
+	// is allowed for them.
+	limit := 1.1*base.other() + 4 + 0.15*max(0, end.events-base.events)
+	if end.other() > limit {
 		t.Errorf("heap without the event cache grew from %.1f MiB to %.1f MiB (limit %.1f MiB) with nothing live at either end",
 			base.other(), end.other(), limit)
+	}
+	// What the plugin and the gang packages allocated and still hold: with
+	// nothing live, the ledger's nodes and nothing per gang or pod.
+	if end.tessera > base.tessera+1.5 {
+		t.Errorf("heap held by Tessera's scheduler code grew from %.1f MiB to %.1f MiB with nothing live at either end", base.tessera, end.tessera)
 	}
 	if n := st.partial.Load(); n > 0 {
 		t.Errorf("%d partial gangs", n)
