@@ -75,6 +75,7 @@ var (
 	_ fwk.BindPlugin        = &Tessera{}
 	_ fwk.PostBindPlugin    = &Tessera{}
 	_ fwk.EnqueueExtensions = &Tessera{}
+	_ fwk.SignPlugin        = &Tessera{}
 )
 
 // Name returns the plugin's name.
