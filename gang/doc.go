@@ -33,8 +33,9 @@
 //	PostFilter  m.PostFilter(p) (the planned node was refused by another plugin)
 //	Reserve     m.Reserve(p, node)      Unreserve  m.Unreserve(p)
 //	Permit      m.Permit(p): Wait(r.Wait) / Allow + allow r.AllowUIDs / Reject
-//	PreBind     ids, err := m.PreBind(p, node) → write api.FormatSliceList(ids) to
-//	            tessera.dev/slice-assignment
+//	Bind        ids, err := m.PreBind(p, node) → bind with api.FormatSliceList(ids) as
+//	            tessera.dev/slice-assignment in the Binding's annotations (one write);
+//	            PreBind patches it instead where another binder comes first
 //	PostBind    m.Bound(p)
 //	background  go m.Run(ctx, time.Second); Options.OnReject rejects waiting pods;
 //	            LedgerOptions.OnMismatch emits an event + metric;
