@@ -29,13 +29,18 @@ type heapSample struct {
 	// minutes of events (one Scheduled per bound pod, one GangPlaced per
 	// gang, ...), bounded in time, not in count, and not Tessera's state.
 	events float64
+	// nodes is what decoding Node objects allocated and is still live
+	// (estimated from the heap profile): the informer's nodes and what
+	// points into older versions of them.
+	nodes float64
 	// tessera is what was allocated by the scheduler plugin and the gang
 	// packages and is still live (estimated from the heap profile).
 	tessera float64
 }
 
-// other is the heap minus the event recorders' cache: what must be flat.
-func (h heapSample) other() float64 { return h.total - h.events }
+// other is the heap minus the event recorders' cache and the decoded
+// nodes.
+func (h heapSample) other() float64 { return h.total - h.events - h.nodes }
 
 const mib = 1 << 20
 
@@ -67,6 +72,8 @@ func sampleHeap() heapSample {
 		switch stackOwner(r.Stack(), owners) {
 		case "events":
 			h.events += b / mib
+		case "nodes":
+			h.nodes += b / mib
 		case "tessera":
 			h.tessera += b / mib
 		}
@@ -89,8 +96,9 @@ func heapEstimate(bytes, objects int64, rate int) float64 {
 }
 
 // stackOwner says whose an allocation is: "events" when any frame is in
-// client-go's event recording, else "tessera" when a frame is in the
-// scheduler plugin or the gang packages, else "".
+// client-go's event recording, else "nodes" when it decodes a Node, else
+// "tessera" when a frame is in the scheduler plugin or the gang packages,
+// else "".
 func stackOwner(stack []uintptr, cache map[uintptr]string) string {
 	owner := ""
 	for _, pc := range stack {
@@ -101,10 +109,10 @@ func stackOwner(stack []uintptr, cache map[uintptr]string) string {
 			o = frameOwner(f.Function)
 			cache[pc] = o
 		}
-		switch o {
-		case "events":
+		switch {
+		case o == "events":
 			return o
-		case "tessera":
+		case o == "nodes", o == "tessera" && owner == "":
 			owner = o
 		}
 	}
@@ -115,6 +123,8 @@ func frameOwner(fn string) string {
 	switch {
 	case strings.HasPrefix(fn, "k8s.io/client-go/tools/events."), strings.HasPrefix(fn, "k8s.io/client-go/tools/record."):
 		return "events"
+	case fn == "k8s.io/api/core/v1.(*Node).Unmarshal":
+		return "nodes"
 	case strings.HasPrefix(fn, "github.com/tessera-gpu/tessera/scheduler."), strings.HasPrefix(fn, "github.com/tessera-gpu/tessera/gang."):
 		return "tessera"
 	}
@@ -144,6 +154,7 @@ func writeHeapProfile(t *testing.T, dir, name string) {
 func TestHeapEstimate(t *testing.T) {
 	if frameOwner("k8s.io/client-go/tools/events.(*eventBroadcasterImpl).recordToSink.func1.1") != "events" ||
 		frameOwner("github.com/tessera-gpu/tessera/gang.(*Ledger).UpsertNode") != "tessera" ||
+		frameOwner("k8s.io/api/core/v1.(*Node).Unmarshal") != "nodes" ||
 		frameOwner("github.com/tessera-gpu/tessera/scheduler/chaos.TestLoad") != "" {
 		t.Fatal("frameOwner misattributes")
 	}
