@@ -68,6 +68,7 @@ var (
 	_ fwk.PreFilterPlugin   = &Tessera{}
 	_ fwk.FilterPlugin      = &Tessera{}
 	_ fwk.PostFilterPlugin  = &Tessera{}
+	_ fwk.PreScorePlugin    = &Tessera{}
 	_ fwk.ScorePlugin       = &Tessera{}
 	_ fwk.ReservePlugin     = &Tessera{}
 	_ fwk.PermitPlugin      = &Tessera{}

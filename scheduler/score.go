@@ -7,6 +7,16 @@ import (
 	fwk "k8s.io/kube-scheduler/framework"
 )
 
+// PreScore skips pods that ask for no slices, so the framework does not
+// call Score on every feasible node for them (PreFilter's Skip covers only
+// Filter). A gang member, with one node left, is scored as usual.
+func (pl *Tessera) PreScore(_ context.Context, cs fwk.CycleState, _ *v1.Pod, _ []fwk.NodeInfo) *fwk.Status {
+	if _, ok := getState(cs); !ok {
+		return fwk.NewStatus(fwk.Skip)
+	}
+	return nil
+}
+
 // Score ranks nodes for a single pod by best fit (0..MaxScore): fill
 // partly used GPUs first and keep whole GPUs and NVLink pairs free for
 // future tensor-parallel ranks. A gang member has one node left, its
