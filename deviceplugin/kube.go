@@ -32,6 +32,8 @@ import (
 // assignments, so GetPreferredAllocation reads it without locking.
 type PodCache struct {
 	resource string
+	node     string
+	client   kubernetes.Interface
 	factory  informers.SharedInformerFactory
 	informer cache.SharedIndexInformer
 	pending  atomic.Pointer[[]slicing.Pending]
@@ -43,7 +45,7 @@ func NewPodCache(client kubernetes.Interface, node, resource string) *PodCache {
 	f := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTweakListOptions(func(o *metav1.ListOptions) {
 		o.FieldSelector = fields.OneTermEqualSelector("spec.nodeName", node).String()
 	}))
-	c := &PodCache{resource: resource, factory: f, informer: f.Core().V1().Pods().Informer()}
+	c := &PodCache{resource: resource, node: node, client: client, factory: f, informer: f.Core().V1().Pods().Informer()}
 	empty := []slicing.Pending{}
 	c.pending.Store(&empty)
 	_, _ = c.informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
@@ -73,6 +75,33 @@ func (c *PodCache) Pod(namespace, name string) (*corev1.Pod, bool) {
 	}
 	pod, ok := obj.(*corev1.Pod)
 	return pod, ok
+}
+
+// refreshTimeout bounds the API read behind Refresh: the kubelet is waiting
+// in pod admission.
+const refreshTimeout = 2 * time.Second
+
+// Refresh implements PendingRefresher: the pending assignments as the API
+// server has them now. The kubelet and this cache watch the same pods, so
+// the kubelet can ask for a pod's devices before the cache has seen the
+// pod; a miss is checked against the API before falling back to best fit.
+func (c *PodCache) Refresh(ctx context.Context) ([]slicing.Pending, error) {
+	ctx, cancel := context.WithTimeout(ctx, refreshTimeout)
+	defer cancel()
+	list, err := c.client.CoreV1().Pods(metav1.NamespaceAll).List(ctx, metav1.ListOptions{
+		FieldSelector: fields.OneTermEqualSelector("spec.nodeName", c.node).String(),
+	})
+	if err != nil {
+		return nil, fmt.Errorf("listing the pods of node %s: %w", c.node, err)
+	}
+	var out []slicing.Pending
+	for i := range list.Items {
+		if pp, ok := PendingFromPod(&list.Items[i], c.resource); ok {
+			out = append(out, pp)
+		}
+	}
+	SortPending(out)
+	return out, nil
 }
 
 func (c *PodCache) rebuild() {

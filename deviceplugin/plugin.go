@@ -37,6 +37,12 @@ type PendingPods interface {
 	Pod(namespace, name string) (*corev1.Pod, bool)
 }
 
+// PendingRefresher is what a PendingPods may add: the pending assignments
+// read from the API server, for when the cache may lag behind the kubelet.
+type PendingRefresher interface {
+	Refresh(ctx context.Context) ([]slicing.Pending, error)
+}
+
 // NodeClient reads and patches the plugin's own node (never another).
 type NodeClient interface {
 	Labels(ctx context.Context) (map[string]string, error)
@@ -325,8 +331,20 @@ func (p *Plugin) GetPreferredAllocation(ctx context.Context, req *pluginapi.Pref
 		pending = p.deps.Pending.Pending()
 	}
 	resp := &pluginapi.PreferredAllocationResponse{}
+	refreshed := false
 	for _, cr := range req.ContainerRequests {
 		ids, from, choice := slicing.Prefer(st.layout, pending, cr.AvailableDeviceIDs, cr.MustIncludeDeviceIDs, int(cr.AllocationSize))
+		if r, ok := p.deps.Pending.(PendingRefresher); ok && from == nil && !refreshed {
+			// The kubelet may admit a pod before our watch has delivered
+			// it: ask the API server once before giving up the assignment.
+			refreshed = true
+			if fresh, err := r.Refresh(ctx); err != nil {
+				logger.Error(err, "Reading pending assignments from the API failed; best fit")
+			} else {
+				pending = fresh
+				ids, from, choice = slicing.Prefer(st.layout, pending, cr.AvailableDeviceIDs, cr.MustIncludeDeviceIDs, int(cr.AllocationSize))
+			}
+		}
 		p.deps.Metrics.PreferredChoice.WithLabelValues(choice.String()).Inc()
 		if from != nil {
 			logger.V(3).Info("Preferring the scheduler's assignment", "pod", from.Key, "choice", choice, "devices", ids)

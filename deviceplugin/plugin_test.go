@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -22,6 +23,7 @@ import (
 
 	"github.com/tessera-gpu/tessera/api"
 	"github.com/tessera-gpu/tessera/deviceplugin/nvml"
+	"github.com/tessera-gpu/tessera/deviceplugin/slicing"
 )
 
 type harness struct {
@@ -413,4 +415,49 @@ func TestPendingFromPod(t *testing.T) {
 			}
 		})
 	}
+}
+
+// laggingPending is a cache that has not seen a pod yet while the API
+// server has: Refresh returns what the API holds.
+type laggingPending struct {
+	staticPending
+	api       []slicing.Pending
+	refreshes int
+}
+
+func (l *laggingPending) Refresh(context.Context) ([]slicing.Pending, error) {
+	l.refreshes++
+	return l.api, nil
+}
+
+// TestPreferredReadsAPIWhenCacheLags: the kubelet can ask for a pod's
+// devices before the plugin's watch delivered the pod; a miss is checked
+// against the API server once before best fit, so the scheduler's
+// assignment still wins.
+func TestPreferredReadsAPIWhenCacheLags(t *testing.T) {
+	h := newHarness(t, "4xH100-80GB", "", Options{})
+	lag := &laggingPending{}
+	pod := slicePod("late", h.clock.Now(), h.ids(3, 3, 3, 1), 2)
+	pp, ok := PendingFromPod(pod, api.ResourceName)
+	if !ok {
+		t.Fatal("test pod has no pending assignment")
+	}
+	lag.api = []slicing.Pending{pp}
+	h.p.deps.Pending = lag
+	resp, err := h.p.GetPreferredAllocation(context.Background(), &pluginapi.PreferredAllocationRequest{ContainerRequests: []*pluginapi.ContainerPreferredAllocationRequest{{AvailableDeviceIDs: h.available(), AllocationSize: 2}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := resp.ContainerResponses[0].DeviceIDs, h.ids(3, 3, 3, 1); !cmp.Equal(sortedCopy(got), sortedCopy(want)) {
+		t.Errorf("got %v, want the assignment %v read from the API", got, want)
+	}
+	if lag.refreshes != 1 {
+		t.Errorf("refreshed %d times, want once", lag.refreshes)
+	}
+}
+
+func sortedCopy(s []string) []string {
+	c := slices.Clone(s)
+	slices.Sort(c)
+	return c
 }

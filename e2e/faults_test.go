@@ -271,6 +271,9 @@ func TestFaultKubeletRestart(t *testing.T) {
 	go func() {
 		for watchCtx.Err() == nil {
 			n, err := kubeletAllocatable(watchCtx)
+			if watchCtx.Err() != nil {
+				break // cut off by the stop below, not a kubelet outage
+			}
 			samples <- sample{time.Since(start), n, err}
 			time.Sleep(20 * time.Millisecond)
 		}
