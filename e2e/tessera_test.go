@@ -101,6 +101,8 @@ func TestFractionalPodGetsItsSlices(t *testing.T) {
 	defer cancel()
 	e := env(t)
 	ns := createNamespace(ctx, t, "frac")
+	// The next test on the real node counts on all its slices being free.
+	defer freeRealNode(t, e, ns)
 	pod := scenario.SlicePod(ns, "two-slices", 2, scenario.PodOptions{NodeSelector: map[string]string{scenario.RealNodeLabel: "true"}})
 	if _, err := e.Client.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
@@ -183,6 +185,8 @@ func TestAssignmentIsHonoured(t *testing.T) {
 	defer cancel()
 	e := env(t)
 	ns := createNamespace(ctx, t, "assign")
+	// The next test on the real node counts on all its slices being free.
+	defer freeRealNode(t, e, ns)
 	inv := realNodeInventory(ctx, t, e)
 	last := inv.GPUs[len(inv.GPUs)-1]
 	want := []api.SliceID{{GPU: last.UUID, Index: 3}, {GPU: last.UUID, Index: 1}}
@@ -216,6 +220,8 @@ func TestShardServerGang(t *testing.T) {
 	defer cancel()
 	e := env(t)
 	ns := createNamespace(ctx, t, "shard")
+	// The next test on the real node counts on all its slices being free.
+	defer freeRealNode(t, e, ns)
 	// Rank r serves HTTP on base+r; the collective listens on base+2.
 	base := freePortBlock(t, 3)
 	g := scenario.ShardGang{Namespace: ns, Name: "tp2", Ranks: 2, Slices: 2, HTTPPort: base, CollectivePort: base + 2}
@@ -286,6 +292,8 @@ func TestGangThatCannotFitHoldsNothing(t *testing.T) {
 	defer cancel()
 	e := env(t)
 	ns := createNamespace(ctx, t, "nofit")
+	// The next test on the real node counts on all its slices being free.
+	defer freeRealNode(t, e, ns)
 	onReal := scenario.PodOptions{NodeSelector: map[string]string{scenario.RealNodeLabel: "true"}}
 	// One whole GPU held by a single pod leaves 3 free GPUs.
 	blockerOpts := onReal
