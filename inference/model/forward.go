@@ -273,34 +273,34 @@ func (s *Shard) Step(in StepInput, head Head) (StepOutput, error) {
 		}
 		return StepOutput{Logits: s.logits}, nil
 	case HeadArgmax:
-		return s.argmax(func(_ int, logit float32) float64 { return float64(logit) })
+		best := Argmax(s.localLogits)
+		return s.pickAcrossRanks(best, float64(s.localLogits[best]))
 	case HeadSample:
 		sp := in.Sample
 		if !(sp.Temperature > 0) {
 			return StepOutput{}, fmt.Errorf("sampling temperature must be positive, got %v", sp.Temperature)
 		}
 		inv := 1 / float64(sp.Temperature)
-		return s.argmax(func(token int, logit float32) float64 {
-			return float64(logit)*inv + gumbel(sp.Seed, sp.Draw, token)
-		})
+		best, bestScore := 0, math.Inf(-1)
+		for i, l := range s.localLogits {
+			if v := float64(l)*inv + gumbel(sp.Seed, sp.Draw, p.VocabLo+i); v > bestScore {
+				best, bestScore = i, v
+			}
+		}
+		return s.pickAcrossRanks(best, bestScore)
 	default:
 		return StepOutput{}, fmt.Errorf("unknown head %d", head)
 	}
 }
 
-// argmax gathers every rank's best local score and that token's embedding
-// row to rank 0, which keeps the first highest in rank order. Ranks own
-// ascending vocab ranges and each keeps its lowest token id on ties, so the
-// result is exactly the argmax over the whole vocabulary, for a few hundred
-// bytes per rank instead of a whole vocab shard.
-func (s *Shard) argmax(score func(token int, logit float32) float64) (StepOutput, error) {
+// pickAcrossRanks gathers every rank's best local candidate (its index in
+// this shard and its score) and that token's embedding row to rank 0, which
+// keeps the first highest in rank order. Ranks own ascending vocab ranges
+// and each keeps its lowest token id on ties, so the result is exactly the
+// argmax over the whole vocabulary, for a few hundred bytes per rank instead
+// of a whole vocab shard.
+func (s *Shard) pickAcrossRanks(best int, bestScore float64) (StepOutput, error) {
 	p, dim := s.plan, s.cfg.Dim
-	best, bestScore := -1, math.Inf(-1)
-	for i, l := range s.localLogits {
-		if v := score(p.VocabLo+i, l); v > bestScore || best < 0 {
-			best, bestScore = i, v
-		}
-	}
 	cand := s.cand[:s.candidateLen()]
 	bits := math.Float64bits(bestScore)
 	cand[0], cand[1] = math.Float32frombits(uint32(bits>>32)), math.Float32frombits(uint32(bits))
