@@ -66,15 +66,15 @@ func tcpGroup(t *testing.T, world int) []collective.Comm {
 	return comms
 }
 
-// run drives world ranks in lock step for seqSteps steps. With forced
-// tokens it feeds them; otherwise rank 0 picks greedily and broadcasts.
-func run(t *testing.T, path string, comms []collective.Comm, forced []int) trace {
+// onRanks loads every rank's shard of path and runs fn on all ranks at
+// once, as the ranks of a group do. A rank that fails closes its comm so the
+// others do not block; the test fails with the first error.
+func onRanks(t *testing.T, path string, comms []collective.Comm, fn func(r int, w *model.Weights, s *model.Shard) error) {
 	t.Helper()
 	world := len(comms)
-	var tr trace
 	errs := make([]error, world)
 	var wg sync.WaitGroup
-	for r := 0; r < world; r++ {
+	for r := range world {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -91,37 +91,7 @@ func run(t *testing.T, path string, comms []collective.Comm, forced []int) trace
 				if err != nil {
 					return err
 				}
-				var layers [][]float32
-				if r == 0 {
-					s.LayerHook = func(_ int, x []float32) { layers = append(layers, append([]float32(nil), x...)) }
-				}
-				tok := model.TokenBOS
-				var buf [4]byte
-				for pos := 0; pos < seqSteps; pos++ {
-					if forced != nil {
-						tok = forced[pos]
-					}
-					if world > 1 && forced == nil {
-						binary.LittleEndian.PutUint32(buf[:], uint32(tok))
-						if err := comms[r].Broadcast(buf[:]); err != nil {
-							return err
-						}
-						tok = int(binary.LittleEndian.Uint32(buf[:]))
-					}
-					layers = nil
-					logits, err := s.Forward(tok, pos, true)
-					if err != nil {
-						return fmt.Errorf("rank %d pos %d: %w", r, pos, err)
-					}
-					if r != 0 {
-						continue
-					}
-					tr.tokens = append(tr.tokens, tok)
-					tr.logits = append(tr.logits, append([]float32(nil), logits...))
-					tr.layers = append(tr.layers, layers)
-					tok = model.Argmax(logits)
-				}
-				return nil
+				return fn(r, w, s)
 			}()
 			if errs[r] != nil {
 				comms[r].Close() // unblock the others
@@ -129,11 +99,52 @@ func run(t *testing.T, path string, comms []collective.Comm, forced []int) trace
 		}()
 	}
 	wg.Wait()
-	for _, err := range errs {
+	for r, err := range errs {
 		if err != nil {
-			t.Fatal(err)
+			t.Fatalf("rank %d: %v", r, err)
 		}
 	}
+}
+
+// run drives world ranks in lock step for seqSteps steps. With forced
+// tokens it feeds them; otherwise rank 0 picks greedily and broadcasts.
+func run(t *testing.T, path string, comms []collective.Comm, forced []int) trace {
+	t.Helper()
+	world := len(comms)
+	var tr trace
+	onRanks(t, path, comms, func(r int, _ *model.Weights, s *model.Shard) error {
+		var layers [][]float32
+		if r == 0 {
+			s.LayerHook = func(_ int, x []float32) { layers = append(layers, append([]float32(nil), x...)) }
+		}
+		tok := model.TokenBOS
+		var buf [4]byte
+		for pos := 0; pos < seqSteps; pos++ {
+			if forced != nil {
+				tok = forced[pos]
+			}
+			if world > 1 && forced == nil {
+				binary.LittleEndian.PutUint32(buf[:], uint32(tok))
+				if err := comms[r].Broadcast(buf[:]); err != nil {
+					return err
+				}
+				tok = int(binary.LittleEndian.Uint32(buf[:]))
+			}
+			layers = nil
+			logits, err := s.Forward(tok, pos, true)
+			if err != nil {
+				return fmt.Errorf("pos %d: %w", pos, err)
+			}
+			if r != 0 {
+				continue
+			}
+			tr.tokens = append(tr.tokens, tok)
+			tr.logits = append(tr.logits, append([]float32(nil), logits...))
+			tr.layers = append(tr.layers, layers)
+			tok = model.Argmax(logits)
+		}
+		return nil
+	})
 	return tr
 }
 
@@ -200,38 +211,17 @@ func TestRanksBitIdentical(t *testing.T) {
 		t.Fatal(err)
 	}
 	const world = 4
-	comms := tcpGroup(t, world)
 	final := make([][]float32, world)
-	var wg sync.WaitGroup
-	errs := make([]error, world)
-	for r := 0; r < world; r++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			w, err := model.LoadShard(path, r, world)
-			if err != nil {
-				errs[r] = err
-				return
+	onRanks(t, path, tcpGroup(t, world), func(r int, _ *model.Weights, s *model.Shard) error {
+		s.LayerHook = func(_ int, x []float32) { final[r] = append(final[r], x...) }
+		for pos, tok := range []int{1, 50, 60, 70, 80, 90, 100, 110} {
+			if _, err := s.Forward(tok, pos, true); err != nil {
+				return err
 			}
-			s, err := model.NewShard(w, comms[r])
-			if err != nil {
-				errs[r] = err
-				return
-			}
-			s.LayerHook = func(_ int, x []float32) { final[r] = append(final[r], x...) }
-			for pos, tok := range []int{1, 50, 60, 70, 80, 90, 100, 110} {
-				if _, err := s.Forward(tok, pos, true); err != nil {
-					errs[r] = err
-					return
-				}
-			}
-		}()
-	}
-	wg.Wait()
-	for r := 1; r < world; r++ {
-		if errs[r] != nil {
-			t.Fatal(errs[r])
 		}
+		return nil
+	})
+	for r := 1; r < world; r++ {
 		for i := range final[0] {
 			if math.Float32bits(final[0][i]) != math.Float32bits(final[r][i]) {
 				t.Fatalf("rank %d differs from rank 0 at %d: %v vs %v", r, i, final[r][i], final[0][i])
@@ -248,81 +238,52 @@ func runArgmax(t *testing.T, path string, comms []collective.Comm) trace {
 	t.Helper()
 	world := len(comms)
 	var tr trace
-	errs := make([]error, world)
-	var wg sync.WaitGroup
-	for r := 0; r < world; r++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			errs[r] = func() error {
-				w, err := model.LoadShard(path, r, world)
-				if err != nil {
-					return err
-				}
-				var comm model.Collective
-				if world > 1 {
-					comm = comms[r]
-				}
-				s, err := model.NewShard(w, comm)
-				if err != nil {
-					return err
-				}
-				var layers [][]float32
-				if r == 0 {
-					s.LayerHook = func(_ int, x []float32) { layers = append(layers, append([]float32(nil), x...)) }
-				}
-				dim := s.Config().Dim
-				in := model.StepInput{Token: model.TokenBOS}
-				msg := make([]byte, 4+4*dim)
-				for pos := 0; pos < seqSteps; pos++ {
-					in.Pos = pos
-					if world > 1 && pos > 0 {
-						if r == 0 {
-							binary.LittleEndian.PutUint32(msg, uint32(in.Token))
-							for i, v := range in.Row {
-								binary.LittleEndian.PutUint32(msg[4+4*i:], math.Float32bits(v))
-							}
-						}
-						if err := comms[r].Broadcast(msg); err != nil {
-							return err
-						}
-						in.Token = int(binary.LittleEndian.Uint32(msg))
-						in.Row = make([]float32, dim)
-						for i := range in.Row {
-							in.Row[i] = math.Float32frombits(binary.LittleEndian.Uint32(msg[4+4*i:]))
-						}
-					}
-					layers = nil
-					out, err := s.Step(in, model.HeadArgmax)
-					if err != nil {
-						return fmt.Errorf("rank %d pos %d: %w", r, pos, err)
-					}
-					if r != 0 {
-						continue
-					}
-					if pos > 0 && in.Token >= w.Plan.VocabLo && in.Token < w.Plan.VocabHi {
-						want := w.Emb[(in.Token-w.Plan.VocabLo)*dim:][:dim]
-						if diff := cmp.Diff(want, in.Row); diff != "" {
-							return fmt.Errorf("pos %d: row handed on is not token %d's embedding (-want +got):\n%s", pos, in.Token, diff)
-						}
-					}
-					tr.tokens = append(tr.tokens, in.Token)
-					tr.layers = append(tr.layers, layers)
-					in = model.StepInput{Token: out.Token, Row: append([]float32(nil), out.Row...)}
-				}
-				return nil
-			}()
-			if errs[r] != nil {
-				comms[r].Close()
-			}
-		}()
-	}
-	wg.Wait()
-	for _, err := range errs {
-		if err != nil {
-			t.Fatal(err)
+	onRanks(t, path, comms, func(r int, w *model.Weights, s *model.Shard) error {
+		var layers [][]float32
+		if r == 0 {
+			s.LayerHook = func(_ int, x []float32) { layers = append(layers, append([]float32(nil), x...)) }
 		}
-	}
+		dim := s.Config().Dim
+		in := model.StepInput{Token: model.TokenBOS}
+		msg := make([]byte, 4+4*dim)
+		for pos := 0; pos < seqSteps; pos++ {
+			in.Pos = pos
+			if world > 1 && pos > 0 {
+				if r == 0 {
+					binary.LittleEndian.PutUint32(msg, uint32(in.Token))
+					for i, v := range in.Row {
+						binary.LittleEndian.PutUint32(msg[4+4*i:], math.Float32bits(v))
+					}
+				}
+				if err := comms[r].Broadcast(msg); err != nil {
+					return err
+				}
+				in.Token = int(binary.LittleEndian.Uint32(msg))
+				in.Row = make([]float32, dim)
+				for i := range in.Row {
+					in.Row[i] = math.Float32frombits(binary.LittleEndian.Uint32(msg[4+4*i:]))
+				}
+			}
+			layers = nil
+			out, err := s.Step(in, model.HeadArgmax)
+			if err != nil {
+				return fmt.Errorf("pos %d: %w", pos, err)
+			}
+			if r != 0 {
+				continue
+			}
+			if pos > 0 && in.Token >= w.Plan.VocabLo && in.Token < w.Plan.VocabHi {
+				want := w.Emb[(in.Token-w.Plan.VocabLo)*dim:][:dim]
+				if diff := cmp.Diff(want, in.Row); diff != "" {
+					return fmt.Errorf("pos %d: row handed on is not token %d's embedding (-want +got):\n%s", pos, in.Token, diff)
+				}
+			}
+			tr.tokens = append(tr.tokens, in.Token)
+			tr.layers = append(tr.layers, layers)
+			in = model.StepInput{Token: out.Token, Row: append([]float32(nil), out.Row...)}
+		}
+		return nil
+	})
 	return tr
 }
 
@@ -370,38 +331,16 @@ func TestArgmaxTiesPickLowestIndex(t *testing.T) {
 		t.Fatal(err)
 	}
 	const world = 2
-	comms := collective.NewInProcess(world)
 	tokens := make([]int, world)
-	var wg sync.WaitGroup
-	errs := make([]error, world)
-	for r := 0; r < world; r++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			w, err := model.LoadShard(path, r, world)
-			if err != nil {
-				errs[r] = err
-				return
-			}
-			// Identical classifier rows everywhere: every logit ties.
-			for i := range w.Cls {
-				w.Cls[i] = 0.5
-			}
-			s, err := model.NewShard(w, comms[r])
-			if err != nil {
-				errs[r] = err
-				return
-			}
-			out, err := s.Step(model.StepInput{Token: 1}, model.HeadArgmax)
-			tokens[r], errs[r] = out.Token, err
-		}()
-	}
-	wg.Wait()
-	for _, err := range errs {
-		if err != nil {
-			t.Fatal(err)
+	onRanks(t, path, collective.NewInProcess(world), func(r int, w *model.Weights, s *model.Shard) error {
+		// Identical classifier rows everywhere: every logit ties.
+		for i := range w.Cls {
+			w.Cls[i] = 0.5
 		}
-	}
+		out, err := s.Step(model.StepInput{Token: 1}, model.HeadArgmax)
+		tokens[r] = out.Token
+		return err
+	})
 	if tokens[0] != 0 {
 		t.Errorf("rank 0 picked token %d among equal logits, want 0", tokens[0])
 	}
@@ -417,40 +356,22 @@ func TestSampleHeadSameForEveryWorldSize(t *testing.T) {
 		t.Fatal(err)
 	}
 	sample := func(comms []collective.Comm) []int {
-		world := len(comms)
 		tokens := make([]int, 0, seqSteps)
-		errs := make([]error, world)
-		var wg sync.WaitGroup
-		for r := 0; r < world; r++ {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				w, err := model.LoadShard(path, r, world)
-				if err == nil {
-					var s *model.Shard
-					if s, err = model.NewShard(w, comms[r]); err == nil {
-						// Every rank feeds the same forced tokens; only the
-						// draws are compared.
-						for pos := 0; pos < seqSteps && err == nil; pos++ {
-							var out model.StepOutput
-							in := model.StepInput{Token: 3 + pos%50, Pos: pos, Sample: model.SampleParams{Temperature: 0.8, Seed: 1234, Draw: uint64(pos)}}
-							if out, err = s.Step(in, model.HeadSample); err == nil && r == 0 {
-								tokens = append(tokens, out.Token)
-							}
-						}
-					}
+		onRanks(t, path, comms, func(r int, _ *model.Weights, s *model.Shard) error {
+			// Every rank feeds the same forced tokens; only the draws are
+			// compared.
+			for pos := 0; pos < seqSteps; pos++ {
+				in := model.StepInput{Token: 3 + pos%50, Pos: pos, Sample: model.SampleParams{Temperature: 0.8, Seed: 1234, Draw: uint64(pos)}}
+				out, err := s.Step(in, model.HeadSample)
+				if err != nil {
+					return err
 				}
-				if errs[r] = err; err != nil {
-					comms[r].Close()
+				if r == 0 {
+					tokens = append(tokens, out.Token)
 				}
-			}()
-		}
-		wg.Wait()
-		for _, err := range errs {
-			if err != nil {
-				t.Fatal(err)
 			}
-		}
+			return nil
+		})
 		return tokens
 	}
 	want := sample(collective.NewInProcess(1))
