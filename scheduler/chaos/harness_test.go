@@ -19,7 +19,6 @@ import (
 	"k8s.io/apimachinery/pkg/util/wait"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/component-base/metrics/legacyregistry"
 
 	"github.com/tessera-gpu/tessera/api"
 	"github.com/tessera-gpu/tessera/e2e/cluster"
@@ -182,21 +181,8 @@ func assignedSlices(ctx context.Context) (int, []string, error) {
 
 // gauge reads a Tessera metric from the in-process scheduler's registry.
 func gauge(name string) (float64, bool) {
-	mfs, err := legacyregistry.DefaultGatherer.Gather()
-	if err != nil {
-		return 0, false
-	}
-	for _, mf := range mfs {
-		if mf.GetName() == name && len(mf.GetMetric()) > 0 {
-			if g := mf.GetMetric()[0].GetGauge(); g != nil {
-				return g.GetValue(), true
-			}
-			if c := mf.GetMetric()[0].GetCounter(); c != nil {
-				return c.GetValue(), true
-			}
-		}
-	}
-	return 0, false
+	v, ok, err := schedtest.Metric(name)
+	return v, ok && err == nil
 }
 
 // leakedSlices waits until the scheduler's free-slice gauge matches the

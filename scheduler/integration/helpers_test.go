@@ -12,9 +12,9 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/wait"
-	"k8s.io/component-base/metrics/legacyregistry"
 
 	"github.com/tessera-gpu/tessera/api"
+	"github.com/tessera-gpu/tessera/scheduler/schedtest"
 )
 
 var podGroupGVR = schema.GroupVersionResource{Group: "scheduling.x-k8s.io", Version: "v1alpha1", Resource: "podgroups"}
@@ -208,21 +208,11 @@ func clusterSlicesInUse(t *testing.T, ctx context.Context) int {
 // gauge reads a Tessera gauge from the scheduler's legacy registry.
 func gauge(t *testing.T, name string) (float64, bool) {
 	t.Helper()
-	mfs, err := legacyregistry.DefaultGatherer.Gather()
+	v, ok, err := schedtest.Metric(name)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, mf := range mfs {
-		if mf.GetName() == name && len(mf.GetMetric()) > 0 {
-			if g := mf.GetMetric()[0].GetGauge(); g != nil {
-				return g.GetValue(), true
-			}
-			if c := mf.GetMetric()[0].GetCounter(); c != nil {
-				return c.GetValue(), true
-			}
-		}
-	}
-	return 0, false
+	return v, ok
 }
 
 // waitNoLeak waits until the scheduler's free-slice gauge equals the

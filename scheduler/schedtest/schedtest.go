@@ -24,6 +24,7 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/leaderelection"
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
+	"k8s.io/component-base/metrics/legacyregistry"
 	"k8s.io/klog/v2"
 	"k8s.io/kubernetes/cmd/kube-scheduler/app"
 	"k8s.io/kubernetes/cmd/kube-scheduler/app/options"
@@ -244,4 +245,25 @@ func LeaseHolder(ctx context.Context, client kubernetes.Interface) (string, erro
 		return "", nil
 	}
 	return *l.Spec.HolderIdentity, nil
+}
+
+// Metric reads the first sample of a gauge or counter named name from the
+// legacy registry, where an in-process scheduler's Tessera metrics live.
+func Metric(name string) (float64, bool, error) {
+	mfs, err := legacyregistry.DefaultGatherer.Gather()
+	if err != nil {
+		return 0, false, fmt.Errorf("gathering metrics: %w", err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name || len(mf.GetMetric()) == 0 {
+			continue
+		}
+		if g := mf.GetMetric()[0].GetGauge(); g != nil {
+			return g.GetValue(), true, nil
+		}
+		if c := mf.GetMetric()[0].GetCounter(); c != nil {
+			return c.GetValue(), true, nil
+		}
+	}
+	return 0, false, nil
 }
