@@ -11,7 +11,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"path/filepath"
 	"strconv"
 	"strings"
 	"syscall"
@@ -138,27 +137,16 @@ func killDevicePlugin(ctx context.Context, t *testing.T, e *scenario.Env) time.D
 	return time.Since(start)
 }
 
-// devicePluginProcesses lists the PIDs of running device plugin servers.
+// devicePluginProcesses lists the PIDs of running (not zombie) device
+// plugin servers.
 func devicePluginProcesses() []int {
-	var pids []int
-	entries, _ := os.ReadDir("/proc")
-	for _, ent := range entries {
-		pid, err := strconv.Atoi(ent.Name())
-		if err != nil {
-			continue
+	return processes(func(pid int, args []string) bool {
+		if len(args) < 2 || !strings.HasSuffix(args[0], "tessera-device-plugin") || args[1] != "serve" {
+			return false
 		}
-		cmd, err := os.ReadFile(filepath.Join("/proc", ent.Name(), "cmdline"))
-		if err != nil {
-			continue
-		}
-		args := strings.Split(string(cmd), "\x00")
-		if len(args) > 1 && strings.HasSuffix(args[0], "tessera-device-plugin") && args[1] == "serve" {
-			if st, err := os.ReadFile(filepath.Join("/proc", ent.Name(), "stat")); err == nil && !strings.Contains(string(st), ") Z ") {
-				pids = append(pids, pid)
-			}
-		}
-	}
-	return pids
+		st, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		return err == nil && !strings.Contains(string(st), ") Z ")
+	})
 }
 
 // holdSlices runs one probe pod holding n slices on the real node.
@@ -556,26 +544,14 @@ func describePods(ctx context.Context, e *scenario.Env, ns string) string {
 // shardProcess finds the host PID of a shard-server rank by its command
 // line (the container shares the host's PID view from /proc).
 func shardProcess(httpPort int) (int, error) {
-	entries, err := os.ReadDir("/proc")
-	if err != nil {
-		return 0, err
-	}
 	needle := fmt.Sprintf("127.0.0.1:%d", httpPort)
-	for _, ent := range entries {
-		pid, err := strconv.Atoi(ent.Name())
-		if err != nil {
-			continue
-		}
-		cmd, err := os.ReadFile(filepath.Join("/proc", ent.Name(), "cmdline"))
-		if err != nil {
-			continue
-		}
-		args := strings.Split(string(cmd), "\x00")
-		if strings.HasSuffix(args[0], "tessera-shard-server") && strings.Contains(string(cmd), "\x00--listen\x00"+needle+"\x00") {
-			return pid, nil
-		}
+	pids := processes(func(_ int, args []string) bool {
+		return strings.HasSuffix(args[0], "tessera-shard-server") && strings.Contains(strings.Join(args, "\x00"), "\x00--listen\x00"+needle+"\x00")
+	})
+	if len(pids) == 0 {
+		return 0, fmt.Errorf("no shard server listening on %s", needle)
 	}
-	return 0, fmt.Errorf("no shard server listening on %s", needle)
+	return pids[0], nil
 }
 
 // TestFaultShardRankKilled SIGKILLs rank 1 of a serving shard-server gang.

@@ -98,9 +98,9 @@ func run(m *testing.M) int {
 	return code
 }
 
-// clusterPIDs lists every process that belongs to the cluster: those the
-// harness started and the containers and shims under them.
-func clusterPIDs(dir string) []int {
+// processes lists the PIDs of the machine's processes whose command line
+// (argv, split at NULs) match accepts.
+func processes(match func(pid int, args []string) bool) []int {
 	var out []int
 	entries, _ := os.ReadDir("/proc")
 	for _, e := range entries {
@@ -108,11 +108,21 @@ func clusterPIDs(dir string) []int {
 		if err != nil {
 			continue
 		}
-		if belongs(pid, dir) {
+		cmdline, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil {
+			continue
+		}
+		if match(pid, strings.Split(string(cmdline), "\x00")) {
 			out = append(out, pid)
 		}
 	}
 	return out
+}
+
+// clusterPIDs lists every process that belongs to the cluster: those the
+// harness started and the containers and shims under them.
+func clusterPIDs(dir string) []int {
+	return processes(func(pid int, _ []string) bool { return belongs(pid, dir) })
 }
 
 func belongs(pid int, dir string) bool {
