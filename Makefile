@@ -26,7 +26,7 @@ CGO_CMDS := $(filter tessera-device-plugin,$(CMDS))
 TOOL_BINS := $(TOOLS)/etcd $(TOOLS)/kube-apiserver $(TOOLS)/kube-controller-manager \
 	$(TOOLS)/kube-scheduler $(TOOLS)/kubelet $(TOOLS)/kwok $(TOOLS)/kubectl
 
-.PHONY: all build tools lint bench test test-unit test-fuzz test-e2e reliability cluster-up cluster-down demo install manifests clean
+.PHONY: all build tools lint bench test test-unit test-repeat test-fuzz test-e2e reliability cluster-up cluster-down demo install manifests clean
 
 all: build
 
@@ -75,6 +75,15 @@ test-fuzz:
 
 test-unit: tools
 	TESSERA_TOOLS_DIR=$(abspath $(TOOLS)) $(GO) test -count=1 -timeout 20m $$($(GO) list ./... | grep -v '/e2e$$')
+
+# test-unit N times (default 5) with a table of how often each test failed
+# out of N, most failures first, and "flake.sh: N runs, X tests, Y failed at
+# least once"; non-zero exit if any test failed in any run. PKGS=./gang/...
+# repeats just those packages. Raw go test -json per run in
+# _output/flake/run-K.json (hack/flake.sh). No fuzzing (test-fuzz).
+N ?= 5
+test-repeat: tools
+	TESSERA_TOOLS_DIR=$(abspath $(TOOLS)) GO=$(GO) ./hack/flake.sh $(N) $(PKGS)
 
 test-e2e: tools build
 	TESSERA_TOOLS_DIR=$(abspath $(TOOLS)) TESSERA_BIN_DIR=$(abspath $(BIN)) \
