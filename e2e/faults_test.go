@@ -13,6 +13,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -53,11 +54,13 @@ func realNodeAllocatable(ctx context.Context, e *scenario.Env) (int64, error) {
 	return q.Value(), nil
 }
 
-// waitFor polls cond every interval until it reports done and returns how
-// long that took. Past timeout (or ctx) it fails the test with what it
-// waited for and the last state cond described.
-func waitFor(ctx context.Context, t *testing.T, what string, interval, timeout time.Duration, cond func(ctx context.Context) (done bool, state string)) time.Duration {
-	t.Helper()
+// poll is the e2e tests' one poll helper, wait.PollUntilContextTimeout
+// keeping the last state: it calls cond at once and then every interval
+// until cond reports done, and returns how long that took. Past timeout (or
+// when ctx ends) it returns an error naming what it waited for, how long,
+// and the last state cond described. API errors inside cond are states to
+// report, not reasons to stop: the next poll retries.
+func poll(ctx context.Context, what string, interval, timeout time.Duration, cond func(ctx context.Context) (done bool, state string)) (time.Duration, error) {
 	start := time.Now()
 	var state string
 	err := wait.PollUntilContextTimeout(ctx, interval, timeout, true, func(ctx context.Context) (bool, error) {
@@ -66,9 +69,20 @@ func waitFor(ctx context.Context, t *testing.T, what string, interval, timeout t
 		return done, nil
 	})
 	if err != nil {
-		t.Fatalf("%s: not after %s (%v); last: %s", what, time.Since(start).Round(100*time.Millisecond), err, state)
+		return time.Since(start), fmt.Errorf("%s: not after %s (%v); last: %s", what, time.Since(start).Round(100*time.Millisecond), err, state)
 	}
-	return time.Since(start)
+	return time.Since(start), nil
+}
+
+// waitFor polls as poll does and fails the test when cond is not done in
+// time; it returns how long cond took to be done.
+func waitFor(ctx context.Context, t *testing.T, what string, interval, timeout time.Duration, cond func(ctx context.Context) (done bool, state string)) time.Duration {
+	t.Helper()
+	d, err := poll(ctx, what, interval, timeout, cond)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
 }
 
 // waitAllocatable waits until the real node advertises want slices and
@@ -253,19 +267,23 @@ func TestFaultKubeletRestart(t *testing.T) {
 		err   error
 	}
 	samples := make(chan sample, 1<<16)
+	// lastAsked is when (since start) the sampler last began asking.
+	var lastAsked atomic.Int64
 	watchCtx, stopWatch := context.WithCancel(ctx)
 	defer stopWatch()
 	start := time.Now()
 	go func() {
-		for watchCtx.Err() == nil {
-			n, err := kubeletAllocatable(watchCtx)
-			if watchCtx.Err() != nil {
-				break // cut off by the stop below, not a kubelet outage
+		defer close(samples)
+		// One sample, then 20 ms, then the next, until stopWatch.
+		wait.UntilWithContext(watchCtx, func(ctx context.Context) {
+			asked := time.Since(start)
+			n, err := kubeletAllocatable(ctx)
+			if ctx.Err() != nil {
+				return // cut off by the stop below, not a kubelet outage
 			}
 			samples <- sample{time.Since(start), n, err}
-			time.Sleep(20 * time.Millisecond)
-		}
-		close(samples)
+			lastAsked.Store(int64(asked))
+		}, 20*time.Millisecond)
 	}()
 	if err := testCluster.RestartKubelet(ctx); err != nil {
 		t.Fatalf("restarting the kubelet: %v", err)
@@ -281,8 +299,14 @@ func TestFaultKubeletRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	// Capacity back: the first moment, after the kubelet went away, that
-	// the new kubelet reports every slice allocatable again.
-	time.Sleep(200 * time.Millisecond)
+	// the new kubelet reports every slice allocatable again. Stop the
+	// sampler only once it has asked the kubelet after Tessera was ready,
+	// so its samples reach past the moment capacity came back.
+	settled := time.Since(start)
+	waitFor(ctx, t, "a kubelet allocatable sample asked for after Tessera was ready", 20*time.Millisecond, 30*time.Second, func(context.Context) (bool, string) {
+		asked := time.Duration(lastAsked.Load())
+		return asked >= settled, fmt.Sprintf("last sample asked for at %s, Tessera ready at %s", asked, settled)
+	})
 	stopWatch()
 	var down bool
 	var back time.Duration

@@ -13,6 +13,7 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/google/go-cmp/cmp"
 
@@ -67,21 +68,19 @@ func TestDevicePluginAdvertisesMockGPUs(t *testing.T) {
 	}
 }
 
-// probeEnv parses the probe's "env K=V" lines.
+// probeEnv waits for the probe's whole output (its last line is
+// "tessera-e2e-probe ok") and parses its "env K=V" lines.
 func probeEnv(ctx context.Context, t *testing.T, e *scenario.Env, ns, pod string) map[string]string {
 	t.Helper()
 	var logs []byte
-	var err error
-	for i := 0; i < 50; i++ {
+	waitFor(ctx, t, fmt.Sprintf("the probe in %s/%s printing its whole output", ns, pod), 200*time.Millisecond, 15*time.Second, func(ctx context.Context) (bool, string) {
+		var err error
 		logs, err = e.Client.CoreV1().Pods(ns).GetLogs(pod, &corev1.PodLogOptions{}).DoRaw(ctx)
-		if err == nil && strings.Contains(string(logs), "tessera-e2e-probe ok") {
-			break
+		if err != nil {
+			return false, fmt.Sprintf("logs of %s: %v", pod, err)
 		}
-		time.Sleep(200 * time.Millisecond)
-	}
-	if err != nil {
-		t.Fatalf("logs of %s: %v", pod, err)
-	}
+		return strings.Contains(string(logs), "tessera-e2e-probe ok"), fmt.Sprintf("log:\n%s", logs)
+	})
 	out := map[string]string{}
 	for _, line := range strings.Split(string(logs), "\n") {
 		if kv, ok := strings.CutPrefix(line, "env "); ok {
@@ -137,28 +136,26 @@ func TestFractionalPodGetsItsSlices(t *testing.T) {
 	waitAllocatedMatches(ctx, t, e, ns, got.Name, assigned)
 }
 
+// waitAllocatedMatches waits until the device plugin reports the pod's
+// allocation and checks it is want.
 func waitAllocatedMatches(ctx context.Context, t *testing.T, e *scenario.Env, ns, name string, want []api.SliceID) {
 	t.Helper()
-	var last string
-	for i := 0; i < 150; i++ {
+	var allocated string
+	waitFor(ctx, t, fmt.Sprintf("pod %s getting %s", name, api.AnnotationSlicesAllocated), 200*time.Millisecond, 35*time.Second, func(ctx context.Context) (bool, string) {
 		p, err := e.Client.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
 		if err != nil {
-			t.Fatal(err)
+			return false, err.Error()
 		}
-		last = p.Annotations[api.AnnotationSlicesAllocated]
-		if last != "" {
-			got, err := api.ParseSliceList(last)
-			if err != nil {
-				t.Fatalf("%s: %v", api.AnnotationSlicesAllocated, err)
-			}
-			if diff := cmp.Diff(sortedIDs(want), sortedIDs(got)); diff != "" {
-				t.Fatalf("%s differs from what the pod should hold (-want +got):\n%s", api.AnnotationSlicesAllocated, diff)
-			}
-			return
-		}
-		time.Sleep(200 * time.Millisecond)
+		allocated = p.Annotations[api.AnnotationSlicesAllocated]
+		return allocated != "", fmt.Sprintf("%q", allocated)
+	})
+	got, err := api.ParseSliceList(allocated)
+	if err != nil {
+		t.Fatalf("%s: %v", api.AnnotationSlicesAllocated, err)
 	}
-	t.Fatalf("pod %s never got %s (last %q)", name, api.AnnotationSlicesAllocated, last)
+	if diff := cmp.Diff(sortedIDs(want), sortedIDs(got)); diff != "" {
+		t.Fatalf("%s differs from what the pod should hold (-want +got):\n%s", api.AnnotationSlicesAllocated, diff)
+	}
 }
 
 func sortedIDs(ids []api.SliceID) []string {
@@ -271,17 +268,13 @@ func unshardedReference(ctx context.Context, t *testing.T, prompt string, tokens
 	}
 	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
 	url := fmt.Sprintf("http://127.0.0.1:%d", port)
-	var lastErr error
-	for i := 0; i < 100; i++ {
-		c, err := scenario.Complete(ctx, url, prompt, tokens)
-		if err == nil {
-			return c
-		}
-		lastErr = err
-		time.Sleep(100 * time.Millisecond)
-	}
-	t.Fatalf("unsharded reference server: %v", lastErr)
-	return nil
+	var c *scenario.Completion
+	waitFor(ctx, t, "the unsharded reference server answering on "+url, 100*time.Millisecond, 30*time.Second, func(ctx context.Context) (bool, string) {
+		var err error
+		c, err = scenario.Complete(ctx, url, prompt, tokens)
+		return err == nil, fmt.Sprint(err)
+	})
+	return c
 }
 
 // TestGangThatCannotFitHoldsNothing asks for a gang bigger than what is
@@ -308,37 +301,46 @@ func TestGangThatCannotFitHoldsNothing(t *testing.T) {
 	if _, err := e.Gang(ctx, ns, "big", 4, slicesPerGPU, "", onReal); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(15 * time.Second)
-	for time.Now().Before(deadline) {
-		list, err := e.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: scenario.GangSelector("big")})
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, p := range list.Items {
-			if p.Spec.NodeName != "" {
-				t.Fatalf("gang member %s was bound to %s although the gang cannot fit", p.Name, p.Spec.NodeName)
-			}
-		}
-		time.Sleep(500 * time.Millisecond)
-	}
-	// An admin must be told why: an event naming what the gang needs.
+	// An admin must be told why: an event naming what the gang needs. It
+	// also shows the scheduler is live and has tried the gang, which the
+	// check below relies on.
 	var why string
-	for i := 0; i < 40 && why == ""; i++ {
+	_, err := poll(ctx, "an event saying what gang big needs", 250*time.Millisecond, 30*time.Second, func(ctx context.Context) (bool, string) {
 		events, err := e.Client.CoreV1().Events(ns).List(ctx, metav1.ListOptions{})
 		if err != nil {
-			t.Fatal(err)
+			return false, err.Error()
 		}
+		var seen []string
 		for _, ev := range events.Items {
 			if strings.Contains(ev.Message, "needs") && strings.Contains(ev.Message, "big") {
 				why = ev.Reason + ": " + ev.Message
 			}
+			seen = append(seen, ev.Reason+": "+ev.Message)
 		}
-		time.Sleep(250 * time.Millisecond)
-	}
-	if why == "" {
-		t.Errorf("no event says what the waiting gang needs")
+		return why != "", strings.Join(seen, "; ")
+	})
+	if err != nil {
+		t.Errorf("no event says what the waiting gang needs: %v", err)
 	} else {
 		t.Logf("why the gang waits: %s", why)
+	}
+	// Nothing may happen for 15 s: no member of the gang is bound while
+	// the scheduler, live (the event above), keeps it waiting. The poll
+	// runs until its timeout unless a member binds.
+	err = wait.PollUntilContextTimeout(ctx, 500*time.Millisecond, 15*time.Second, true, func(ctx context.Context) (bool, error) {
+		list, err := e.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: scenario.GangSelector("big")})
+		if err != nil {
+			return false, err
+		}
+		for _, p := range list.Items {
+			if p.Spec.NodeName != "" {
+				return false, fmt.Errorf("gang member %s was bound to %s although the gang cannot fit", p.Name, p.Spec.NodeName)
+			}
+		}
+		return false, nil
+	})
+	if !wait.Interrupted(err) {
+		t.Fatal(err)
 	}
 	if err := e.DeleteAndWait(ctx, ns, "role=blocker", time.Minute); err != nil {
 		t.Fatal(err)
