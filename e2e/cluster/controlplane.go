@@ -284,28 +284,21 @@ func waitHTTP(ctx context.Context, p proc, url string, client *http.Client, time
 	if client == nil {
 		client = &http.Client{Timeout: 2 * time.Second}
 	}
-	deadline := time.Now().Add(timeout)
 	var last string
-	for time.Now().Before(deadline) {
+	return poll(ctx, 200*time.Millisecond, timeout, func(ctx context.Context) (bool, error) {
 		if !p.alive() {
-			return fmt.Errorf("%s exited; see %s:\n%s", p.Name, p.Log, tail(p.Log, 15))
+			return false, fmt.Errorf("%s exited; see %s:\n%s", p.Name, p.Log, tail(p.Log, 15))
 		}
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 		resp, err := client.Do(req)
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-			last = resp.Status
-		} else {
+		if err != nil {
 			last = err.Error()
+			return false, nil
 		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
-	return fmt.Errorf("%s not healthy after %s (last: %s); see %s:\n%s", p.Name, timeout, last, p.Log, tail(p.Log, 15))
+		resp.Body.Close()
+		last = resp.Status
+		return resp.StatusCode == http.StatusOK, nil
+	}, func() error {
+		return fmt.Errorf("%s not healthy after %s (last: %s); see %s:\n%s", p.Name, timeout, last, p.Log, tail(p.Log, 15))
+	})
 }

@@ -13,6 +13,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"k8s.io/apimachinery/pkg/util/wait"
 )
 
 // Down stops every process recorded in dir's state, the containers the
@@ -106,20 +108,20 @@ func stopContainers(socket string) {
 		_, _ = ctr("tasks", "kill", "--signal", "SIGKILL", id)
 	}
 	for _, id := range ids {
-		for i := 0; i < 20; i++ {
-			if _, err := ctr("tasks", "delete", id); err == nil {
-				break
-			}
-			time.Sleep(100 * time.Millisecond)
-		}
+		// Deleting a task fails until it has exited from the kill above.
+		_ = wait.PollUntilContextTimeout(context.Background(), 100*time.Millisecond, 5*time.Second, true, func(context.Context) (bool, error) {
+			_, err := ctr("tasks", "delete", id)
+			return err == nil, nil
+		})
 	}
 }
 
 // killLeftovers kills processes that belong to this cluster but are not in
 // our process groups: containers (their root is under dir) and containerd
-// shims (their command line names our containerd socket).
+// shims (their command line names our containerd socket). It kills again
+// every 300 ms until a pass finds none of them left, for at most a second.
 func killLeftovers(dir, socket string) {
-	for round := 0; round < 2; round++ {
+	_ = wait.PollUntilContextTimeout(context.Background(), 300*time.Millisecond, time.Second, true, func(context.Context) (bool, error) {
 		entries, _ := os.ReadDir("/proc")
 		killed := 0
 		for _, e := range entries {
@@ -142,11 +144,8 @@ func killLeftovers(dir, socket string) {
 				killed++
 			}
 		}
-		if killed == 0 {
-			return
-		}
-		time.Sleep(300 * time.Millisecond)
-	}
+		return killed == 0, nil
+	})
 }
 
 // removeContainerCgroups removes the (empty, once their tasks are gone)

@@ -85,9 +85,8 @@ func (c *Cluster) WaitForTessera(ctx context.Context, timeout time.Duration) err
 	if err != nil {
 		return err
 	}
-	deadline := time.Now().Add(timeout)
 	var last string
-	for time.Now().Before(deadline) {
+	return poll(ctx, time.Second, timeout, func(ctx context.Context) (bool, error) {
 		last = ""
 		dep, err := client.AppsV1().Deployments(TesseraNamespace).Get(ctx, "tessera-scheduler", metav1.GetOptions{})
 		switch {
@@ -115,17 +114,11 @@ func (c *Cluster) WaitForTessera(ctx context.Context, timeout time.Duration) err
 				last = fmt.Sprintf("node %s has no inventory annotation yet", c.RealNodeName)
 			}
 		}
-		if last == "" {
-			return nil
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(time.Second):
-		}
-	}
-	pods, _ := c.Kubectl(ctx, "get", "pods", "-n", TesseraNamespace, "-o", "wide")
-	return fmt.Errorf("tessera not ready after %s: %s\n%s", timeout, last, pods)
+		return last == "", nil
+	}, func() error {
+		pods, _ := c.Kubectl(ctx, "get", "pods", "-n", TesseraNamespace, "-o", "wide")
+		return fmt.Errorf("tessera not ready after %s: %s\n%s", timeout, last, pods)
+	})
 }
 
 func deploymentAvailable(d *appsv1.Deployment) bool {

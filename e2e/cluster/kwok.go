@@ -115,9 +115,9 @@ func (c *Cluster) startKwok(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	time.Sleep(500 * time.Millisecond)
-	if !p.alive() {
-		return fmt.Errorf("kwok exited; see %s:\n%s", p.Log, tail(p.Log, 15))
+	// kwok serves /healthz on --server-address once its controllers run.
+	if err := waitHTTP(ctx, p, fmt.Sprintf("http://127.0.0.1:%d/healthz", c.ports.kwok), nil, 60*time.Second); err != nil {
+		return err
 	}
 	_, err = c.AddSimulatedNodes(ctx, 0, c.cfg.SimulatedNodes, c.cfg.Topology, c.cfg.GPUs)
 	return err
@@ -221,10 +221,9 @@ func (c *Cluster) WaitForReadyNodes(ctx context.Context, n int, timeout time.Dur
 	if err != nil {
 		return err
 	}
-	deadline := time.Now().Add(timeout)
 	ready := 0
 	var notReady []string
-	for time.Now().Before(deadline) {
+	return poll(ctx, 500*time.Millisecond, timeout, func(ctx context.Context) (bool, error) {
 		nodes, err := client.CoreV1().Nodes().List(ctx, metav1.ListOptions{ResourceVersion: "0"})
 		if err == nil {
 			ready, notReady = 0, nil
@@ -236,22 +235,16 @@ func (c *Cluster) WaitForReadyNodes(ctx context.Context, n int, timeout time.Dur
 				}
 			}
 			if ready >= n {
-				return nil
+				return true, nil
 			}
 		}
-		if err := c.checkProcs(); err != nil {
-			return err
+		return false, c.checkProcs()
+	}, func() error {
+		if len(notReady) > 5 {
+			notReady = append(notReady[:5], "...")
 		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(500 * time.Millisecond):
-		}
-	}
-	if len(notReady) > 5 {
-		notReady = append(notReady[:5], "...")
-	}
-	return fmt.Errorf("%d of %d nodes Ready after %s; not ready: %v (logs in %s)", ready, n, timeout, notReady, filepath.Join(c.Dir, "logs"))
+		return fmt.Errorf("%d of %d nodes Ready after %s; not ready: %v (logs in %s)", ready, n, timeout, notReady, filepath.Join(c.Dir, "logs"))
+	})
 }
 
 // NodeReady reports whether the node's Ready condition is True.

@@ -167,22 +167,19 @@ func (c *Cluster) ImportImage(ctx context.Context, tarball string) error {
 }
 
 func waitSocket(ctx context.Context, p proc, path string, timeout time.Duration) error {
-	deadline := time.Now().Add(timeout)
-	for time.Now().Before(deadline) {
+	return poll(ctx, 100*time.Millisecond, timeout, func(context.Context) (bool, error) {
 		if !p.alive() {
-			return fmt.Errorf("%s exited; see %s:\n%s", p.Name, p.Log, tail(p.Log, 15))
+			return false, fmt.Errorf("%s exited; see %s:\n%s", p.Name, p.Log, tail(p.Log, 15))
 		}
-		if conn, err := net.DialTimeout("unix", path, time.Second); err == nil {
-			conn.Close()
-			return nil
+		conn, err := net.DialTimeout("unix", path, time.Second)
+		if err != nil {
+			return false, nil
 		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(100 * time.Millisecond):
-		}
-	}
-	return fmt.Errorf("%s did not open %s within %s; see %s", p.Name, path, timeout, p.Log)
+		conn.Close()
+		return true, nil
+	}, func() error {
+		return fmt.Errorf("%s did not open %s within %s; see %s", p.Name, path, timeout, p.Log)
+	})
 }
 
 func (c *Cluster) kubeletRoot() string { return filepath.Join(c.Dir, "kubelet") }
@@ -267,21 +264,14 @@ func (c *Cluster) setRealNodeAddress(ctx context.Context) error {
 		return err
 	}
 	patch := []byte(fmt.Sprintf(`{"status":{"addresses":[{"type":"InternalIP","address":"127.0.0.1"},{"type":"Hostname","address":%q}]}}`, c.RealNodeName))
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		_, err := client.CoreV1().Nodes().Patch(ctx, c.RealNodeName, types.StrategicMergePatchType, patch, metav1.PatchOptions{}, "status")
-		if err == nil {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("node %s did not register: %w", c.RealNodeName, err)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(200 * time.Millisecond):
-		}
-	}
+	// The patch fails until the kubelet has registered the node.
+	var last error
+	return poll(ctx, 200*time.Millisecond, 60*time.Second, func(ctx context.Context) (bool, error) {
+		_, last = client.CoreV1().Nodes().Patch(ctx, c.RealNodeName, types.StrategicMergePatchType, patch, metav1.PatchOptions{}, "status")
+		return last == nil, nil
+	}, func() error {
+		return fmt.Errorf("node %s did not register: %w", c.RealNodeName, last)
+	})
 }
 
 // RestartKubelet stops the real node's kubelet and starts it again with the

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -12,6 +13,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"k8s.io/apimachinery/pkg/util/wait"
 )
 
 // proc is one process the harness started. StartTime (clock ticks since
@@ -138,25 +141,41 @@ func (c *Cluster) startProc(name, bin string, args []string, env []string) (proc
 	return p, nil
 }
 
-// stopProc sends SIGTERM to the process group, then SIGKILL after grace.
+// poll is the harness's wait for a condition: wait.PollUntilContextTimeout
+// (cond at once, then every interval, until it is done or returns an error)
+// with its error mapped to what the callers return: ctx's own error when
+// the caller's ctx ended, timedOut() when timeout passed first, cond's
+// error as it is.
+func poll(ctx context.Context, interval, timeout time.Duration, cond func(ctx context.Context) (done bool, err error), timedOut func() error) error {
+	err := wait.PollUntilContextTimeout(ctx, interval, timeout, true, cond)
+	switch {
+	case err == nil:
+		return nil
+	case ctx.Err() != nil:
+		return ctx.Err()
+	case wait.Interrupted(err):
+		return timedOut()
+	default:
+		return err
+	}
+}
+
+// stopProc sends SIGTERM to the process group, then SIGKILL if it has not
+// exited after grace, and waits (at most 5 s) for it to be gone.
 func stopProc(p proc, grace time.Duration) {
 	if !p.alive() {
 		return
 	}
+	gone := func(context.Context) (bool, error) { return !p.alive(), nil }
 	_ = syscall.Kill(-p.PID, syscall.SIGTERM)
 	_ = syscall.Kill(p.PID, syscall.SIGTERM)
-	deadline := time.Now().Add(grace)
-	for time.Now().Before(deadline) {
-		if !p.alive() {
-			return
-		}
-		time.Sleep(50 * time.Millisecond)
+	if wait.PollUntilContextTimeout(context.Background(), 50*time.Millisecond, grace, true, gone) == nil {
+		return
 	}
 	_ = syscall.Kill(-p.PID, syscall.SIGKILL)
 	_ = syscall.Kill(p.PID, syscall.SIGKILL)
-	for i := 0; i < 100 && p.alive(); i++ {
-		time.Sleep(50 * time.Millisecond)
-	}
+	// Callers that need it gone check alive() themselves (Down reports it).
+	_ = wait.PollUntilContextTimeout(context.Background(), 50*time.Millisecond, 5*time.Second, true, gone)
 }
 
 // tail returns the last n lines of a log file, for error messages.
