@@ -11,6 +11,9 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
 )
 
 // identities are the static-token users of the cluster. Tokens are random
@@ -218,22 +221,46 @@ func (c *Cluster) startControllerManager(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	return settle(ctx, p)
+	// It has no health port (secure-port 0 keeps it off the network); it
+	// runs its controllers once the serviceaccount controller has given
+	// the default namespace its default ServiceAccount. Bad flags end the
+	// process, which fails the wait at once.
+	client, err := c.Client()
+	if err != nil {
+		return err
+	}
+	return poll(ctx, 200*time.Millisecond, 60*time.Second, func(ctx context.Context) (bool, error) {
+		if !p.alive() {
+			return false, fmt.Errorf("exited; see %s:\n%s", p.Log, tail(p.Log, 15))
+		}
+		_, err := client.CoreV1().ServiceAccounts(metav1.NamespaceDefault).Get(ctx, "default", metav1.GetOptions{})
+		return err == nil, nil
+	}, func() error {
+		return fmt.Errorf("no ServiceAccount default/default after 60s: its controllers do not run; see %s:\n%s", p.Log, tail(p.Log, 15))
+	})
 }
 
-// settle gives a component without a health port (secure-port 0 keeps it
-// off the network) a moment to fail on bad flags, so the error surfaces at
-// start rather than later as a missing controller.
+// settle is for a component with nothing to wait for: no health port
+// (secure-port 0 keeps it off the network) and nothing it writes before
+// work arrives. It proves a negative: the process, just started and
+// recorded, does not exit (bad flags, a config it refuses) within its
+// first second, so that error surfaces at start rather than later as a
+// missing component. It fails as soon as the process is gone.
 func settle(ctx context.Context, p proc) error {
-	select {
-	case <-time.After(time.Second):
-	case <-ctx.Done():
+	err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, time.Second, true, func(context.Context) (bool, error) {
+		if !p.alive() {
+			return false, fmt.Errorf("exited; see %s:\n%s", p.Log, tail(p.Log, 15))
+		}
+		return false, nil // never done: alive all along is the pass
+	})
+	switch {
+	case ctx.Err() != nil:
 		return ctx.Err()
+	case wait.Interrupted(err):
+		return nil
+	default:
+		return err
 	}
-	if !p.alive() {
-		return fmt.Errorf("exited; see %s:\n%s", p.Log, tail(p.Log, 15))
-	}
-	return nil
 }
 
 // startDefaultScheduler runs the stock kube-scheduler, so pods that do not
