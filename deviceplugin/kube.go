@@ -121,7 +121,8 @@ func (c *PodCache) rebuild() {
 	c.pending.Store(&out)
 }
 
-// SortPending orders by creation time (the kubelet's admission order), then
+// SortPending orders by creation time (the kubelet's admission order within
+// one batch of pod additions; across batches it admits in bind order), then
 // namespace/name.
 func SortPending(out []slicing.Pending) {
 	sort.Slice(out, func(i, j int) bool {

@@ -229,7 +229,9 @@ func TestKubeletDeviceManager(t *testing.T) {
 	id := func(g, k int) string { return api.SliceID{GPU: u[g], Index: k}.String() }
 
 	t0 := time.Now().Add(-time.Minute)
-	// Created in this order; the kubelet admits in creation order.
+	// Created in this order, and admitted in this order below (as the
+	// kubelet does within one batch of pod additions; across batches it
+	// admits in bind order).
 	podA := slicePod("a", t0, []string{id(3, 0), id(3, 1)}, 2)
 	podB := slicePod("b", t0.Add(time.Second), []string{id(1, 2)}, 1)
 	podC := slicePod("c", t0.Add(2*time.Second), []string{id(2, 0), id(2, 1), id(2, 2), id(2, 3), id(3, 2), id(3, 3)}, 2, 4) // two containers
@@ -257,8 +259,9 @@ func TestKubeletDeviceManager(t *testing.T) {
 	// Registration and ListAndWatch: all 16 slices healthy.
 	current.waitCapacity(16, 16)
 
-	// Admission in creation order: each pod gets exactly its assignment
-	// through GetPreferredAllocation, and Allocate's env names it.
+	// Admission in creation order (the order the heuristic assumes): each
+	// pod gets exactly its assignment through GetPreferredAllocation, and
+	// Allocate's env names it.
 	envA := current.admit(ctx, podA)
 	if got := current.devicesOf(podA); !slices.Equal(got, sorted(id(3, 0), id(3, 1))) {
 		t.Fatalf("pod a got %v, want its assignment", got)

@@ -1,10 +1,10 @@
 // Package deviceplugin is Tessera's kubelet device plugin: it advertises GPU
 // slices (tessera.dev/gpu-slice, IDs "<gpu-uuid>::<k>"), answers
-// GetPreferredAllocation with the scheduler's assignment (DESIGN.md step 5),
-// builds container settings at Allocate (step 6), reconciles what the kubelet
-// really handed out through the PodResources API (step 7), watches GPU health
-// through NVML Xid events, and keeps the node's inventory annotation and
-// labels current.
+// GetPreferredAllocation with the scheduler's assignment (docs/design.md,
+// data path step 5), builds container settings at Allocate (step 6),
+// reconciles what the kubelet really handed out through the PodResources API
+// (step 7), watches GPU health through NVML Xid events, and keeps the node's
+// inventory annotation and labels current.
 package deviceplugin
 
 import (
@@ -317,10 +317,11 @@ func (p *Plugin) ListAndWatch(_ *pluginapi.Empty, s pluginapi.DevicePlugin_ListA
 	}
 }
 
-// GetPreferredAllocation implements pluginapi.DevicePluginServer (DESIGN.md
-// step 5): the scheduler's assignment of the earliest-created pending pod
-// that fits, else best fit. No lock is taken: the state is an immutable
-// snapshot and the pending list a copy-on-write slice.
+// GetPreferredAllocation implements pluginapi.DevicePluginServer
+// (docs/design.md, data path step 5): the scheduler's assignment of the
+// earliest-created pending pod that fits, else best fit. No lock is taken:
+// the state is an immutable snapshot and the pending list a copy-on-write
+// slice.
 func (p *Plugin) GetPreferredAllocation(ctx context.Context, req *pluginapi.PreferredAllocationRequest) (*pluginapi.PreferredAllocationResponse, error) {
 	start := p.deps.Clock.Now()
 	defer func() { p.deps.Metrics.Preferred.Observe(p.deps.Clock.Since(start).Seconds()) }()
@@ -356,8 +357,9 @@ func (p *Plugin) GetPreferredAllocation(ctx context.Context, req *pluginapi.Pref
 	return resp, nil
 }
 
-// Allocate implements pluginapi.DevicePluginServer (DESIGN.md step 6). The
-// scheduler's assignments are disjoint, so the id set names its pod.
+// Allocate implements pluginapi.DevicePluginServer (docs/design.md, data
+// path step 6). The scheduler's assignments are disjoint, so the id set
+// names its pod.
 func (p *Plugin) Allocate(ctx context.Context, req *pluginapi.AllocateRequest) (*pluginapi.AllocateResponse, error) {
 	start := p.deps.Clock.Now()
 	defer func() { p.deps.Metrics.Allocate.Observe(p.deps.Clock.Since(start).Seconds()) }()

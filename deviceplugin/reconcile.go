@@ -43,9 +43,10 @@ func (p *Plugin) runReconcile(ctx context.Context) {
 	}
 }
 
-// Reconcile is DESIGN.md step 7: read what the kubelet really handed out,
-// write it to each pod as tessera.dev/slices-allocated, and report every
-// disagreement with the scheduler's assignment as an event and a metric.
+// Reconcile is docs/design.md, data path step 7: read what the kubelet
+// really handed out, write it to each pod as tessera.dev/slices-allocated,
+// and report every disagreement with the scheduler's assignment as an event
+// and a metric.
 func (p *Plugin) Reconcile(ctx context.Context) error {
 	logger := klog.FromContext(ctx)
 	resp, err := p.deps.PodResources.List(ctx)

@@ -58,7 +58,7 @@ type healthAction struct {
 }
 
 // podSlices is what a pod holds: the device plugin's truth when reported,
-// else the scheduler's assignment (DESIGN data path, step 7).
+// else the scheduler's assignment (docs/design.md, data path step 7).
 func podSlices(p *v1.Pod) []api.SliceID {
 	for _, a := range []string{api.AnnotationSlicesAllocated, api.AnnotationSliceAssignment} {
 		if v := p.Annotations[a]; v != "" {

@@ -155,7 +155,9 @@ type nopWriter struct{}
 
 func (nopWriter) Write(p []byte) (int, error) { return len(p), nil }
 
-// admission replays the kubelet admitting the 100 pods in creation order:
+// admission replays the kubelet admitting the 100 pods in creation order
+// (the order GetPreferredAllocation assumes; the kubelet keeps it within one
+// batch of pod additions, across batches it admits in bind order):
 // GetPreferredAllocation with what is still free, then Allocate of the
 // answer. The pending list keeps all 100 pods (worst case: reconciliation
 // has not yet dropped the admitted ones), so later calls scan past them.

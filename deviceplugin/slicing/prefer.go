@@ -43,13 +43,17 @@ func (c Choice) String() string {
 }
 
 // Prefer answers GetPreferredAllocation. The kubelet does not say which pod
-// it admits, but it admits pods in creation order, so: the assignment of the
-// earliest-created pending pod (pending must be sorted by Created) whose
-// assignment has exactly size ids, all available, including mustInclude.
-// Failing that, a pod with several slice-requesting containers, one of
-// size, whose assignment still has size available ids (its next container
-// takes them in assignment order), and failing that, best fit. Pods of one gang and shape
-// are interchangeable, so answering for the "wrong" one of them is harmless.
+// it admits; it sorts pods by creation time only within one batch of pod
+// additions and admits across batches in arrival (bind) order. So this is a
+// heuristic: the assignment of the earliest-created pending pod (pending
+// must be sorted by Created) whose assignment has exactly size ids, all
+// available, including mustInclude. Failing that, a pod with several
+// slice-requesting containers, one of size, whose assignment still has size
+// available ids (its next container takes them in assignment order), and
+// failing that, best fit. Two same-size pods bound out of creation order can
+// get each other's slices (docs/design.md, data path step 5, known
+// limitation); pods of one gang and shape are interchangeable, so answering
+// for the "wrong" one of them is harmless.
 func Prefer(l *Layout, pending []Pending, available, mustInclude []string, size int) ([]string, *Pending, Choice) {
 	if size <= 0 {
 		return nil, nil, ChoiceBestFit
