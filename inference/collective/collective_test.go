@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"math"
 	"strings"
 	"sync"
@@ -160,6 +161,30 @@ func TestHelloRejections(t *testing.T) {
 	}
 }
 
+// failedDials is a slog handler that counts Dial's "leader not reachable
+// yet" records and closes reached at the n-th.
+type failedDials struct {
+	n       int
+	reached chan struct{}
+	mu      sync.Mutex
+	seen    int
+}
+
+func (h *failedDials) Enabled(context.Context, slog.Level) bool { return true }
+func (h *failedDials) WithAttrs([]slog.Attr) slog.Handler       { return h }
+func (h *failedDials) WithGroup(string) slog.Handler            { return h }
+func (h *failedDials) Handle(_ context.Context, r slog.Record) error {
+	if r.Message != "leader not reachable yet" {
+		return nil
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.seen++; h.seen == h.n {
+		close(h.reached)
+	}
+	return nil
+}
+
 // TestDialRetries starts the worker before the leader exists.
 func TestDialRetries(t *testing.T) {
 	probe, err := Listen("127.0.0.1:0", Options{Self: PeerInfo{WorldSize: 1}})
@@ -169,15 +194,24 @@ func TestDialRetries(t *testing.T) {
 	addr := probe.Addr().String()
 	probe.Close()
 
+	failed := &failedDials{n: 2, reached: make(chan struct{})}
 	done := make(chan error, 1)
 	go func() {
-		w, err := Dial(context.Background(), addr, Options{Self: PeerInfo{Rank: 1, WorldSize: 2}}, Backoff{Initial: 20 * time.Millisecond, Max: 50 * time.Millisecond})
+		w, err := Dial(context.Background(), addr, Options{Self: PeerInfo{Rank: 1, WorldSize: 2}, Logger: slog.New(failed)}, Backoff{Initial: 20 * time.Millisecond, Max: 50 * time.Millisecond})
 		if err == nil {
 			defer w.Close()
 		}
 		done <- err
 	}()
-	time.Sleep(100 * time.Millisecond)
+	// The leader starts only once the worker has failed to reach it twice,
+	// so the join below comes from a retry.
+	select {
+	case <-failed.reached:
+	case err := <-done:
+		t.Fatalf("Dial returned before the leader existed: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the worker did not try the leader's address twice in 10s")
+	}
 	leader, err := Listen(addr, Options{Self: PeerInfo{WorldSize: 2}})
 	if err != nil {
 		t.Skipf("port %s taken meanwhile: %v", addr, err)
@@ -215,6 +249,10 @@ func TestRankLoss(t *testing.T) {
 			for _, c := range comms[:2] {
 				go func() { errs <- c.AllReduceSum([]float32{1}) }()
 			}
+			// Not a wait for a condition: a call that starts only after
+			// the Close must fail just the same ("later calls"), so the
+			// sleep merely makes it likely that both are already blocked
+			// inside AllReduceSum, the harder path. Nothing exposes "blocked".
 			time.Sleep(20 * time.Millisecond)
 			comms[2].Close()
 			for i := 0; i < 2; i++ {

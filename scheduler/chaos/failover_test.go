@@ -82,6 +82,9 @@ func TestLeaderFailover(t *testing.T) {
 				}
 			}()
 		}
+		// Arrival pacing, not a wait for a condition: gangs come as a
+		// stream (about 10 a second), so the kill above lands while plans
+		// and bindings are in flight and the rest arrive after it.
 		time.Sleep(100 * time.Millisecond)
 	}
 	var took time.Duration
