@@ -16,6 +16,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/util/retry"
 	"k8s.io/klog/v2"
@@ -70,24 +71,39 @@ func podSlices(p *v1.Pod) []api.SliceID {
 	return nil
 }
 
+// healthReport is what planHealth reported last for one gang.
+type healthReport struct {
+	// GPUs is the sorted, comma-joined "node/uuid" set reported Unhealthy.
+	GPUs string
+	// Evicted are the UIDs of the members EvictGang deleted, sorted. While
+	// any of them is still a member (the API server and the informer remove
+	// them one by one), the gang is being evicted, not recovered: a sweep
+	// that sees the member on the Unhealthy GPU gone first and the others
+	// still there must not report the gang Healthy again.
+	Evicted []types.UID
+}
+
 // planHealth is the whole decision, free of clients so it can be tested as a
 // table: given each gang's member pods, the Unhealthy GPUs per node and what
-// was reported last time (gang → signature), it returns what to do now and
-// the new report state. A gang is reported once per distinct set of
-// Unhealthy GPUs, and once more when it holds none again.
+// was reported last time, it returns what to do now and the new report
+// state. A gang is reported once per distinct set of Unhealthy GPUs, and
+// once more when it holds none again.
 //
 // A reported gang with no members left (evicted, or between a controller's
 // delete and create) keeps its report while its object exists, so the
-// condition stays False until the gang runs again on healthy GPUs; a gang
-// whose object and members are gone is forgotten without a word.
-func planHealth(members map[string][]*v1.Pod, bad map[string]map[string]bool, prev map[string]string, action string, exists func(gang string) bool) ([]healthAction, map[string]string) {
-	next := map[string]string{}
+// condition stays False until the gang runs again on healthy GPUs; so does
+// a gang while any member it evicted is still there; a gang whose object
+// and members are gone is forgotten without a word.
+func planHealth(members map[string][]*v1.Pod, bad map[string]map[string]bool, prev map[string]healthReport, action string, exists func(gang string) bool) ([]healthAction, map[string]healthReport) {
+	next := map[string]healthReport{}
 	var out []healthAction
 	for _, key := range slices.Sorted(maps.Keys(members)) {
 		gpus, pods := map[string]bool{}, map[string]bool{}
 		var all []string
+		var uids []types.UID
 		for _, p := range members[key] {
 			all = append(all, p.Namespace+"/"+p.Name)
+			uids = append(uids, p.UID)
 			if p.Spec.NodeName == "" || bad[p.Spec.NodeName] == nil {
 				continue
 			}
@@ -103,14 +119,18 @@ func planHealth(members map[string][]*v1.Pod, bad map[string]map[string]bool, pr
 		}
 		a := healthAction{Gang: key, Unhealthy: true, GPUs: slices.Sorted(maps.Keys(gpus)), Pods: slices.Sorted(maps.Keys(pods))}
 		sig := strings.Join(a.GPUs, ",")
-		next[key] = sig
-		if prev[key] == sig {
+		if last, ok := prev[key]; ok && last.GPUs == sig {
+			next[key] = last
 			continue
 		}
+		report := healthReport{GPUs: sig}
 		if action == UnhealthyGangEvict {
 			sort.Strings(all)
 			a.Evict = all
+			slices.Sort(uids)
+			report.Evicted = uids
 		}
+		next[key] = report
 		out = append(out, a)
 	}
 	for _, key := range slices.Sorted(maps.Keys(prev)) {
@@ -123,9 +143,23 @@ func planHealth(members map[string][]*v1.Pod, bad map[string]map[string]bool, pr
 			}
 			continue
 		}
+		if evicting(members[key], prev[key].Evicted) {
+			next[key] = prev[key]
+			continue
+		}
 		out = append(out, healthAction{Gang: key})
 	}
 	return out, next
+}
+
+// evicting reports whether any of pods is one of the evicted UIDs (sorted).
+func evicting(pods []*v1.Pod, evicted []types.UID) bool {
+	for _, p := range pods {
+		if _, found := slices.BinarySearch(evicted, p.UID); found {
+			return true
+		}
+	}
+	return false
 }
 
 // badGPUs returns the Unhealthy GPUs of an inventory; nil when none.
@@ -170,7 +204,7 @@ func (pl *Tessera) runHealth(ctx context.Context) {
 			logger.Error(err, "No dynamic client; PodGroup GPUHealthy conditions are not written")
 		}
 	}
-	reported := map[string]string{}
+	reported := map[string]healthReport{}
 	t := time.NewTicker(pl.args.sweepInterval())
 	defer t.Stop()
 	for {

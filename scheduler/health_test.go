@@ -9,12 +9,13 @@ import (
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/tessera-gpu/tessera/api"
 )
 
 func member(name, node, assigned, allocated string) *v1.Pod {
-	p := &v1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: name, Annotations: map[string]string{}}, Spec: v1.PodSpec{NodeName: node}}
+	p := &v1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: name, UID: types.UID("uid-" + name), Annotations: map[string]string{}}, Spec: v1.PodSpec{NodeName: node}}
 	if assigned != "" {
 		p.Annotations[api.AnnotationSliceAssignment] = assigned
 	}
@@ -32,65 +33,77 @@ func TestPlanHealth(t *testing.T) {
 	members := map[string][]*v1.Pod{"ns/a": gangA, "ns/b": gangB, "ns/c": gangC}
 	tests := map[string]struct {
 		bad        map[string]map[string]bool
-		prev       map[string]string
+		prev       map[string]healthReport
 		action     string
 		want       []healthAction
-		wantReport map[string]string
+		wantReport map[string]healthReport
 	}{
-		"all healthy": {want: nil, wantReport: map[string]string{}},
+		"all healthy": {want: nil, wantReport: map[string]healthReport{}},
 		"one GPU of gang a": {
 			bad:        map[string]map[string]bool{"n1": {"GPU-2": true}},
 			action:     UnhealthyGangEvent,
 			want:       []healthAction{{Gang: "ns/a", Unhealthy: true, GPUs: []string{"n1/GPU-2"}, Pods: []string{"ns/a-1"}}},
-			wantReport: map[string]string{"ns/a": "n1/GPU-2"},
+			wantReport: map[string]healthReport{"ns/a": {GPUs: "n1/GPU-2"}},
 		},
 		"evict lists every member, bound or not": {
 			bad:    map[string]map[string]bool{"n2": {"GPU-9": true}},
 			action: UnhealthyGangEvict,
 			want: []healthAction{{Gang: "ns/b", Unhealthy: true, GPUs: []string{"n2/GPU-9"}, Pods: []string{"ns/b-0"},
 				Evict: []string{"ns/b-0", "ns/b-1"}}},
-			wantReport: map[string]string{"ns/b": "n2/GPU-9"},
+			wantReport: map[string]healthReport{"ns/b": {GPUs: "n2/GPU-9", Evicted: []types.UID{"uid-b-0", "uid-b-1"}}},
 		},
 		"truth beats assignment": {
 			bad:        map[string]map[string]bool{"n1": {"GPU-3": true}},
 			action:     UnhealthyGangEvent,
 			want:       []healthAction{{Gang: "ns/c", Unhealthy: true, GPUs: []string{"n1/GPU-3"}, Pods: []string{"ns/c-0"}}},
-			wantReport: map[string]string{"ns/c": "n1/GPU-3"},
+			wantReport: map[string]healthReport{"ns/c": {GPUs: "n1/GPU-3"}},
 		},
 		"same GPU on another node is not ours": {
 			bad:        map[string]map[string]bool{"n2": {"GPU-1": true}},
 			want:       nil,
-			wantReport: map[string]string{},
+			wantReport: map[string]healthReport{},
 		},
 		"reported once": {
 			bad:        map[string]map[string]bool{"n1": {"GPU-2": true}},
-			prev:       map[string]string{"ns/a": "n1/GPU-2"},
+			prev:       map[string]healthReport{"ns/a": {GPUs: "n1/GPU-2"}},
 			want:       nil,
-			wantReport: map[string]string{"ns/a": "n1/GPU-2"},
+			wantReport: map[string]healthReport{"ns/a": {GPUs: "n1/GPU-2"}},
 		},
 		"a second GPU is a new report": {
 			bad:        map[string]map[string]bool{"n1": {"GPU-1": true, "GPU-2": true}},
-			prev:       map[string]string{"ns/a": "n1/GPU-2"},
+			prev:       map[string]healthReport{"ns/a": {GPUs: "n1/GPU-2"}},
 			action:     UnhealthyGangEvent,
 			want:       []healthAction{{Gang: "ns/a", Unhealthy: true, GPUs: []string{"n1/GPU-1", "n1/GPU-2"}, Pods: []string{"ns/a-0", "ns/a-1"}}},
-			wantReport: map[string]string{"ns/a": "n1/GPU-1,n1/GPU-2"},
+			wantReport: map[string]healthReport{"ns/a": {GPUs: "n1/GPU-1,n1/GPU-2"}},
 		},
 		"recovery": {
-			prev:       map[string]string{"ns/a": "n1/GPU-2"},
+			prev:       map[string]healthReport{"ns/a": {GPUs: "n1/GPU-2"}},
 			want:       []healthAction{{Gang: "ns/a"}},
-			wantReport: map[string]string{},
+			wantReport: map[string]healthReport{},
 		},
 		"gang and its object gone: forgotten silently": {
 			bad:        map[string]map[string]bool{"n1": {"GPU-2": true}},
-			prev:       map[string]string{"ns/gone": "n1/GPU-7"},
+			prev:       map[string]healthReport{"ns/gone": {GPUs: "n1/GPU-7"}},
 			action:     UnhealthyGangEvent,
 			want:       []healthAction{{Gang: "ns/a", Unhealthy: true, GPUs: []string{"n1/GPU-2"}, Pods: []string{"ns/a-1"}}},
-			wantReport: map[string]string{"ns/a": "n1/GPU-2"},
+			wantReport: map[string]healthReport{"ns/a": {GPUs: "n1/GPU-2"}},
+		},
+		// The member on the Unhealthy GPU is gone first; its gang mates,
+		// evicted in the same sweep, are still members: not a recovery.
+		"gang still being evicted is not recovered": {
+			prev:       map[string]healthReport{"ns/a": {GPUs: "n1/GPU-7", Evicted: []types.UID{"uid-a-0", "uid-a-1", "uid-a-9"}}},
+			want:       nil,
+			wantReport: map[string]healthReport{"ns/a": {GPUs: "n1/GPU-7", Evicted: []types.UID{"uid-a-0", "uid-a-1", "uid-a-9"}}},
+		},
+		"recreated members of an evicted gang on healthy GPUs: recovery": {
+			prev:       map[string]healthReport{"ns/a": {GPUs: "n1/GPU-7", Evicted: []types.UID{"uid-old-0", "uid-old-1"}}},
+			want:       []healthAction{{Gang: "ns/a"}},
+			wantReport: map[string]healthReport{},
 		},
 		"evicted gang whose PodGroup stays keeps its report until it runs again": {
-			prev:       map[string]string{"ns/evicted": "n1/GPU-7"},
+			prev:       map[string]healthReport{"ns/evicted": {GPUs: "n1/GPU-7"}},
 			want:       nil,
-			wantReport: map[string]string{"ns/evicted": "n1/GPU-7"},
+			wantReport: map[string]healthReport{"ns/evicted": {GPUs: "n1/GPU-7"}},
 		},
 	}
 	for name, tc := range tests {

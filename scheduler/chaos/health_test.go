@@ -3,6 +3,8 @@ package chaos
 import (
 	"context"
 	"fmt"
+	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -11,6 +13,9 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/apimachinery/pkg/watch"
+	"k8s.io/client-go/tools/cache"
+	watchtools "k8s.io/client-go/tools/watch"
 
 	"github.com/tessera-gpu/tessera/api"
 	"github.com/tessera-gpu/tessera/scheduler"
@@ -81,6 +86,10 @@ func TestUnhealthyGangEvicted(t *testing.T) {
 		t.Fatalf("assignment of %s: %v %v", victim.Name, ids, err)
 	}
 	node, gpu := victim.Spec.NodeName, ids[0].GPU
+	// The condition's whole history, from before the GPU turns Unhealthy:
+	// what the test asserts is a transition, and a read after the fact
+	// cannot tell "never set" from "set and moved on".
+	history := watchGPUHealthy(t, ctx, ns, "tp")
 	start := time.Now()
 	setGPUHealth(t, ctx, node, gpu, false)
 	defer setGPUHealth(t, context.Background(), node, gpu, true)
@@ -94,21 +103,10 @@ func TestUnhealthyGangEvicted(t *testing.T) {
 		t.Fatalf("the gang was not evicted: %v", err)
 	}
 	figure(t, "unhealthy_gpu_to_gang_evicted_seconds", time.Since(start).Seconds(), "s")
-	u, err := env.dyn.Resource(podGroupGVR).Namespace(ns).Get(ctx, "tp", metav1.GetOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	conds, _, _ := unstructured.NestedSlice(u.Object, "status", "conditions")
-	found := false
-	for _, c := range conds {
-		m, _ := c.(map[string]any)
-		if m["type"] == scheduler.ConditionGPUHealthy && m["status"] == "False" {
-			found = true
-		}
-	}
-	if !found {
-		t.Errorf("PodGroup has no %s=False condition: %v", scheduler.ConditionGPUHealthy, conds)
-	}
+	// The condition was written before the first delete, and an evicted
+	// gang stays GPUHealthy=False until it runs again: the members vanish
+	// one by one, and none of those moments is a recovery.
+	history.waitFor(t, ctx, []string{"True", "False"}, "GPUHealthy=False after the eviction")
 
 	// Recreated, the gang avoids the Unhealthy GPU.
 	create()
@@ -121,7 +119,91 @@ func TestUnhealthyGangEvicted(t *testing.T) {
 		}
 	}
 	figure(t, "unhealthy_gpu_to_gang_replaced_seconds", time.Since(start).Seconds(), "s")
+	// Running again on healthy GPUs: the condition says so.
+	history.waitFor(t, ctx, []string{"True", "False", "True"}, "GPUHealthy=True once the recreated gang runs on healthy GPUs")
 	deleteAll(t, ctx, ns)
+}
+
+// conditionHistory is the sequence of a PodGroup's GPUHealthy statuses as a
+// watch saw them, consecutive repeats folded ("True" stands for an absent
+// condition too: a gang nobody reported on is healthy).
+type conditionHistory struct {
+	mu   sync.Mutex
+	seen []string
+}
+
+func (h *conditionHistory) get() []string {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return slices.Clone(h.seen)
+}
+
+// waitFor waits until the history is exactly want.
+func (h *conditionHistory) waitFor(t *testing.T, ctx context.Context, want []string, what string) {
+	t.Helper()
+	err := wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, time.Minute, true, func(context.Context) (bool, error) {
+		got := h.get()
+		if len(got) > len(want) || !slices.Equal(got, want[:len(got)]) {
+			return false, fmt.Errorf("history %v is not a prefix of %v", got, want)
+		}
+		return len(got) == len(want), nil
+	})
+	if err != nil {
+		t.Fatalf("%s: condition history %v, want %v: %v", what, h.get(), want, err)
+	}
+}
+
+// watchGPUHealthy records the GPUHealthy history of PodGroup ns/name from
+// its current state on, until ctx ends.
+func watchGPUHealthy(t *testing.T, ctx context.Context, ns, name string) *conditionHistory {
+	t.Helper()
+	client := env.dyn.Resource(podGroupGVR).Namespace(ns)
+	cur, err := client.Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := &conditionHistory{}
+	record := func(u *unstructured.Unstructured) {
+		st := "True"
+		conds, _, _ := unstructured.NestedSlice(u.Object, "status", "conditions")
+		for _, c := range conds {
+			if m, _ := c.(map[string]any); m["type"] == scheduler.ConditionGPUHealthy {
+				st, _ = m["status"].(string)
+			}
+		}
+		h.mu.Lock()
+		if n := len(h.seen); n == 0 || h.seen[n-1] != st {
+			h.seen = append(h.seen, st)
+		}
+		h.mu.Unlock()
+	}
+	record(cur)
+	rw, err := watchtools.NewRetryWatcherWithContext(ctx, cur.GetResourceVersion(), &cache.ListWatch{
+		WatchFuncWithContext: func(ctx context.Context, o metav1.ListOptions) (watch.Interface, error) {
+			o.FieldSelector = "metadata.name=" + name
+			return client.Watch(ctx, o)
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		defer rw.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case ev, ok := <-rw.ResultChan():
+				if !ok {
+					return
+				}
+				if u, isObj := ev.Object.(*unstructured.Unstructured); isObj && ev.Type != watch.Deleted {
+					record(u)
+				}
+			}
+		}
+	}()
+	return h
 }
 
 func waitAllBound(t *testing.T, ctx context.Context, ns string, n int) []v1.Pod {
