@@ -5,9 +5,18 @@ import (
 	"context"
 	"encoding/json"
 	"net"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/go-logr/logr/funcr"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"k8s.io/klog/v2"
+	pluginapi "k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1"
+
+	"github.com/tessera-gpu/tessera/api"
 )
 
 func TestDiscoverFake(t *testing.T) {
@@ -56,16 +65,86 @@ func TestBadArgs(t *testing.T) {
 	}
 }
 
+// fakeKubelet is the kubelet's registration service on a socket of a test's
+// own directory: it records what registers.
+type fakeKubelet struct {
+	pluginapi.UnimplementedRegistrationServer
+	registered chan *pluginapi.RegisterRequest
+}
+
+func (k *fakeKubelet) Register(_ context.Context, r *pluginapi.RegisterRequest) (*pluginapi.Empty, error) {
+	k.registered <- r
+	return &pluginapi.Empty{}, nil
+}
+
+// TestServeNoKube runs serve without an API server: the plugin registers
+// with the kubelet, serves its slices, and exits 0 when stopped.
 func TestServeNoKube(t *testing.T) {
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
 	dir := t.TempDir()
+	lis, err := net.Listen("unix", filepath.Join(dir, "kubelet.sock"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	kubelet := &fakeKubelet{registered: make(chan *pluginapi.RegisterRequest, 4)}
+	srv := grpc.NewServer()
+	pluginapi.RegisterRegistrationServer(srv, kubelet)
+	go func() { _ = srv.Serve(lis) }()
+	defer srv.Stop()
+
+	serveCtx, stop := context.WithCancel(ctx)
+	defer stop()
 	done := make(chan int, 1)
 	var out, errb bytes.Buffer
 	go func() {
-		done <- Main(ctx, []string{"serve", "--no-kube", "--fake-gpus=2xA100-40GB", "--device-plugin-dir=" + dir + "/", "--metrics-address=127.0.0.1:0"}, &out, &errb)
+		done <- Main(serveCtx, []string{"serve", "--no-kube", "--fake-gpus=2xA100-40GB", "--device-plugin-dir=" + dir + "/", "--metrics-address=127.0.0.1:0"}, &out, &errb)
 	}()
-	time.Sleep(300 * time.Millisecond)
-	cancel()
+	var reg *pluginapi.RegisterRequest
+	select {
+	case reg = <-kubelet.registered:
+	case code := <-done:
+		t.Fatalf("serve exited %d before registering: %s", code, errb.String())
+	case <-ctx.Done():
+		t.Fatal("the plugin never registered with the kubelet")
+	}
+	if reg.ResourceName != api.ResourceName || reg.Version != pluginapi.Version || !reg.Options.GetGetPreferredAllocationAvailable() {
+		t.Errorf("registration %+v", reg)
+	}
+
+	// It answers on the endpoint it registered: the slices of both GPUs.
+	conn, err := grpc.NewClient("unix://"+filepath.Join(dir, reg.Endpoint), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	stream, err := pluginapi.NewDevicePluginClient(conn).ListAndWatch(ctx, &pluginapi.Empty{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp, err := stream.Recv()
+	if err != nil {
+		t.Fatalf("ListAndWatch: %v", err)
+	}
+	gpus := map[string]int{}
+	for _, d := range resp.Devices {
+		id, err := api.ParseSliceID(d.ID)
+		if err != nil || d.Health != pluginapi.Healthy {
+			t.Errorf("device %q health %q: %v", d.ID, d.Health, err)
+			continue
+		}
+		gpus[id.GPU]++
+	}
+	if len(gpus) != 2 {
+		t.Errorf("slices per GPU %v, want slices of 2 GPUs", gpus)
+	}
+	for gpu, n := range gpus {
+		if n != len(resp.Devices)/2 {
+			t.Errorf("GPU %s has %d of %d slices, want half", gpu, n, len(resp.Devices))
+		}
+	}
+
+	stop()
 	if code := <-done; code != 0 {
 		t.Fatalf("exit %d: %s", code, errb.String())
 	}
@@ -79,11 +158,22 @@ func TestListenRetryWaitsForThePort(t *testing.T) {
 		t.Fatal(err)
 	}
 	addr := held.Addr().String()
+	// The port is freed once listenRetry has found it taken and said it
+	// retries, so the success below is a retry's, not a first try's.
+	retrying := make(chan struct{}, 1)
+	logger := funcr.New(func(_, args string) {
+		if strings.Contains(args, "retrying") {
+			select {
+			case retrying <- struct{}{}:
+			default:
+			}
+		}
+	}, funcr.Options{})
 	go func() {
-		time.Sleep(600 * time.Millisecond)
+		<-retrying
 		held.Close()
 	}()
-	lis, err := listenRetry(context.Background(), addr, 10*time.Second)
+	lis, err := listenRetry(klog.NewContext(context.Background(), logger), addr, 10*time.Second)
 	if err != nil {
 		t.Fatalf("listenRetry: %v", err)
 	}
