@@ -22,7 +22,7 @@ type ConfigOptions struct {
 // DefaultConfig returns a KubeSchedulerConfiguration with the
 // tessera-scheduler profile:
 //
-//   - Tessera enabled at multiPoint (QueueSort, PreFilter, Filter,
+//   - Tessera enabled at multiPoint (QueueSort, PreEnqueue, PreFilter, Filter,
 //     PostFilter, Score, Reserve, Permit, PreBind, Bind, PostBind), and
 //     named at bind as well so that it binds before DefaultBinder: its Bind
 //     writes tessera.dev/slice-assignment in the Binding itself (one API

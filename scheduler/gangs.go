@@ -148,6 +148,32 @@ func (r *gangRegistry) pendingMembers(key string) map[string]*v1.Pod {
 	return out
 }
 
+// unknownSince returns, per gang that has pending members but no spec yet
+// (its PodGroup not seen, or not valid), when its oldest pending member was
+// created. Native PodGroups without a gang policy are not gangs.
+func (r *gangRegistry) unknownSince() map[string]time.Time {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := map[string]time.Time{}
+	for key, ms := range r.members {
+		if _, known := r.applied[key]; known {
+			continue
+		}
+		if g := r.groups[key]; g != nil && g.notGang {
+			continue
+		}
+		for _, m := range ms {
+			if m.pod == nil || m.pod.Spec.NodeName != "" || m.slices == 0 {
+				continue
+			}
+			if t, ok := out[key]; !ok || m.created.Before(t) {
+				out[key] = m.created
+			}
+		}
+	}
+	return out
+}
+
 func (r *gangRegistry) object(key string) runtime.Object {
 	r.mu.Lock()
 	defer r.mu.Unlock()

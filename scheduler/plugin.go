@@ -127,6 +127,7 @@ func New(ctx context.Context, obj runtime.Object, h fwk.Handle) (fwk.Plugin, err
 	go pl.refreshGauges(ctx)
 	go pl.watchGroupAPIs(ctx)
 	go pl.runHealth(klog.NewContext(ctx, logger.WithName("gpu-health")))
+	go pl.runNotReadyWarnings(klog.NewContext(ctx, logger))
 	return pl, nil
 }
 
