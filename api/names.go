@@ -11,8 +11,10 @@ const (
 	// AnnotationInventory is set on a Node by its device plugin: versioned JSON
 	// describing every GPU (see Inventory).
 	AnnotationInventory = "tessera.dev/gpu-inventory"
-	// AnnotationSliceAssignment is set on a Pod by the scheduler at PreBind:
-	// the exact slice IDs the pod must get, comma separated.
+	// AnnotationSliceAssignment is set on a Pod by the scheduler when it
+	// binds it (in the Binding, so it lands with spec.nodeName; at PreBind
+	// where another binder runs first): the exact slice IDs the pod must
+	// get, comma separated.
 	AnnotationSliceAssignment = "tessera.dev/slice-assignment"
 	// AnnotationSlicesAllocated is set on a Pod by the device plugin after it
 	// reconciled with the kubelet: the slice IDs the container really holds.
