@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -204,12 +205,13 @@ func TestRestartMidGang(t *testing.T) {
 		createPods(t, ctx, gpuPod(ns, name, 2, labels))
 		names = append(names, name)
 	}
-	// Wait until the three hold the barrier: each has been tried, none bound.
-	time.Sleep(3 * time.Second)
+	// The three hold the barrier: each has been tried, none bound.
+	waitAtBarrier(t, ctx, ns, names)
 	assertNoneBound(t, ctx, ns)
 
 	restartScheduler(t)
-	time.Sleep(2 * time.Second)
+	// The new scheduler tried them too: they wait at its barrier.
+	waitAtBarrier(t, ctx, ns, names)
 	assertNoneBound(t, ctx, ns)
 	// The new scheduler rebuilt its ledger from the cluster: nothing of the
 	// old one's reservations survives; the only slices held beyond bound
@@ -227,6 +229,33 @@ func TestRestartMidGang(t *testing.T) {
 		t.Errorf("gang spans cliques after restart")
 	}
 	waitNoLeak(t, ctx)
+}
+
+// waitAtBarrier waits until the current scheduler holds exactly the named
+// pods of ns at Permit: proof that it tried them, before a test asserts that
+// none was bound.
+func waitAtBarrier(t *testing.T, ctx context.Context, ns string, names []string) {
+	t.Helper()
+	want := make([]string, 0, len(names))
+	for _, n := range names {
+		want = append(want, ns+"/"+n)
+	}
+	slices.Sort(want)
+	var got []string
+	err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
+		currentMu.Lock()
+		got = nil
+		for _, p := range current.s.WaitingPods() {
+			if strings.HasPrefix(p, ns+"/") {
+				got = append(got, p)
+			}
+		}
+		currentMu.Unlock()
+		return slices.Equal(got, want), nil
+	})
+	if err != nil {
+		t.Fatalf("pods waiting at the gang barrier: %v, want %v: %v", got, want, err)
+	}
 }
 
 func assertNoneBound(t *testing.T, ctx context.Context, ns string) {

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"time"
 
@@ -26,8 +27,10 @@ import (
 	"k8s.io/client-go/tools/leaderelection/resourcelock"
 	"k8s.io/component-base/metrics/legacyregistry"
 	"k8s.io/klog/v2"
+	fwk "k8s.io/kube-scheduler/framework"
 	"k8s.io/kubernetes/cmd/kube-scheduler/app"
 	"k8s.io/kubernetes/cmd/kube-scheduler/app/options"
+	k8sscheduler "k8s.io/kubernetes/pkg/scheduler"
 	"sigs.k8s.io/yaml"
 
 	"github.com/tessera-gpu/tessera/api"
@@ -115,6 +118,23 @@ type Scheduler struct {
 	leading chan struct{}
 	mu      sync.Mutex
 	err     error
+	// sched is the scheduler being run, for WaitingPods.
+	sched *k8sscheduler.Scheduler
+}
+
+// WaitingPods returns namespace/name of the pods this scheduler holds at
+// Permit (Tessera's gang barrier), sorted. Tests use it to prove the
+// scheduler has tried a pod before they assert that it was not bound.
+func (s *Scheduler) WaitingPods() []string {
+	var out []string
+	for _, fw := range s.sched.Profiles {
+		fw.IterateOverWaitingPods(func(wp fwk.WaitingPod) {
+			p := wp.GetPod()
+			out = append(out, p.Namespace+"/"+p.Name)
+		})
+	}
+	slices.Sort(out)
+	return out
 }
 
 // setupMu serialises app.Setup: it registers global metrics and flags.
@@ -150,7 +170,7 @@ func Start(ctx context.Context, o Options) (*Scheduler, error) {
 		cancel()
 		return nil, fmt.Errorf("setting up the scheduler: %w", err)
 	}
-	s := &Scheduler{cancel: cancel, done: make(chan struct{}), leading: make(chan struct{})}
+	s := &Scheduler{cancel: cancel, done: make(chan struct{}), leading: make(chan struct{}), sched: sched}
 	run := func(ctx context.Context) {
 		close(s.leading)
 		sched.Run(ctx)
