@@ -39,6 +39,7 @@ cat <<EOT
   kubectl get pods -n tessera-demo -o wide
   kubectl tessera nodes            # slices per node and GPU
   kubectl tessera gangs -A         # gangs, their domain and status
+  kubectl get pg -n tessera-demo   # PodGroups (scheduling.x-k8s.io; bare "podgroups" is the native kind)
   kubectl tessera explain -n tessera-demo llama-tp4-0
   curl -s localhost:18000/v1/completions -d '{"prompt":"Hi","max_tokens":16}'
 Stop it: make cluster-down

@@ -81,8 +81,15 @@ each pod and gang holds, which gangs wait and why, and why a pod is where it is.
 		Use:     "gangs",
 		Aliases: []string{"gang"},
 		Short:   "Gangs: source, members placed/required, domain, time waiting, last scheduler reason",
-		Args:    cobra.NoArgs,
-		RunE:    func(cmd *cobra.Command, _ []string) error { return o.runGangs(cmd.Context()) },
+		Long: `Gangs: source, members placed/required, domain, time waiting, last scheduler reason.
+
+The PodGroup objects themselves: kubectl get pg (short for podgroups.scheduling.x-k8s.io).
+On Kubernetes 1.37 with scheduling.k8s.io served, a bare "kubectl get podgroups" lists the
+native scheduling.k8s.io PodGroups instead.`,
+		Example: `  kubectl tessera gangs -A
+  kubectl get pg -A`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error { return o.runGangs(cmd.Context()) },
 	}
 	explain := &cobra.Command{
 		Use:   "explain POD",
