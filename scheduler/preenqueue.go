@@ -42,7 +42,7 @@ func (pl *Tessera) PreEnqueue(_ context.Context, pod *v1.Pod) *fwk.Status {
 
 func notReadyMessage(gang string, objectSeen bool) string {
 	if objectSeen {
-		return fmt.Sprintf("gang %s: not known yet (its PodGroup is seen, its members not yet)", gang)
+		return fmt.Sprintf("gang %s: not known yet (its PodGroup is seen but gives no valid gang yet; an InvalidGang event says why if it is invalid)", gang)
 	}
 	return fmt.Sprintf("gang %s: not known yet (waiting for its PodGroup)", gang)
 }
