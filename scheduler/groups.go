@@ -2,7 +2,6 @@ package scheduler
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"time"
 
@@ -12,7 +11,6 @@ import (
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/dynamic/dynamicinformer"
 	"k8s.io/client-go/informers"
@@ -92,9 +90,6 @@ func (pl *Tessera) startPodGroupInformer(ctx context.Context) error {
 	}); err != nil {
 		return err
 	}
-	if *pl.args.PodGroupStatus {
-		go pl.runStatusUpdates(ctx, dc)
-	}
 	f.Start(ctx.Done())
 	return nil
 }
@@ -127,7 +122,7 @@ func (pl *Tessera) podGroupChanged(obj any) {
 	}
 	key := pg.Namespace + "/" + pg.Name
 	pl.gangs.setGroup(key, g)
-	pl.markStatusDirty(key)
+	pl.status.enqueue(key)
 }
 
 func (pl *Tessera) nativeGroupChanged(obj any) {
@@ -160,70 +155,6 @@ func (pl *Tessera) groupDeleted(obj any) {
 		return
 	}
 	pl.gangs.setGroup(m.GetNamespace()+"/"+m.GetName(), nil)
-}
-
-// markStatusDirty queues a status update of a scheduling.x-k8s.io PodGroup.
-func (pl *Tessera) markStatusDirty(key string) {
-	if !*pl.args.PodGroupStatus {
-		return
-	}
-	pl.mu.Lock()
-	if pl.statusDirty == nil {
-		pl.statusDirty = map[string]struct{}{}
-	}
-	pl.statusDirty[key] = struct{}{}
-	pl.mu.Unlock()
-}
-
-// runStatusUpdates writes phase and counts of dirty PodGroups, batched once
-// per sweep interval so a gang binding 64 members patches a few times, not 64.
-func (pl *Tessera) runStatusUpdates(ctx context.Context, dc dynamic.Interface) {
-	t := time.NewTicker(pl.args.sweepInterval())
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-		pl.mu.Lock()
-		dirty := pl.statusDirty
-		pl.statusDirty = nil
-		pl.mu.Unlock()
-		for key := range dirty {
-			if err := pl.updateStatus(ctx, dc, key); err != nil && ctx.Err() == nil {
-				pl.logger.V(2).Info("PodGroup status update failed; retrying", "podGroup", key, "err", err)
-				pl.markStatusDirty(key)
-			}
-		}
-	}
-}
-
-func (pl *Tessera) updateStatus(ctx context.Context, dc dynamic.Interface, key string) error {
-	obj, ok := pl.gangs.object(key).(*unstructured.Unstructured)
-	if !ok {
-		return nil
-	}
-	var pg pgv1alpha1.PodGroup
-	if err := runtime.DefaultUnstructuredConverter.FromUnstructured(obj.Object, &pg); err != nil {
-		return err
-	}
-	want := pl.gangs.groupStatus(key, int(pg.Spec.MinMember))
-	if want.Phase != pgv1alpha1.PodGroupPending && pg.Status.ScheduleStartTime.IsZero() {
-		want.ScheduleStartTime = metav1.Now()
-	} else {
-		want.ScheduleStartTime = pg.Status.ScheduleStartTime
-	}
-	want.OccupiedBy = pg.Status.OccupiedBy
-	if want.Phase == pg.Status.Phase && want.Running == pg.Status.Running && want.Succeeded == pg.Status.Succeeded && want.Failed == pg.Status.Failed {
-		return nil
-	}
-	patch, err := json.Marshal(map[string]any{"status": want})
-	if err != nil {
-		return err
-	}
-	_, err = dc.Resource(podGroupGVR).Namespace(pg.Namespace).Patch(ctx, pg.Name, types.MergePatchType, patch, metav1.PatchOptions{}, "status")
-	return err
 }
 
 // groupStatus derives a PodGroup's status from its member pods.

@@ -11,9 +11,11 @@ import (
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/klog/v2"
 	fwk "k8s.io/kube-scheduler/framework"
+	"k8s.io/utils/clock"
 
 	"github.com/tessera-gpu/tessera/api"
 	"github.com/tessera-gpu/tessera/gang"
@@ -26,6 +28,9 @@ const Name = "Tessera"
 type Tessera struct {
 	handle fwk.Handle
 	args   *Args
+	// status writes scheduling.x-k8s.io PodGroup statuses; nil when
+	// podGroupStatus is off (podgroup_status.go).
+	status *podGroupStatusWriter
 	ledger *gang.Ledger
 	mgr    *gang.Manager
 	gangs  *gangRegistry
@@ -49,9 +54,6 @@ type Tessera struct {
 	// lastEvent is the last gang-level event reason per gang, so a gang
 	// that stays unschedulable does not flood events.
 	lastEvent map[string]string
-	// statusDirty are scheduling.x-k8s.io PodGroups whose status needs a
-	// refresh.
-	statusDirty map[string]struct{}
 	// badGPUs are the Unhealthy GPUs per node (uuid set), from the
 	// inventories; healthDirty wakes the health loop (health.go).
 	badGPUs     map[string]map[string]bool
@@ -123,6 +125,16 @@ func New(ctx context.Context, obj runtime.Object, h fwk.Handle) (fwk.Plugin, err
 	}
 	pl.handlersSynced = []cache.InformerSynced{nreg.HasSynced, preg.HasSynced}
 
+	if *args.PodGroupStatus {
+		if cfg := h.KubeConfig(); cfg != nil {
+			dc, err := dynamic.NewForConfig(cfg)
+			if err != nil {
+				return nil, fmt.Errorf("%s: dynamic client for PodGroup status: %w", Name, err)
+			}
+			pl.status = newPodGroupStatusWriter(pl.gangs, dc, clock.RealClock{}, args.sweepInterval())
+			go pl.status.run(klog.NewContext(ctx, logger.WithName("podgroup-status")))
+		}
+	}
 	go pl.mgr.Run(ctx, args.sweepInterval())
 	go pl.refreshGauges(ctx)
 	go pl.watchGroupAPIs(ctx)
@@ -270,7 +282,7 @@ func (pl *Tessera) forgetPod(pod *v1.Pod, ref gangRef, inGang bool) {
 
 func (pl *Tessera) markGroupDirty(ref gangRef) {
 	if ref.Source == gang.SourcePodGroup {
-		pl.markStatusDirty(ref.Key)
+		pl.status.enqueue(ref.Key)
 	}
 }
 
