@@ -10,8 +10,8 @@ import (
 )
 
 // MaxGPUsPerNode bounds the GPUs of one node. Sets of GPUs are uint64
-// bitmasks (gpuSet) so that Filter/Score/Pick never allocate; real nodes have
-// 4 to 16 GPUs, so 64 leaves ample room.
+// bitmasks (gpuSet) so that Filter, Score and slice picking never allocate;
+// real nodes have 4 to 16 GPUs, so 64 leaves ample room.
 const MaxGPUsPerNode = 64
 
 // MaxSlicesPerGPU bounds slicesPerGPU so a corrupt inventory cannot make the

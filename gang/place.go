@@ -26,13 +26,6 @@ func shape(req, sPer int) (whole int, err error) {
 	return req / sPer, nil
 }
 
-// ValidateRequest reports whether req slices can ever be served on a node
-// with sPer slices per GPU.
-func ValidateRequest(req, sPer int) error {
-	_, err := shape(req, sPer)
-	return err
-}
-
 // capacity returns how many ranks of req slices fit on the node, each on its
 // own GPU(s) — ranks of one gang never share a GPU. O(1).
 func (s *summary) capacity(req int) int {
@@ -273,25 +266,6 @@ func (l *Ledger) rebuildIndex() {
 	}
 	l.mu.RUnlock()
 	l.index.Store(&m)
-}
-
-// Pick returns the slice IDs one pod asking for req slices would get on
-// node, avoiding the GPUs listed in excludeGPUs (UUIDs). It reserves nothing.
-func (l *Ledger) Pick(node string, req int, excludeGPUs []string) ([]api.SliceID, error) {
-	l.mu.RLock()
-	defer l.mu.RUnlock()
-	n := l.nodes[node]
-	if n == nil {
-		return nil, fmt.Errorf("node %s is not in the ledger", node)
-	}
-	var excl gpuSet
-	for _, u := range excludeGPUs {
-		if i, ok := n.byUUID[u]; ok {
-			excl |= 1 << uint(i)
-		}
-	}
-	ids, _, err := n.pick(req, excl)
-	return ids, err
 }
 
 // PickAndAssume picks slices for holder id on node and reserves them in one
