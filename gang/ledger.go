@@ -658,12 +658,19 @@ func (l *Ledger) transferLocked(from, to, podName string) error {
 	if o := l.holders[to]; o != nil {
 		return fmt.Errorf("transfer %s → %s: %s already holds slices", from, to, to)
 	}
+	l.renameLocked(h, to, podName)
+	return nil
+}
+
+// renameLocked re-keys h as to in every index; the caller checked that to is
+// free. A rolled-back Transfer uses it to rename h back.
+func (l *Ledger) renameLocked(h *holder, to, podName string) {
 	gang, claimNode := h.gang, h.claimNode
 	l.setGangLocked(h, "")
 	l.setClaimNodeLocked(h, "")
-	delete(l.holders, from)
+	delete(l.holders, h.id)
 	if n := l.nodes[h.appliedNode]; n != nil {
-		delete(n.holders, from)
+		delete(n.holders, h.id)
 		n.holders[to] = h
 	}
 	h.id, h.pod = to, podName
@@ -671,7 +678,6 @@ func (l *Ledger) transferLocked(from, to, podName string) error {
 	l.setGangLocked(h, gang)
 	l.setClaimNodeLocked(h, claimNode)
 	l.gen++
-	return nil
 }
 
 // Held returns what holder id holds and how.

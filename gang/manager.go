@@ -167,6 +167,14 @@ func (g *gangState) avoidList(now time.Time) []string {
 
 // Manager runs the gang lifecycle over a Ledger. Its methods map one to one
 // to the framework extension points; all are safe for concurrent use.
+//
+// Locking: mu guards the manager's own state (gangs, members, plans, the
+// Permit barrier, backoff). Exported methods take it; unexported methods run
+// with it held. The ledger is changed only through Ledger.Update, called with
+// mu held, so the order is always mu, then the ledger's lock, never the
+// reverse (the ledger never calls into the manager). What a call owes
+// callbacks (rejections, the ledger's mismatch reports) collects in an
+// effects value, delivered after mu is released.
 type Manager struct {
 	mu      sync.Mutex
 	l       *Ledger
@@ -207,13 +215,28 @@ func NewManager(l *Ledger, opts Options) *Manager {
 // Ledger returns the ledger the manager plans on.
 func (m *Manager) Ledger() *Ledger { return m.l }
 
-func (m *Manager) deliver(rejs []Rejection) {
-	if m.onRej == nil {
-		return
+// effects are the callbacks one manager call owes once mu is released, so
+// that a callback may call back into the manager or the ledger.
+type effects struct {
+	rejs    []Rejection
+	reports Reports
+}
+
+func (m *Manager) deliver(fx *effects) {
+	if m.onRej != nil {
+		for _, r := range fx.rejs {
+			m.onRej(r)
+		}
 	}
-	for _, r := range rejs {
-		m.onRej(r)
-	}
+	fx.reports.Deliver()
+}
+
+// update runs fn as one ledger transaction (mu held); its mismatch reports
+// join fx. An error from fn rolls the ledger back and is returned.
+func (m *Manager) update(fx *effects, fn func(tx *Tx) error) error {
+	rep, err := m.l.Update(fn)
+	fx.reports.Add(rep)
+	return err
 }
 
 // SetGang adds or updates a gang (from the PodGroup / LWS / native informer).
@@ -226,14 +249,14 @@ func (m *Manager) SetGang(spec GangSpec) error {
 	if len(spec.MemberRequests) == 0 {
 		spec.MemberRequests = nil
 	}
+	var fx effects
 	m.mu.Lock()
-	var rejs []Rejection
 	g := m.gangs[spec.Key]
 	if g == nil {
 		g = &gangState{}
 		m.gangs[spec.Key] = g
 	} else if g.slots != nil && !g.allowed && !sameShape(&g.spec, &spec) {
-		rejs = append(rejs, m.rejectLocked(g, fmt.Sprintf("gang %s: spec changed while planned", spec.Key), false))
+		m.reject(&fx, g, fmt.Sprintf("gang %s: spec changed while planned", spec.Key), false)
 	}
 	g.spec = spec
 	m.specGen++
@@ -243,7 +266,7 @@ func (m *Manager) SetGang(spec GangSpec) error {
 		delete(m.exclusive, spec.Key)
 	}
 	m.mu.Unlock()
-	m.deliver(rejs)
+	m.deliver(&fx)
 	return nil
 }
 
@@ -262,33 +285,34 @@ func sameShape(a, b *GangSpec) bool {
 
 // RemoveGang forgets a gang; its unbound plan is freed.
 func (m *Manager) RemoveGang(key string) {
+	var fx effects
 	m.mu.Lock()
-	var rejs []Rejection
 	if g := m.gangs[key]; g != nil {
 		if g.slots != nil {
-			rejs = append(rejs, m.rejectLocked(g, fmt.Sprintf("gang %s: removed", key), false))
+			m.reject(&fx, g, fmt.Sprintf("gang %s: removed", key), false)
 		}
 		delete(m.gangs, key)
 		delete(m.exclusive, key)
 		m.specGen++
 	}
 	m.mu.Unlock()
-	m.deliver(rejs)
+	m.deliver(&fx)
 }
 
 // PreFilter plans the pod's gang if needed and returns where the pod goes.
 // Single pods get Placement{} (any node that Fits). Errors that are
 // *UnschedulableError carry the reason for the pod's condition.
 func (m *Manager) PreFilter(p Pod) (Placement, error) {
+	var fx effects
 	m.mu.Lock()
-	rejs := m.sweepLocked(m.clock.Now())
-	pl, err := m.preFilterLocked(p)
+	m.sweep(&fx, m.clock.Now())
+	pl, err := m.preFilter(&fx, p)
 	m.mu.Unlock()
-	m.deliver(rejs)
+	m.deliver(&fx)
 	return pl, err
 }
 
-func (m *Manager) preFilterLocked(p Pod) (Placement, error) {
+func (m *Manager) preFilter(fx *effects, p Pod) (Placement, error) {
 	if p.UID == "" {
 		return Placement{}, errors.New("prefilter: pod without UID")
 	}
@@ -322,28 +346,41 @@ func (m *Manager) preFilterLocked(p Pod) (Placement, error) {
 		return Placement{}, unschedulable(p.Gang, "gang %s: backing off until %s after: %s", p.Gang, g.backoffUntil.Format(time.RFC3339), g.lastReason)
 	}
 	avoid := g.avoidList(now)
-	m.l.mu.Lock()
-	defer m.l.mu.Unlock()
-	if g.failGen != 0 && g.failGen == m.l.gen && g.failSpecGen == m.specGen {
+	var pl Placement
+	err := m.update(fx, func(tx *Tx) error {
+		var err error
+		pl, err = m.plan(tx, g, p, avoid, now)
+		return err
+	})
+	return pl, err
+}
+
+// plan places p's gang in one transaction: a replacement member of a
+// running gang next to its members, else a whole new plan, reserved at once
+// (either every member's slices are held or none are). An error rolls the
+// ledger back; a failure to place is cached against the ledger generation
+// and specGen, so an unchanged world gets the same answer without a replan.
+func (m *Manager) plan(tx *Tx, g *gangState, p Pod, avoid []string, now time.Time) (Placement, error) {
+	if g.failGen != 0 && g.failGen == tx.Generation() && g.failSpecGen == m.specGen {
 		// Nothing changed since the last attempt: same answer, no replan.
 		return Placement{}, unschedulable(p.Gang, "%s", g.lastReason)
 	}
-	pr := &planRequest{spec: &g.spec, exclusiveOthers: m.exclusiveOthersLocked(g.spec.Key), avoid: avoid, eligible: p.Eligible}
-	if g.allowed && len(m.l.gangs[g.spec.Key]) == 0 {
+	pr := &PlanRequest{Spec: &g.spec, ExclusiveOthers: m.exclusiveOthers(g.spec.Key), Avoid: avoid, Eligible: p.Eligible}
+	if g.allowed && tx.GangHolders(g.spec.Key) == 0 {
 		// Every member is gone: plan the gang afresh. Slots of the old plan
 		// hold nothing any more; keeping them (an empty, non-nil plan)
 		// would read as a plan of 0 members if this attempt fails.
 		g.allowed = false
 		g.slots = nil
 	}
-	if g.allowed || m.runningLocked(g) {
+	if g.allowed || tx.GangRunning(g.spec.Key) {
 		// Replacement (or extra) member of a running gang: stay in its domain.
-		sl, err := m.l.placeOneLocked(pr, p.Slices)
+		sl, err := tx.PlaceOne(pr, p.Slices)
 		if err != nil {
-			g.lastReason, g.failGen, g.failSpecGen = err.Error(), m.l.gen, m.specGen
+			g.lastReason, g.failGen, g.failSpecGen = err.Error(), tx.Generation(), m.specGen
 			return Placement{}, err
 		}
-		if err := m.l.assumeLocked(p.UID, p.name(), g.spec.Key, sl.Node, sl.Slices); err != nil {
+		if err := tx.Assume(p.UID, p.name(), g.spec.Key, sl.Node, sl.Slices); err != nil {
 			return Placement{}, fmt.Errorf("gang %s: reserving replacement: %w", p.Gang, err)
 		}
 		s := &slot{Slot: sl, holder: p.UID, pod: p.UID, state: slotTaken}
@@ -358,26 +395,23 @@ func (m *Manager) preFilterLocked(p Pod) (Placement, error) {
 	if !g.wants(p.Slices) {
 		return Placement{}, unschedulable(p.Gang, "gang %s: pod %s requests %d slices; the gang's members request %s", p.Gang, p.name(), p.Slices, g.spec.shapeString())
 	}
-	domain, slots, err := m.l.planLocked(pr)
+	domain, slots, err := tx.Plan(pr)
 	if err != nil {
-		g.lastReason, g.failGen, g.failSpecGen = err.Error(), m.l.gen, m.specGen
+		g.lastReason, g.failGen, g.failSpecGen = err.Error(), tx.Generation(), m.specGen
 		return Placement{}, err
 	}
-	// Reserve the whole plan at once, still under the ledger lock: either
-	// every member's slices are held or none are.
+	// Reserve the whole plan in the same transaction; if one slot fails,
+	// returning the error rolls back the slots assumed before it.
 	g.seq++
-	g.slots = make([]*slot, len(slots))
+	planned := make([]*slot, len(slots))
 	for i, sl := range slots {
 		id := slotHolderID(g.spec.Key, g.seq, i)
-		if err := m.l.assumeLocked(id, "", g.spec.Key, sl.Node, sl.Slices); err != nil {
-			for _, s := range g.slots[:i] {
-				m.l.forgetLocked(s.holder)
-			}
-			g.slots = nil
+		if err := tx.Assume(id, "", g.spec.Key, sl.Node, sl.Slices); err != nil {
 			return Placement{}, fmt.Errorf("gang %s: reserving plan: %w", p.Gang, err)
 		}
-		g.slots[i] = &slot{Slot: sl, holder: id}
+		planned[i] = &slot{Slot: sl, holder: id}
 	}
+	g.slots = planned
 	g.domain, g.allowed, g.failGen = domain, false, 0
 	g.deadline = now.Add(g.spec.timeout())
 	m.active[g.spec.Key] = g
@@ -419,19 +453,8 @@ func (m *Manager) take(g *gangState, s *slot, p Pod) {
 	m.members[p.UID] = &memberRef{gang: g.spec.Key, slot: s}
 }
 
-// runningLocked: some pod of the gang holds slices outside any plan (bound
-// members, also after a scheduler restart when only the ledger knows them).
-func (m *Manager) runningLocked(g *gangState) bool {
-	for _, h := range m.l.gangs[g.spec.Key] {
-		if h.kind >= Assigned {
-			return true
-		}
-	}
-	return false
-}
-
-// exclusiveOthersLocked lists the other gangs holding an exclusive topology.
-func (m *Manager) exclusiveOthersLocked(self string) map[string]string {
+// exclusiveOthers lists the other gangs holding an exclusive topology.
+func (m *Manager) exclusiveOthers(self string) map[string]string {
 	var out map[string]string
 	for k, key := range m.exclusive {
 		if k != self {
@@ -454,8 +477,15 @@ func (m *Manager) Reserve(p Pod, node string) ([]api.SliceID, error) {
 		}
 		return ids, nil
 	}
+	var fx effects
 	m.mu.Lock()
-	defer m.mu.Unlock()
+	ids, err := m.reserve(&fx, p, node)
+	m.mu.Unlock()
+	m.deliver(&fx)
+	return ids, err
+}
+
+func (m *Manager) reserve(fx *effects, p Pod, node string) ([]api.SliceID, error) {
 	ref := m.members[p.UID]
 	if ref == nil || ref.slot == nil {
 		return nil, fmt.Errorf("reserve %s: no planned slot in gang %s (rejected meanwhile?)", p.name(), p.Gang)
@@ -465,9 +495,7 @@ func (m *Manager) Reserve(p Pod, node string) ([]api.SliceID, error) {
 		return nil, fmt.Errorf("reserve %s: planned on node %s, not %s", p.name(), s.Node, node)
 	}
 	if s.holder != p.UID {
-		m.l.mu.Lock()
-		err := m.l.transferLocked(s.holder, p.UID, p.name())
-		m.l.mu.Unlock()
+		err := m.update(fx, func(tx *Tx) error { return tx.Transfer(s.holder, p.UID, p.name()) })
 		if err != nil {
 			return nil, fmt.Errorf("reserve %s: %w", p.name(), err)
 		}
@@ -487,8 +515,8 @@ func (m *Manager) Unreserve(p Pod) {
 		m.l.Forget(p.UID)
 		return
 	}
+	var fx effects
 	m.mu.Lock()
-	var rejs []Rejection
 	if ref := m.members[p.UID]; ref != nil && ref.slot != nil {
 		g := m.gangs[ref.gang]
 		switch {
@@ -503,32 +531,33 @@ func (m *Manager) Unreserve(p Pod) {
 					reserved++
 				}
 			}
-			rejs = append(rejs, m.rejectLocked(g, fmt.Sprintf("gang %s: timed out after %s with %d of %d members reserved", g.spec.Key, g.spec.timeout(), reserved, g.spec.MinMember), true))
+			m.reject(&fx, g, fmt.Sprintf("gang %s: timed out after %s with %d of %d members reserved", g.spec.Key, g.spec.timeout(), reserved, g.spec.MinMember), true)
 		case !g.allowed:
-			rejs = append(rejs, m.rejectLocked(g, fmt.Sprintf("gang %s: member %s failed", g.spec.Key, p.name()), true))
+			m.reject(&fx, g, fmt.Sprintf("gang %s: member %s failed", g.spec.Key, p.name()), true)
 		default:
-			m.releaseSlotLocked(g, ref.slot)
+			m.releaseSlot(&fx, g, ref.slot)
 		}
 	}
 	m.mu.Unlock()
-	m.deliver(rejs)
+	m.deliver(&fx)
 }
 
-// releaseSlotLocked gives a member's slot back to the plan (slices stay held
+// releaseSlot gives a member's slot back to the plan (slices stay held
 // under the slot's name, so nobody takes them in between).
-func (m *Manager) releaseSlotLocked(g *gangState, s *slot) {
+func (m *Manager) releaseSlot(fx *effects, g *gangState, s *slot) {
 	if s.pod != "" {
 		delete(m.members, s.pod)
 	}
 	if s.holder == s.pod && s.pod != "" {
 		id := slotHolderID(g.spec.Key, g.seq, s.Index) + "r"
-		m.l.mu.Lock()
-		if err := m.l.transferLocked(s.holder, id, ""); err == nil {
+		m.update(fx, func(tx *Tx) error {
+			if err := tx.Transfer(s.holder, id, ""); err != nil {
+				tx.Forget(s.holder)
+				return nil
+			}
 			s.holder = id
-		} else {
-			m.l.forgetLocked(s.holder)
-		}
-		m.l.mu.Unlock()
+			return nil
+		})
 	}
 	s.pod, s.state = "", slotOpen
 	g.deadline = m.clock.Now().Add(g.spec.timeout())
@@ -540,21 +569,22 @@ func (m *Manager) Permit(p Pod) PermitResult {
 	if p.Gang == "" {
 		return PermitResult{Status: PermitAllow}
 	}
+	var fx effects
 	m.mu.Lock()
-	res, rejs := m.permitLocked(p)
+	res := m.permit(&fx, p)
 	m.mu.Unlock()
-	m.deliver(rejs)
+	m.deliver(&fx)
 	return res
 }
 
-func (m *Manager) permitLocked(p Pod) (PermitResult, []Rejection) {
+func (m *Manager) permit(fx *effects, p Pod) PermitResult {
 	ref := m.members[p.UID]
 	g := m.gangs[p.Gang]
 	if ref == nil || ref.slot == nil || g == nil || ref.slot.state < slotReserved {
-		return PermitResult{Status: PermitReject, Reason: fmt.Sprintf("gang %s: pod %s holds no reserved slot", p.Gang, p.name())}, nil
+		return PermitResult{Status: PermitReject, Reason: fmt.Sprintf("gang %s: pod %s holds no reserved slot", p.Gang, p.name())}
 	}
 	if g.allowed {
-		return PermitResult{Status: PermitAllow}, nil
+		return PermitResult{Status: PermitAllow}
 	}
 	now := m.clock.Now()
 	reserved := 0
@@ -573,14 +603,14 @@ func (m *Manager) permitLocked(p Pod) (PermitResult, []Rejection) {
 			}
 		}
 		sort.Strings(allow)
-		return PermitResult{Status: PermitAllow, AllowUIDs: allow}, nil
+		return PermitResult{Status: PermitAllow, AllowUIDs: allow}
 	}
 	if !now.Before(g.deadline) {
-		r := m.rejectLocked(g, fmt.Sprintf("gang %s: timed out with %d of %d members reserved", g.spec.Key, reserved, g.spec.MinMember), true)
-		return PermitResult{Status: PermitReject, Reason: r.Reason}, []Rejection{r}
+		r := m.reject(fx, g, fmt.Sprintf("gang %s: timed out with %d of %d members reserved", g.spec.Key, reserved, g.spec.MinMember), true)
+		return PermitResult{Status: PermitReject, Reason: r.Reason}
 	}
 	return PermitResult{Status: PermitWait, Wait: g.deadline.Sub(now),
-		Reason: fmt.Sprintf("gang %s: %d of %d members reserved", g.spec.Key, reserved, g.spec.MinMember)}, nil
+		Reason: fmt.Sprintf("gang %s: %d of %d members reserved", g.spec.Key, reserved, g.spec.MinMember)}
 }
 
 // PreBind returns the slices to write into tessera.dev/slice-assignment,
@@ -631,6 +661,7 @@ func (m *Manager) Bound(p Pod) {
 // PodDeleted forgets a pod (informer delete). A waiting member's slot goes
 // back to its plan so the pod's replacement can take it.
 func (m *Manager) PodDeleted(uid string) {
+	var fx effects
 	m.mu.Lock()
 	if ref := m.members[uid]; ref != nil && ref.slot != nil {
 		if g := m.gangs[ref.gang]; g != nil {
@@ -641,12 +672,13 @@ func (m *Manager) PodDeleted(uid string) {
 					delete(m.active, g.spec.Key)
 				}
 			} else {
-				m.releaseSlotLocked(g, ref.slot)
+				m.releaseSlot(&fx, g, ref.slot)
 			}
 		}
 		delete(m.members, uid)
 	}
 	m.mu.Unlock()
+	m.deliver(&fx)
 	m.l.RemovePod(uid)
 }
 
@@ -666,8 +698,9 @@ func (m *Manager) PostFilter(p Pod) *Rejection {
 	if p.Gang == "" {
 		return nil
 	}
-	m.mu.Lock()
+	var fx effects
 	var rej *Rejection
+	m.mu.Lock()
 	if ref := m.members[p.UID]; ref != nil && ref.slot != nil {
 		if g := m.gangs[ref.gang]; g != nil {
 			node := ref.slot.Node
@@ -675,42 +708,45 @@ func (m *Manager) PostFilter(p Pod) *Rejection {
 				g.avoid = append(g.avoid, avoidEntry{node: node, until: m.clock.Now().Add(avoidFor * m.backoff)})
 			}
 			if !g.allowed {
-				r := m.rejectLocked(g, fmt.Sprintf("gang %s: member %s cannot run on planned node %s", g.spec.Key, p.name(), node), true)
+				r := m.reject(&fx, g, fmt.Sprintf("gang %s: member %s cannot run on planned node %s", g.spec.Key, p.name(), node), true)
 				rej = &r
 			} else {
-				m.l.mu.Lock()
-				m.l.forgetLocked(ref.slot.holder)
-				m.l.mu.Unlock()
+				m.update(&fx, func(tx *Tx) error {
+					tx.Forget(ref.slot.holder)
+					return nil
+				})
 				g.dropSlot(ref.slot)
 				delete(m.members, p.UID)
 			}
 		}
 	}
 	m.mu.Unlock()
-	if rej != nil {
-		m.deliver([]Rejection{*rej})
-	}
+	m.deliver(&fx)
 	return rej
 }
 
-// rejectLocked frees every unbound slot of g's plan and puts g in backoff.
-func (m *Manager) rejectLocked(g *gangState, reason string, backoff bool) Rejection {
+// reject frees every unbound slot of g's plan in one transaction and puts g
+// in backoff. The rejection joins fx and is returned.
+func (m *Manager) reject(fx *effects, g *gangState, reason string, backoff bool) Rejection {
 	now := m.clock.Now()
 	r := Rejection{Gang: g.spec.Key, Reason: reason}
-	m.l.mu.Lock()
+	m.update(fx, func(tx *Tx) error {
+		for _, s := range g.slots {
+			if s.state != slotBound { // a bound pod cannot be unbound; the ledger keeps its slices
+				tx.Forget(s.holder)
+			}
+		}
+		return nil
+	})
 	for _, s := range g.slots {
-		if s.pod != "" {
-			delete(m.members, s.pod)
+		if s.pod == "" {
+			continue
 		}
-		if s.state == slotBound {
-			continue // a bound pod cannot be unbound; the ledger keeps its slices
-		}
-		m.l.forgetLocked(s.holder)
-		if s.pod != "" {
+		delete(m.members, s.pod)
+		if s.state != slotBound {
 			r.PodUIDs = append(r.PodUIDs, s.pod)
 		}
 	}
-	m.l.mu.Unlock()
 	sort.Strings(r.PodUIDs)
 	g.slots = nil
 	delete(m.active, g.spec.Key)
@@ -720,6 +756,7 @@ func (m *Manager) rejectLocked(g *gangState, reason string, backoff bool) Reject
 		g.backoffUntil = now.Add(m.backoff)
 		r.BackoffUntil = g.backoffUntil
 	}
+	fx.rejs = append(fx.rejs, r)
 	return r
 }
 
@@ -727,15 +764,17 @@ func (m *Manager) rejectLocked(g *gangState, reason string, backoff bool) Reject
 // gang is rejected and freed) and unbound replacement slots past their
 // deadline. The adapter calls it periodically (Run); PreFilter calls it too.
 func (m *Manager) Sweep() []Rejection {
+	var fx effects
 	m.mu.Lock()
-	rejs := m.sweepLocked(m.clock.Now())
+	m.sweep(&fx, m.clock.Now())
 	m.mu.Unlock()
-	m.deliver(rejs)
-	return rejs
+	m.deliver(&fx)
+	return fx.rejs
 }
 
-func (m *Manager) sweepLocked(now time.Time) []Rejection {
-	var rejs []Rejection
+// sweep adds its rejections to fx in gang order.
+func (m *Manager) sweep(fx *effects, now time.Time) {
+	first := len(fx.rejs)
 	for _, g := range m.active {
 		if now.Before(g.deadline) {
 			continue
@@ -747,31 +786,36 @@ func (m *Manager) sweepLocked(now time.Time) []Rejection {
 					reserved++
 				}
 			}
-			rejs = append(rejs, m.rejectLocked(g, fmt.Sprintf("gang %s: timed out after %s with %d of %d members reserved", g.spec.Key, g.spec.timeout(), reserved, g.spec.MinMember), true))
+			m.reject(fx, g, fmt.Sprintf("gang %s: timed out after %s with %d of %d members reserved", g.spec.Key, g.spec.timeout(), reserved, g.spec.MinMember), true)
 			continue
 		}
 		// Running gang: free slots nobody bound in time, keep the rest.
-		m.l.mu.Lock()
+		m.update(fx, func(tx *Tx) error {
+			for _, s := range g.slots {
+				if s.state < slotReserved {
+					tx.Forget(s.holder)
+				}
+			}
+			return nil
+		})
 		kept := g.slots[:0]
 		for _, s := range g.slots {
 			if s.state >= slotReserved {
 				kept = append(kept, s)
 				continue
 			}
-			m.l.forgetLocked(s.holder)
 			if s.pod != "" {
 				delete(m.members, s.pod)
 			}
 		}
-		m.l.mu.Unlock()
 		g.slots = kept
 		if len(kept) == 0 {
 			g.slots = nil
 			delete(m.active, g.spec.Key)
 		}
 	}
+	rejs := fx.rejs[first:]
 	sort.Slice(rejs, func(i, j int) bool { return rejs[i].Gang < rejs[j].Gang })
-	return rejs
 }
 
 // Run sweeps every interval until ctx ends.

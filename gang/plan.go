@@ -30,17 +30,17 @@ func unschedulable(gang, format string, args ...any) error {
 	return &UnschedulableError{Gang: gang, Msg: fmt.Sprintf(format, args...)}
 }
 
-// planRequest is the input of planLocked.
-type planRequest struct {
-	spec *GangSpec
-	// exclusiveOthers maps other gangs that hold an exclusive topology to
+// PlanRequest is the input of Tx.Plan and Tx.PlaceOne.
+type PlanRequest struct {
+	Spec *GangSpec
+	// ExclusiveOthers maps other gangs that hold an exclusive topology to
 	// their exclusive label key: nodes of the domains they occupy are off
 	// limits.
-	exclusiveOthers map[string]string
-	// avoid are nodes where a member of this gang failed other filters.
-	avoid []string
-	// eligible, when set, excludes nodes the members may not run on.
-	eligible func(node string) bool
+	ExclusiveOthers map[string]string
+	// Avoid are nodes where a member of this gang failed other filters.
+	Avoid []string
+	// Eligible, when set, excludes nodes the members may not run on.
+	Eligible func(node string) bool
 }
 
 type nodeCand struct {
@@ -52,10 +52,11 @@ type nodeCand struct {
 // planLocked plans every member of a gang: one domain of the required
 // topology, the preferred topology as score, distinct GPUs for ranks that
 // share a node. It reserves nothing; the caller assumes the returned slots
-// in the same critical section. The cost is one summary read per eligible
-// node (O(nodes × slicesPerGPU)) plus placement inside the chosen domain.
-func (l *Ledger) planLocked(pr *planRequest) (domainName string, slots []Slot, err error) {
-	spec := pr.spec
+// in the same transaction (Tx.Plan, then Tx.Assume). The cost is one summary
+// read per eligible node (O(nodes × slicesPerGPU)) plus placement inside the
+// chosen domain.
+func (l *Ledger) planLocked(pr *PlanRequest) (domainName string, slots []Slot, err error) {
+	spec := pr.Spec
 	reqs := spec.requests()
 	m := len(reqs)
 	minReq := reqs[0]
@@ -145,8 +146,8 @@ func (l *Ledger) planLocked(pr *planRequest) (domainName string, slots []Slot, e
 	if held > 0 {
 		fmt.Fprintf(&b, " (%d domains skipped: they hold other gangs)", held)
 	}
-	if len(pr.avoid) > 0 {
-		fmt.Fprintf(&b, " (avoiding %s where members failed)", strings.Join(pr.avoid, ", "))
+	if len(pr.Avoid) > 0 {
+		fmt.Fprintf(&b, " (avoiding %s where members failed)", strings.Join(pr.Avoid, ", "))
 	}
 	return "", nil, unschedulable(spec.Key, "%s", b.String())
 }
@@ -176,11 +177,11 @@ func levelName(keys []string) string {
 
 // markBlockedLocked stamps nodes this gang must not use with a fresh epoch:
 // domains held exclusively by other gangs and nodes to avoid.
-func (l *Ledger) markBlockedLocked(pr *planRequest) uint64 {
+func (l *Ledger) markBlockedLocked(pr *PlanRequest) uint64 {
 	l.epoch++
 	ep := l.epoch
-	for other, key := range pr.exclusiveOthers {
-		if other == pr.spec.Key {
+	for other, key := range pr.ExclusiveOthers {
+		if other == pr.Spec.Key {
 			continue
 		}
 		for _, h := range l.gangs[other] {
@@ -200,14 +201,14 @@ func (l *Ledger) markBlockedLocked(pr *planRequest) uint64 {
 			}
 		}
 	}
-	for _, a := range pr.avoid {
+	for _, a := range pr.Avoid {
 		if n := l.nodes[a]; n != nil {
 			n.mark = ep
 		}
 	}
-	if pr.eligible != nil {
+	if pr.Eligible != nil {
 		for name, n := range l.nodes {
-			if !pr.eligible(name) {
+			if !pr.Eligible(name) {
 				n.mark = ep
 			}
 		}
@@ -321,8 +322,8 @@ func (l *Ledger) assignMembers(cands []nodeCand, reqs []int) ([]Slot, int) {
 // running gang inside the domain its members already occupy: nodes hosting
 // the gang first, then the members' preferred sub-domain, then the best
 // single-pod score; GPUs the gang already uses on a node are avoided.
-func (l *Ledger) placeOneLocked(pr *planRequest, req int) (Slot, error) {
-	spec := pr.spec
+func (l *Ledger) placeOneLocked(pr *PlanRequest, req int) (Slot, error) {
+	spec := pr.Spec
 	keys := spec.requiredKeys()
 	var anchor *nodeState
 	hosts := map[*nodeState]int{}
