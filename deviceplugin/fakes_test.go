@@ -94,14 +94,14 @@ func (s *staticPending) Pod(ns, name string) (*corev1.Pod, bool) {
 }
 
 // set replaces the pods and derives the pending list like PodCache does.
-func (s *staticPending) set(resource string, pods ...*corev1.Pod) {
+func (s *staticPending) set(pods ...*corev1.Pod) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.pods = map[string]*corev1.Pod{}
 	s.pending = nil
 	for _, p := range pods {
 		s.pods[p.Namespace+"/"+p.Name] = p
-		if pp, ok := PendingFromPod(p, resource); ok {
+		if pp, ok := PendingFromPod(p); ok {
 			s.pending = append(s.pending, pp)
 		}
 	}

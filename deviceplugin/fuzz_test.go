@@ -30,7 +30,7 @@ func FuzzAssignmentAnnotation(f *testing.F) {
 		avail := h.available()
 		n := int(size)%len(avail) + 1
 		pod := slicePod("fuzz", time.Unix(1, 0), strings.Split(assignment, ","), n)
-		h.pending.set(api.ResourceName, pod)
+		h.pending.set(pod)
 		resp, err := h.p.GetPreferredAllocation(ctx, &pluginapi.PreferredAllocationRequest{ContainerRequests: []*pluginapi.ContainerPreferredAllocationRequest{{AvailableDeviceIDs: avail, AllocationSize: int32(n)}}})
 		if err != nil {
 			t.Fatal(err)

@@ -23,7 +23,7 @@ import (
 	"k8s.io/client-go/tools/record"
 	podresourcesapi "k8s.io/kubelet/pkg/apis/podresources/v1"
 
-	"github.com/tessera-gpu/tessera/api"
+	"github.com/tessera-gpu/tessera/api/podspec"
 	"github.com/tessera-gpu/tessera/deviceplugin/slicing"
 )
 
@@ -31,7 +31,6 @@ import (
 // spec.nodeName=<node>) that keeps a copy-on-write list of pending
 // assignments, so GetPreferredAllocation reads it without locking.
 type PodCache struct {
-	resource string
 	node     string
 	client   kubernetes.Interface
 	factory  informers.SharedInformerFactory
@@ -41,11 +40,11 @@ type PodCache struct {
 }
 
 // NewPodCache watches the pods of node.
-func NewPodCache(client kubernetes.Interface, node, resource string) *PodCache {
+func NewPodCache(client kubernetes.Interface, node string) *PodCache {
 	f := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTweakListOptions(func(o *metav1.ListOptions) {
 		o.FieldSelector = fields.OneTermEqualSelector("spec.nodeName", node).String()
 	}))
-	c := &PodCache{resource: resource, node: node, client: client, factory: f, informer: f.Core().V1().Pods().Informer()}
+	c := &PodCache{node: node, client: client, factory: f, informer: f.Core().V1().Pods().Informer()}
 	empty := []slicing.Pending{}
 	c.pending.Store(&empty)
 	_, _ = c.informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
@@ -96,7 +95,7 @@ func (c *PodCache) Refresh(ctx context.Context) ([]slicing.Pending, error) {
 	}
 	var out []slicing.Pending
 	for i := range list.Items {
-		if pp, ok := PendingFromPod(&list.Items[i], c.resource); ok {
+		if pp, ok := PendingFromPod(&list.Items[i]); ok {
 			out = append(out, pp)
 		}
 	}
@@ -113,7 +112,7 @@ func (c *PodCache) rebuild() {
 		if !ok {
 			continue
 		}
-		if pp, ok := PendingFromPod(pod, c.resource); ok {
+		if pp, ok := PendingFromPod(pod); ok {
 			out = append(out, pp)
 		}
 	}
@@ -134,37 +133,24 @@ func SortPending(out []slicing.Pending) {
 }
 
 // PendingFromPod extracts a pending assignment: a live pod, not yet
-// reconciled (no slices-allocated), with a parseable slice assignment.
-func PendingFromPod(pod *corev1.Pod, resource string) (slicing.Pending, bool) {
+// reconciled (no slices-allocated annotation, readable or not), with a
+// parseable slice assignment. The pod is read through the pod contract
+// (api/podspec); this only shapes it for slicing.
+func PendingFromPod(pod *corev1.Pod) (slicing.Pending, bool) {
 	if pod.DeletionTimestamp != nil || pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
 		return slicing.Pending{}, false
 	}
-	if _, done := pod.Annotations[api.AnnotationSlicesAllocated]; done {
+	if _, done, _ := podspec.Allocated(pod); done {
 		return slicing.Pending{}, false
 	}
-	raw, ok := pod.Annotations[api.AnnotationSliceAssignment]
-	if !ok {
+	ids, ok, err := podspec.Assignment(pod)
+	if !ok || err != nil {
 		return slicing.Pending{}, false
 	}
-	ids, err := api.ParseSliceList(raw)
-	if err != nil {
-		return slicing.Pending{}, false
-	}
-	pp := slicing.Pending{Key: pod.Namespace + "/" + pod.Name, UID: string(pod.UID), Created: pod.CreationTimestamp.Time}
+	pp := slicing.Pending{Key: pod.Namespace + "/" + pod.Name, UID: string(pod.UID), Created: pod.CreationTimestamp.Time,
+		Containers: podspec.ContainerSliceRequests(pod)}
 	for _, id := range ids {
 		pp.IDs = append(pp.IDs, id.String())
-	}
-	rn := corev1.ResourceName(resource)
-	for _, cs := range [][]corev1.Container{pod.Spec.InitContainers, pod.Spec.Containers} {
-		for _, ctr := range cs {
-			q, ok := ctr.Resources.Limits[rn]
-			if !ok {
-				q, ok = ctr.Resources.Requests[rn]
-			}
-			if ok && q.Value() > 0 {
-				pp.Containers = append(pp.Containers, int(q.Value()))
-			}
-		}
 	}
 	return pp, true
 }

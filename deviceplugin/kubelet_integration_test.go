@@ -238,7 +238,7 @@ func TestKubeletDeviceManager(t *testing.T) {
 	podD := slicePod("d", t0.Add(3*time.Second), nil, 4)                                                                     // no assignment: best fit
 	all := []*corev1.Pod{podA, podB, podC, podD}
 	pending := &staticPending{}
-	pending.set(api.ResourceName, all...)
+	pending.set(all...)
 	activePods := func() []*corev1.Pod { return all }
 
 	var current *kubelet

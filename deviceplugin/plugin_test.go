@@ -107,7 +107,7 @@ func TestPreferredAndAllocate(t *testing.T) {
 	h := newHarness(t, "4xH100-80GB,nvlink=pairs,numa=2", "", Options{})
 	ctx := context.Background()
 	t0 := h.clock.Now()
-	h.pending.set(api.ResourceName,
+	h.pending.set(
 		slicePod("b", t0.Add(2*time.Second), h.ids(1, 0, 1, 1), 2),
 		slicePod("a", t0.Add(time.Second), h.ids(2, 2, 2, 3), 2),
 		slicePod("no-assignment", t0, nil, 2),
@@ -288,7 +288,7 @@ func TestReconcile(t *testing.T) {
 	good := slicePod("good", t0, h.ids(0, 0, 0, 1), 2)
 	swapped := slicePod("swapped", t0, h.ids(1, 0), 1)
 	plain := slicePod("plain", t0, nil, 1)
-	h.pending.set(api.ResourceName, good, swapped, plain)
+	h.pending.set(good, swapped, plain)
 	dev := func(ids ...string) []*podresourcesapi.ContainerResources {
 		return []*podresourcesapi.ContainerResources{{Name: "c0", Devices: []*podresourcesapi.ContainerDevices{{ResourceName: api.ResourceName, DeviceIds: ids}, {ResourceName: "other/x", DeviceIds: []string{"x"}}}}}
 	}
@@ -406,7 +406,7 @@ func TestPendingFromPod(t *testing.T) {
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
-			pp, ok := PendingFromPod(tc.pod, api.ResourceName)
+			pp, ok := PendingFromPod(tc.pod)
 			if ok != tc.want {
 				t.Fatalf("ok = %v, want %v", ok, tc.want)
 			}
@@ -438,7 +438,7 @@ func TestPreferredReadsAPIWhenCacheLags(t *testing.T) {
 	h := newHarness(t, "4xH100-80GB", "", Options{})
 	lag := &laggingPending{}
 	pod := slicePod("late", h.clock.Now(), h.ids(3, 3, 3, 1), 2)
-	pp, ok := PendingFromPod(pod, api.ResourceName)
+	pp, ok := PendingFromPod(pod)
 	if !ok {
 		t.Fatal("test pod has no pending assignment")
 	}

@@ -45,7 +45,7 @@ func TestRealNVMLWithKubelet(t *testing.T) {
 	assignment := []string{api.SliceID{GPU: u, Index: 1}.String(), api.SliceID{GPU: u, Index: 2}.String()}
 	pod := slicePod("real", time.Now().Add(-time.Minute), assignment, 2)
 	pending := &staticPending{}
-	pending.set(api.ResourceName, pod)
+	pending.set(pod)
 	k := startKubelet(t, dir, func() []*corev1.Pod { return []*corev1.Pod{pod} })
 	defer k.stop()
 	p, err := New(ctx, Options{NodeName: "gpu-node", PluginDir: dir, SocketCheckInterval: 50 * time.Millisecond}, Deps{NVML: nv, Clock: clock.RealClock{}, Pending: pending})

@@ -101,7 +101,7 @@ func newSetup(b *testing.B) *setup {
 			b.Fatal(err)
 		}
 	}
-	cacheP := deviceplugin.NewPodCache(client, "bench-node", api.ResourceName)
+	cacheP := deviceplugin.NewPodCache(client, "bench-node")
 	cacheP.Start(ctx)
 	if !cacheP.WaitForSync(ctx) {
 		b.Fatal("pod cache did not sync")

@@ -205,7 +205,7 @@ func serve(ctx context.Context, f *flags) error {
 		if err != nil {
 			return err
 		}
-		pods := deviceplugin.NewPodCache(client, f.nodeName, api.ResourceName)
+		pods := deviceplugin.NewPodCache(client, f.nodeName)
 		node := deviceplugin.NewKubeNode(client, f.nodeName)
 		pods.Start(ctx)
 		node.Start(ctx)
