@@ -11,6 +11,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/tessera-gpu/tessera/api"
+	"github.com/tessera-gpu/tessera/api/podspec"
 	"github.com/tessera-gpu/tessera/gang"
 )
 
@@ -83,17 +84,17 @@ func (s *Snapshot) Explain(namespace, name string) (*Explanation, error) {
 		return nil, fmt.Errorf("pod %s not found", key)
 	}
 	e := &Explanation{Pod: key, Phase: string(p.Status.Phase), Node: p.Spec.NodeName,
-		SchedulerName: p.Spec.SchedulerName, Request: SliceRequest(p)}
+		SchedulerName: p.Spec.SchedulerName, Request: podspec.SliceRequest(p)}
 	if gk, ok := s.gangOf[key]; ok {
 		g, _ := s.GangByKey(gk)
 		e.Gang = g
-	} else if ref, ok := GangOf(p); ok {
+	} else if ref, ok := podspec.GangOf(p); ok {
 		e.Gang, _ = s.GangByKey(ref.Key)
 	}
 	e.Events = s.eventsFor(p, e.Gang)
 	say := func(format string, args ...any) { e.Reasons = append(e.Reasons, fmt.Sprintf(format, args...)) }
 
-	ids, from, slicesErr := PodSlices(p)
+	ids, from, slicesErr := podspec.HeldSlices(p)
 	switch {
 	case podFinished(p):
 		e.Verdict = fmt.Sprintf("Finished (%s); any slices it held are free again.", p.Status.Phase)
@@ -103,7 +104,7 @@ func (s *Snapshot) Explain(namespace, name string) (*Explanation, error) {
 			say("Bound to node %s by %s.", p.Spec.NodeName, dash(p.Spec.SchedulerName))
 		}
 	case p.Spec.NodeName != "":
-		s.explainBound(e, p, ids, from, say)
+		s.explainBound(e, p, ids, string(from), say)
 	default:
 		s.explainPending(e, p, say)
 	}
@@ -162,7 +163,7 @@ func (s *Snapshot) explainBound(e *Explanation, p *corev1.Pod, ids []api.SliceID
 	} else {
 		say("It holds %d slices as the scheduler assigned them (%s); the device plugin has not confirmed them yet (%s).", len(ids), from, api.AnnotationSlicesAllocated)
 	}
-	if a, b := p.Annotations[api.AnnotationSliceAssignment], p.Annotations[api.AnnotationSlicesAllocated]; a != "" && b != "" && !sameSlices(a, b) {
+	if a, b := p.Annotations[api.AnnotationSliceAssignment], p.Annotations[api.AnnotationSlicesAllocated]; from == api.AnnotationSlicesAllocated && a != "" && !sameSlices(a, b) {
 		say("MISMATCH: the scheduler assigned %s but the kubelet handed %s; Tessera counts the kubelet's.", a, b)
 	}
 	if !hasNode {
@@ -241,9 +242,9 @@ func (s *Snapshot) explainPending(e *Explanation, p *corev1.Pod, say func(string
 	}
 }
 
-// capacity counts room for pods of request slices: one rank per GPU for
-// requests up to one GPU's slices, request/slicesPerGPU whole free GPUs
-// above that, as the scheduler places them. The scheduler may have
+// capacity counts room for pods of request slices with the scheduler's fit
+// rule (podspec.RanksThatFit): one rank per GPU for requests up to one
+// GPU's slices, request/slicesPerGPU wholly free full-size GPUs above that. The scheduler may have
 // reserved some free slices for a planned gang; the API does not show
 // that, so this is an upper bound.
 func (s *Snapshot) capacity(request int, g *Gang) *Capacity {
@@ -256,22 +257,16 @@ func (s *Snapshot) capacity(request int, g *Gang) *Capacity {
 		if n.InventoryError != "" || n.SlicesPerGPU == 0 || !n.Ready {
 			continue
 		}
-		fits := 0
-		if request <= n.SlicesPerGPU {
-			for _, gp := range n.GPUs {
-				free := 0
-				for _, sl := range gp.Slices {
-					if sl.State == SliceFree {
-						free++
-					}
-				}
-				if free >= request {
-					fits++
+		gpus := make([]podspec.GPUFree, len(n.GPUs))
+		for i, gp := range n.GPUs {
+			gpus[i] = podspec.GPUFree{Slices: len(gp.Slices), Healthy: gp.Healthy}
+			for _, sl := range gp.Slices {
+				if sl.State == SliceFree {
+					gpus[i].Free++
 				}
 			}
-		} else if request%n.SlicesPerGPU == 0 {
-			fits = n.FreeGPUs / (request / n.SlicesPerGPU)
 		}
+		fits := podspec.RanksThatFit(request, n.SlicesPerGPU, gpus)
 		if fits == 0 {
 			continue
 		}

@@ -3,13 +3,13 @@ package viz
 import (
 	"fmt"
 	"sort"
-	"strconv"
 	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 
 	"github.com/tessera-gpu/tessera/api"
+	"github.com/tessera-gpu/tessera/api/podspec"
 	"github.com/tessera-gpu/tessera/gang"
 )
 
@@ -235,9 +235,9 @@ func Build(in *Input) *Snapshot {
 	for _, p := range pods {
 		key := podKey(p)
 		s.pods[key] = p
-		ref, inGang := GangOf(p)
-		if inGang && ref.Source == gang.SourceNative && single[ref.Key] {
-			ref, inGang = GangRef{}, false
+		ref, inGang := podspec.GangOf(p)
+		if inGang && ref.Source == podspec.GangNative && single[ref.Key] {
+			ref, inGang = podspec.GangRef{}, false
 		}
 		if inGang {
 			g := gangs[ref.Key]
@@ -246,16 +246,14 @@ func Build(in *Input) *Snapshot {
 				// or deleted) is still shown, so a gang stuck on
 				// GangNotReady is visible; LWS gangs never have one.
 				ns, name, _ := strings.Cut(ref.Key, "/")
-				g = &Gang{Namespace: ns, Name: name, Source: ref.Source, Level: api.LabelClique}
+				g = &Gang{Namespace: ns, Name: name, Source: gang.Source(ref.Source), Level: api.LabelClique}
 				gangs[ref.Key] = g
 			}
-			if ref.Source == gang.SourceLWS {
+			if ref.Source == podspec.GangLWS {
 				if ex := p.Annotations[api.AnnotationLWSExclTopo]; ex != "" {
 					g.Level = ex
 				}
-				if n, err := strconv.Atoi(p.Annotations[api.AnnotationLWSSize]); err == nil && n > lwsSize[ref.Key] {
-					lwsSize[ref.Key] = n
-				}
+				lwsSize[ref.Key] = max(lwsSize[ref.Key], podspec.LWSSize(p))
 			}
 			if podFinished(p) {
 				g.Finished++
@@ -263,7 +261,7 @@ func Build(in *Input) *Snapshot {
 				s.gangOf[key] = ref.Key
 				g.members = append(g.members, key)
 				g.Members++
-				g.Request = max(g.Request, SliceRequest(p))
+				g.Request = max(g.Request, podspec.SliceRequest(p))
 				if p.Spec.NodeName != "" {
 					g.Placed++
 				}
@@ -354,12 +352,14 @@ func (s *Snapshot) place(p *corev1.Pod, key, gangKey string) {
 	if p.Spec.NodeName == "" || podFinished(p) {
 		return
 	}
-	ids, _, err := PodSlices(p)
+	// A malformed annotation is warned about, and what is still readable
+	// (the assignment behind a malformed allocation) is placed, as the
+	// scheduler's ledger does.
+	ids, _, err := podspec.HeldSlices(p)
 	if err != nil {
 		if i, ok := s.nodeIx[p.Spec.NodeName]; ok {
 			s.Nodes[i].Warnings = append(s.Nodes[i].Warnings, fmt.Sprintf("pod %s: %v", key, err))
 		}
-		return
 	}
 	if len(ids) == 0 {
 		return
@@ -426,9 +426,8 @@ func (s *Snapshot) finishGang(g *Gang) {
 				lastScheduled = c.LastTransitionTime.Time
 			}
 		}
-		if ids, _, err := PodSlices(p); err == nil {
-			g.Slices += len(ids)
-		}
+		ids, _, _ := podspec.HeldSlices(p)
+		g.Slices += len(ids)
 	}
 	g.Nodes = sortedKeys(nodes)
 	g.Domains = sortedKeys(domains)
@@ -558,74 +557,6 @@ func (s *Snapshot) FilterGangs(ns string) []Gang {
 		}
 	}
 	return out
-}
-
-// GangRef names a pod's gang.
-type GangRef struct {
-	Key    string
-	Source gang.Source
-}
-
-// GangOf returns the pod's gang with the scheduler's precedence: the
-// scheduling.x-k8s.io/pod-group label, then spec.schedulingGroup, then the
-// LeaderWorkerSet group key.
-func GangOf(p *corev1.Pod) (GangRef, bool) {
-	if name := p.Labels[api.LabelPodGroup]; name != "" {
-		return GangRef{Key: p.Namespace + "/" + name, Source: gang.SourcePodGroup}, true
-	}
-	if sg := p.Spec.SchedulingGroup; sg != nil && sg.PodGroupName != nil && *sg.PodGroupName != "" {
-		return GangRef{Key: p.Namespace + "/" + *sg.PodGroupName, Source: gang.SourceNative}, true
-	}
-	if key := p.Labels[api.LabelLWSGroupKey]; key != "" {
-		return GangRef{Key: p.Namespace + "/" + key, Source: gang.SourceLWS}, true
-	}
-	return GangRef{}, false
-}
-
-// PodSlices returns the slices p holds: the device plugin's
-// tessera.dev/slices-allocated when present (the truth), else the
-// scheduler's tessera.dev/slice-assignment. from names the annotation used.
-func PodSlices(p *corev1.Pod) (ids []api.SliceID, from string, err error) {
-	for _, a := range []string{api.AnnotationSlicesAllocated, api.AnnotationSliceAssignment} {
-		v, ok := p.Annotations[a]
-		if !ok || strings.TrimSpace(v) == "" {
-			continue
-		}
-		ids, err := api.ParseSliceList(v)
-		if err != nil {
-			return nil, a, fmt.Errorf("annotation %s: %w", a, err)
-		}
-		return ids, a, nil
-	}
-	return nil, "", nil
-}
-
-// SliceRequest is the pod's tessera.dev/gpu-slice request as the kubelet
-// counts it (containers and sidecars summed, the largest init container
-// when larger).
-func SliceRequest(p *corev1.Pod) int {
-	get := func(c *corev1.Container) int64 {
-		if q, ok := c.Resources.Requests[api.ResourceName]; ok {
-			return q.Value()
-		}
-		if q, ok := c.Resources.Limits[api.ResourceName]; ok {
-			return q.Value()
-		}
-		return 0
-	}
-	var sum, initMax int64
-	for i := range p.Spec.Containers {
-		sum += get(&p.Spec.Containers[i])
-	}
-	for i := range p.Spec.InitContainers {
-		c := &p.Spec.InitContainers[i]
-		if c.RestartPolicy != nil && *c.RestartPolicy == corev1.ContainerRestartPolicyAlways {
-			sum += get(c)
-			continue
-		}
-		initMax = max(initMax, get(c))
-	}
-	return int(min(max(sum, initMax), 1<<20))
 }
 
 // EventTime is the latest time an event (or its series) was observed,

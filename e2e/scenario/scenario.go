@@ -31,6 +31,7 @@ import (
 	sched "sigs.k8s.io/scheduler-plugins/apis/scheduling/v1alpha1"
 
 	"github.com/tessera-gpu/tessera/api"
+	"github.com/tessera-gpu/tessera/api/podspec"
 )
 
 // Images of the local cluster (e2e/cluster.DefaultImages).
@@ -276,15 +277,19 @@ func Ready(p *corev1.Pod) bool {
 	return false
 }
 
-// Slices returns what the pod holds: the device plugin's truth when it has
-// reported, else the scheduler's assignment.
+// Slices returns what the pod holds (podspec.HeldSlices: the device
+// plugin's truth when it has reported, else the scheduler's assignment).
+// Tests want clean annotations: a malformed one is an error here, even when
+// the other one is readable, and so is a pod with neither.
 func Slices(p *corev1.Pod) ([]api.SliceID, error) {
-	for _, a := range []string{api.AnnotationSlicesAllocated, api.AnnotationSliceAssignment} {
-		if v, ok := p.Annotations[a]; ok {
-			return api.ParseSliceList(v)
-		}
+	ids, from, err := podspec.HeldSlices(p)
+	if err != nil {
+		return nil, fmt.Errorf("pod %s: %w", p.Name, err)
 	}
-	return nil, fmt.Errorf("pod %s has neither %s nor %s", p.Name, api.AnnotationSlicesAllocated, api.AnnotationSliceAssignment)
+	if from == podspec.HeldNone {
+		return nil, fmt.Errorf("pod %s has neither %s nor %s", p.Name, api.AnnotationSlicesAllocated, api.AnnotationSliceAssignment)
+	}
+	return ids, nil
 }
 
 // DeleteAndWait deletes the pods matching selector and waits until they are
