@@ -31,6 +31,8 @@ type Tessera struct {
 	// status writes scheduling.x-k8s.io PodGroup statuses; nil when
 	// podGroupStatus is off (podgroup_status.go).
 	status *podGroupStatusWriter
+	// health acts on gangs holding Unhealthy GPUs (gpu_health.go).
+	health *gpuHealthController
 	ledger *gang.Ledger
 	mgr    *gang.Manager
 	gangs  *gangRegistry
@@ -54,10 +56,6 @@ type Tessera struct {
 	// lastEvent is the last gang-level event reason per gang, so a gang
 	// that stays unschedulable does not flood events.
 	lastEvent map[string]string
-	// badGPUs are the Unhealthy GPUs per node (uuid set), from the
-	// inventories; healthDirty wakes the health loop (health.go).
-	badGPUs     map[string]map[string]bool
-	healthDirty bool
 }
 
 type nodeKey struct {
@@ -95,7 +93,7 @@ func New(ctx context.Context, obj runtime.Object, h fwk.Handle) (fwk.Plugin, err
 	registerMetrics()
 	logger := klog.FromContext(ctx).WithName(Name)
 	pl := &Tessera{handle: h, args: args, logger: logger, nodeSeen: map[string]nodeKey{},
-		planStart: map[string]time.Time{}, lastEvent: map[string]string{}, badGPUs: map[string]map[string]bool{}}
+		planStart: map[string]time.Time{}, lastEvent: map[string]string{}}
 	pl.ledger = gang.NewLedger(gang.LedgerOptions{OnMismatch: pl.onMismatch})
 	pl.mgr = gang.NewManager(pl.ledger, gang.Options{Backoff: args.backoff(), OnReject: pl.onReject})
 	pl.gangs = newGangRegistry(pl.mgr, args)
@@ -125,20 +123,26 @@ func New(ctx context.Context, obj runtime.Object, h fwk.Handle) (fwk.Plugin, err
 	}
 	pl.handlersSynced = []cache.InformerSynced{nreg.HasSynced, preg.HasSynced}
 
-	if *args.PodGroupStatus {
-		if cfg := h.KubeConfig(); cfg != nil {
-			dc, err := dynamic.NewForConfig(cfg)
-			if err != nil {
-				return nil, fmt.Errorf("%s: dynamic client for PodGroup status: %w", Name, err)
-			}
-			pl.status = newPodGroupStatusWriter(pl.gangs, dc, clock.RealClock{}, args.sweepInterval())
-			go pl.status.run(klog.NewContext(ctx, logger.WithName("podgroup-status")))
+	// The PodGroup status writer and the GPU-health controller run beside
+	// the plugin; it only feeds them. Without a kubeconfig (unit tests)
+	// scheduling.x-k8s.io PodGroups get neither status nor conditions.
+	var dc dynamic.Interface
+	if cfg := h.KubeConfig(); cfg != nil {
+		if dc, err = dynamic.NewForConfig(cfg); err != nil {
+			return nil, fmt.Errorf("%s: dynamic client for PodGroups: %w", Name, err)
 		}
 	}
+	if *args.PodGroupStatus && dc != nil {
+		pl.status = newPodGroupStatusWriter(pl.gangs, dc, clock.RealClock{}, args.sweepInterval())
+	}
+	pl.health = newGPUHealthController(pl.gangs, *args.UnhealthyGangAction, h.ClientSet(), dc, pl.event, clock.RealClock{}, args.sweepInterval())
 	go pl.mgr.Run(ctx, args.sweepInterval())
 	go pl.refreshGauges(ctx)
 	go pl.watchGroupAPIs(ctx)
-	go pl.runHealth(klog.NewContext(ctx, logger.WithName("gpu-health")))
+	if pl.status != nil {
+		go pl.status.run(klog.NewContext(ctx, logger.WithName("podgroup-status")))
+	}
+	go pl.health.run(klog.NewContext(ctx, logger.WithName("gpu-health")))
 	go pl.runNotReadyWarnings(klog.NewContext(ctx, logger))
 	return pl, nil
 }
@@ -192,12 +196,12 @@ func (pl *Tessera) nodeChanged(obj any) {
 		if known {
 			pl.ledger.RemoveNode(node.Name)
 		}
-		pl.setNodeHealth(node.Name, nil)
+		pl.health.setNodeHealth(node.Name, nil)
 		return
 	}
 	inv, err := api.ParseInventory(raw)
 	if err == nil {
-		pl.setNodeHealth(node.Name, badGPUs(inv))
+		pl.health.setNodeHealth(node.Name, badGPUs(inv))
 		err = pl.ledger.UpsertNode(node.Name, node.Labels, inv)
 	} else {
 		pl.ledger.RemoveNode(node.Name)
@@ -220,7 +224,7 @@ func (pl *Tessera) nodeDeleted(obj any) {
 	pl.mu.Lock()
 	delete(pl.nodeSeen, node.Name)
 	pl.mu.Unlock()
-	pl.setNodeHealth(node.Name, nil)
+	pl.health.setNodeHealth(node.Name, nil)
 	pl.ledger.RemoveNode(node.Name)
 }
 
