@@ -59,7 +59,7 @@ func TestUpdateRollback(t *testing.T) {
 		tx.Forget("bound") // informer truth: stays held
 		must(tx.Transfer("slot:ns/g#1.0", "uid-p", "ns/p"))
 		must(tx.Assume("new", "ns/new", "ns/new", "n", ids(rng("n", 0, 4, 7)))) // the victim's slices
-		must(tx.Assume("uid-p", "ns/p", "ns/g", "n", ids(rng("n", 1, 2, 3))))  // re-reserve elsewhere
+		must(tx.Assume("uid-p", "ns/p", "ns/g", "n", ids(rng("n", 1, 2, 3))))   // re-reserve elsewhere
 		if _, _, _, ok := f.l.heldLocked("victim"); ok {
 			t.Error("victim still holds slices inside the transaction")
 		}
