@@ -18,7 +18,9 @@
 //     never each hold half of a domain (the classic coscheduling deadlock).
 //     Reserve/Unreserve/Permit/PreBind/Bound follow the framework's extension
 //     points; a failure or timeout of one member rejects the whole gang and
-//     frees every slice it held.
+//     frees every slice it held. The manager changes the ledger only in
+//     transactions (Ledger.Update: Tx.Plan, Assume, Forget, Transfer), one
+//     per decision; a transaction whose function fails is rolled back.
 //
 // Adapter guide (one call per extension point; p is a gang.Pod):
 //
@@ -41,7 +43,8 @@
 //	            LedgerOptions.OnMismatch emits an event + metric;
 //	            Ledger.Fragmentation() feeds the gauges.
 //
-// Lock order: Manager.mu before Ledger.mu. The ledger never calls into the
-// manager, and callbacks (mismatch reports, rejections) run after the locks
-// are released, so a callback may call back into either type.
+// Lock order: Manager.mu before Ledger.mu (the manager holds its lock across
+// Ledger.Update). The ledger never calls into the manager, and callbacks
+// (mismatch reports, rejections) run after the locks are released, so a
+// callback may call back into either type.
 package gang
