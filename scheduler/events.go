@@ -6,6 +6,8 @@ import (
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/klog/v2"
 	fwk "k8s.io/kube-scheduler/framework"
+
+	"github.com/tessera-gpu/tessera/api/podspec"
 )
 
 // EventsToRegister lists the cluster events that can make a pod Tessera
@@ -23,7 +25,7 @@ func (pl *Tessera) EventsToRegister(context.Context) ([]fwk.ClusterEventWithHint
 
 // queueSlicePods requeues only pods that ask for slices.
 func queueSlicePods(_ klog.Logger, pod *v1.Pod, _, _ any) (fwk.QueueingHint, error) {
-	if sliceRequest(pod) == 0 {
+	if podspec.SliceRequest(pod) == 0 {
 		return fwk.QueueSkip, nil
 	}
 	return fwk.Queue, nil
@@ -32,8 +34,8 @@ func queueSlicePods(_ klog.Logger, pod *v1.Pod, _, _ any) (fwk.QueueingHint, err
 // queueGangPods requeues a gang member when another member of its gang
 // comes or goes.
 func queueGangPods(_ klog.Logger, pod *v1.Pod, oldObj, newObj any) (fwk.QueueingHint, error) {
-	ref, ok := gangRefOf(pod)
-	if !ok || sliceRequest(pod) == 0 {
+	ref, ok := podspec.GangOf(pod)
+	if !ok || podspec.SliceRequest(pod) == 0 {
 		return fwk.QueueSkip, nil
 	}
 	obj := newObj
@@ -44,7 +46,7 @@ func queueGangPods(_ klog.Logger, pod *v1.Pod, oldObj, newObj any) (fwk.Queueing
 	if !ok {
 		return fwk.Queue, nil
 	}
-	if oref, ok := gangRefOf(other); ok && oref.Key == ref.Key {
+	if oref, ok := podspec.GangOf(other); ok && oref.Key == ref.Key {
 		return fwk.Queue, nil
 	}
 	return fwk.QueueSkip, nil

@@ -13,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/tessera-gpu/tessera/api"
+	"github.com/tessera-gpu/tessera/api/podspec"
 	"github.com/tessera-gpu/tessera/gang"
 )
 
@@ -80,7 +81,7 @@ func FuzzGangObjects(f *testing.F) {
 				Spec: v1.PodSpec{Containers: []v1.Container{{Name: "c", Resources: v1.ResourceRequirements{
 					Limits: v1.ResourceList{api.ResourceName: *resource.NewQuantity(n, resource.DecimalSI)}}}}},
 			}
-			r.setMember(gangRef{Key: key, Source: src, Name: "g"}, string(pod.UID), pod)
+			r.setMember(podspec.GangRef{Key: key, Source: podspec.GangSource(src), Name: "g"}, string(pod.UID), pod)
 		}
 		for _, s := range got {
 			if s.MinMember < 1 {

@@ -11,6 +11,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 
 	"github.com/tessera-gpu/tessera/api"
+	"github.com/tessera-gpu/tessera/api/podspec"
 	"github.com/tessera-gpu/tessera/gang"
 )
 
@@ -78,7 +79,7 @@ func (r *gangRegistry) setGroup(key string, g *groupInfo) {
 }
 
 // setMember records (or, with pod nil, removes) a member pod.
-func (r *gangRegistry) setMember(ref gangRef, uid string, pod *v1.Pod) {
+func (r *gangRegistry) setMember(ref podspec.GangRef, uid string, pod *v1.Pod) {
 	r.mu.Lock()
 	ms := r.members[ref.Key]
 	if pod != nil && podTerminal(pod) {
@@ -104,8 +105,8 @@ func (r *gangRegistry) setMember(ref gangRef, uid string, pod *v1.Pod) {
 			ms = map[string]*memberInfo{}
 			r.members[ref.Key] = ms
 		}
-		ms[uid] = &memberInfo{slices: sliceRequest(pod), priority: podPriority(pod), created: pod.CreationTimestamp.Time,
-			lwsSize: lwsSize(pod), lwsExcl: pod.Annotations[api.AnnotationLWSExclTopo], pod: pod}
+		ms[uid] = &memberInfo{slices: podspec.SliceRequest(pod), priority: podPriority(pod), created: pod.CreationTimestamp.Time,
+			lwsSize: podspec.LWSSize(pod), lwsExcl: pod.Annotations[api.AnnotationLWSExclTopo], pod: pod}
 	}
 	r.mu.Unlock()
 	r.sync(ref.Key)
@@ -225,7 +226,10 @@ func (r *gangRegistry) buildLocked(key string) (gang.GangSpec, bool) {
 		// LeaderWorkerSet: no object; the members carry size and topology.
 		spec.Source = gang.SourceLWS
 		for _, m := range ms {
-			if m.pod == nil || gangSource(m.pod) != gang.SourceLWS {
+			if m.pod == nil {
+				return gang.GangSpec{}, false
+			}
+			if ref, _ := podspec.GangOf(m.pod); ref.Source != podspec.GangLWS {
 				return gang.GangSpec{}, false // a PodGroup whose object is not seen yet
 			}
 			spec.MinMember = max(spec.MinMember, m.lwsSize)
@@ -249,11 +253,6 @@ func (r *gangRegistry) buildLocked(key string) (gang.GangSpec, bool) {
 		spec.MemberRequests = slices.Clone(reqs[:spec.MinMember])
 	}
 	return spec, true
-}
-
-func gangSource(pod *v1.Pod) gang.Source {
-	ref, _ := gangRefOf(pod)
-	return ref.Source
 }
 
 // sync pushes the gang's current spec to the manager when it changed, and

@@ -10,6 +10,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/tessera-gpu/tessera/api"
+	"github.com/tessera-gpu/tessera/api/podspec"
 )
 
 // What the scheduler does when a GPU that a running gang holds turns
@@ -42,19 +43,6 @@ type healthAction struct {
 	Pods []string
 	// Evict lists every member (namespace/name) to delete.
 	Evict []string
-}
-
-// podSlices is what a pod holds: the device plugin's truth when reported,
-// else the scheduler's assignment (docs/design.md, data path step 7).
-func podSlices(p *v1.Pod) []api.SliceID {
-	for _, a := range []string{api.AnnotationSlicesAllocated, api.AnnotationSliceAssignment} {
-		if v := p.Annotations[a]; v != "" {
-			if ids, err := api.ParseSliceList(v); err == nil {
-				return ids
-			}
-		}
-	}
-	return nil
 }
 
 // healthReport is what planHealth reported last for one gang.
@@ -93,7 +81,8 @@ func planHealth(members map[string][]*v1.Pod, bad map[string]map[string]bool, pr
 			if p.Spec.NodeName == "" || bad[p.Spec.NodeName] == nil {
 				continue
 			}
-			for _, uuid := range api.GPUsOf(podSlices(p)) {
+			ids, _, _ := podspec.HeldSlices(p) // a malformed annotation is reported where the ledger reads it
+			for _, uuid := range api.GPUsOf(ids) {
 				if bad[p.Spec.NodeName][uuid] {
 					gpus[p.Spec.NodeName+"/"+uuid] = true
 					pods[p.Namespace+"/"+p.Name] = true

@@ -18,6 +18,7 @@ import (
 	"k8s.io/utils/clock"
 
 	"github.com/tessera-gpu/tessera/api"
+	"github.com/tessera-gpu/tessera/api/podspec"
 	"github.com/tessera-gpu/tessera/gang"
 )
 
@@ -235,7 +236,7 @@ func (pl *Tessera) podChanged(obj any) {
 	if !ok {
 		return
 	}
-	ref, inGang := gangRefOf(pod)
+	ref, inGang := podspec.GangOf(pod)
 	if !relevant(pod) {
 		if inGang {
 			pl.gangs.setMember(ref, string(pod.UID), nil)
@@ -268,7 +269,7 @@ func (pl *Tessera) podDeleted(obj any) {
 	if !ok {
 		return
 	}
-	ref, inGang := gangRefOf(pod)
+	ref, inGang := podspec.GangOf(pod)
 	pl.mgr.PodDeleted(string(pod.UID))
 	if inGang {
 		pl.gangs.setMember(ref, string(pod.UID), nil)
@@ -276,7 +277,7 @@ func (pl *Tessera) podDeleted(obj any) {
 	}
 }
 
-func (pl *Tessera) forgetPod(pod *v1.Pod, ref gangRef, inGang bool) {
+func (pl *Tessera) forgetPod(pod *v1.Pod, ref podspec.GangRef, inGang bool) {
 	pl.mgr.PodDeleted(string(pod.UID))
 	if inGang {
 		pl.gangs.setMember(ref, string(pod.UID), pod)
@@ -284,8 +285,8 @@ func (pl *Tessera) forgetPod(pod *v1.Pod, ref gangRef, inGang bool) {
 	}
 }
 
-func (pl *Tessera) markGroupDirty(ref gangRef) {
-	if ref.Source == gang.SourcePodGroup {
+func (pl *Tessera) markGroupDirty(ref podspec.GangRef) {
+	if ref.Source == podspec.GangPodGroup {
 		pl.status.enqueue(ref.Key)
 	}
 }

@@ -8,49 +8,14 @@ import (
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	k8stypes "k8s.io/apimachinery/pkg/types"
-	"k8s.io/utils/ptr"
 
 	"github.com/tessera-gpu/tessera/api"
+	"github.com/tessera-gpu/tessera/api/podspec"
 	"github.com/tessera-gpu/tessera/gang"
 )
 
 func slicesRes(n int64) v1.ResourceRequirements {
 	return v1.ResourceRequirements{Limits: v1.ResourceList{api.ResourceName: *resource.NewQuantity(n, resource.DecimalSI)}}
-}
-
-func TestSliceRequest(t *testing.T) {
-	pod := &v1.Pod{Spec: v1.PodSpec{
-		Containers:     []v1.Container{{Resources: slicesRes(2)}, {Resources: slicesRes(1)}, {}},
-		InitContainers: []v1.Container{{Resources: slicesRes(4)}, {Resources: slicesRes(1), RestartPolicy: ptr.To(v1.ContainerRestartPolicyAlways)}},
-	}}
-	if got := sliceRequest(pod); got != 4 {
-		t.Errorf("sliceRequest = %d, want 4 (init container max beats 2+1+1 sidecar)", got)
-	}
-	pod.Spec.InitContainers = pod.Spec.InitContainers[1:]
-	if got := sliceRequest(pod); got != 4 {
-		t.Errorf("sliceRequest = %d, want 2+1 plus sidecar 1", got)
-	}
-	if got := sliceRequest(&v1.Pod{}); got != 0 {
-		t.Errorf("no request = %d", got)
-	}
-}
-
-func TestGangRefOf(t *testing.T) {
-	pod := &v1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Labels: map[string]string{api.LabelLWSGroupKey: "k"}}}
-	if r, ok := gangRefOf(pod); !ok || r.Key != "ns/k" || r.Source != gang.SourceLWS {
-		t.Errorf("LWS ref = %+v", r)
-	}
-	pod.Spec.SchedulingGroup = &v1.PodSchedulingGroup{PodGroupName: ptr.To("native")}
-	if r, _ := gangRefOf(pod); r.Key != "ns/native" || r.Source != gang.SourceNative {
-		t.Errorf("native ref = %+v", r)
-	}
-	pod.Labels[api.LabelPodGroup] = "pg"
-	if r, _ := gangRefOf(pod); r.Key != "ns/pg" || r.Source != gang.SourcePodGroup {
-		t.Errorf("PodGroup ref = %+v", r)
-	}
-	if _, ok := gangRefOf(&v1.Pod{}); ok {
-		t.Errorf("pod without gang has a ref")
-	}
 }
 
 func TestRegistryBuildsSpecs(t *testing.T) {
@@ -64,7 +29,7 @@ func TestRegistryBuildsSpecs(t *testing.T) {
 	}
 	// PodGroup: spec only once object and a member are seen.
 	p := member("a", 2, map[string]string{api.LabelPodGroup: "pg"}, nil)
-	ref, _ := gangRefOf(p)
+	ref, _ := podspec.GangOf(p)
 	r.setMember(ref, string(p.UID), p)
 	if _, ok := r.spec("ns/pg"); ok {
 		t.Fatalf("spec known before its PodGroup")
@@ -80,7 +45,7 @@ func TestRegistryBuildsSpecs(t *testing.T) {
 	}
 	// LeaderWorkerSet: size and exclusive topology from the pods.
 	l := member("l0", 4, map[string]string{api.LabelLWSGroupKey: "g"}, map[string]string{api.AnnotationLWSSize: "3", api.AnnotationLWSExclTopo: api.LabelRack})
-	ref, _ = gangRefOf(l)
+	ref, _ = podspec.GangOf(l)
 	r.setMember(ref, string(l.UID), l)
 	s, ok = r.spec("ns/g")
 	if !ok || s.MinMember != 3 || s.Request != 4 || s.ExclusiveTopology != api.LabelRack || s.Source != gang.SourceLWS {
@@ -102,7 +67,7 @@ func TestGoneGangForgotten(t *testing.T) {
 	pl.gangs.onGone = pl.forgetGang
 	p := &v1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "a", UID: "uid-a", Labels: map[string]string{api.LabelPodGroup: "pg"}},
 		Spec: v1.PodSpec{Containers: []v1.Container{{Resources: slicesRes(1)}}}}
-	ref, _ := gangRefOf(p)
+	ref, _ := podspec.GangOf(p)
 	// A member naming a PodGroup that never comes: GangNotReady recorded.
 	pl.gangs.setMember(ref, string(p.UID), p)
 	pl.planStart["ns/pg"], pl.lastEvent["ns/pg"] = time.Now(), "GangNotReady"

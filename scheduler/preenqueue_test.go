@@ -13,6 +13,7 @@ import (
 	"k8s.io/utils/ptr"
 
 	"github.com/tessera-gpu/tessera/api"
+	"github.com/tessera-gpu/tessera/api/podspec"
 	"github.com/tessera-gpu/tessera/gang"
 )
 
@@ -30,7 +31,7 @@ func TestPreEnqueueHoldsUnknownGangs(t *testing.T) {
 	}
 	code := func(p *v1.Pod) fwk.Code { return pl.PreEnqueue(t.Context(), p).Code() }
 	add := func(p *v1.Pod) {
-		ref, _ := gangRefOf(p)
+		ref, _ := podspec.GangOf(p)
 		pl.gangs.setMember(ref, string(p.UID), p)
 	}
 

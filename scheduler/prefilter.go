@@ -11,6 +11,7 @@ import (
 	"k8s.io/klog/v2"
 	fwk "k8s.io/kube-scheduler/framework"
 
+	"github.com/tessera-gpu/tessera/api/podspec"
 	"github.com/tessera-gpu/tessera/gang"
 )
 
@@ -41,12 +42,12 @@ func getState(cs fwk.CycleState) (*preFilterState, bool) {
 // gangPod is the pod as the gang manager sees it; ok is false for pods that
 // ask for no slices (Tessera leaves them alone).
 func (pl *Tessera) gangPod(pod *v1.Pod) (gang.Pod, bool) {
-	n := sliceRequest(pod)
+	n := podspec.SliceRequest(pod)
 	if n == 0 {
 		return gang.Pod{}, false
 	}
 	p := gang.Pod{UID: string(pod.UID), Namespace: pod.Namespace, Name: pod.Name, Slices: n}
-	if ref, ok := gangRefOf(pod); ok && !(ref.Source == gang.SourceNative && pl.gangs.isSingle(ref.Key)) {
+	if ref, ok := podspec.GangOf(pod); ok && !(ref.Source == podspec.GangNative && pl.gangs.isSingle(ref.Key)) {
 		p.Gang = ref.Key
 	}
 	return p, true
