@@ -183,6 +183,9 @@ type Ledger struct {
 
 	mismatches uint64
 	onMismatch func(Mismatch)
+
+	// undo is the Tx undo buffer, reused by every Update (under mu).
+	undo []undoRec
 }
 
 // NewLedger returns an empty ledger.

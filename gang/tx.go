@@ -86,11 +86,15 @@ func (r Reports) Deliver() {
 func (l *Ledger) Update(fn func(tx *Tx) error) (Reports, error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	tx := &Tx{l: l}
+	tx := &Tx{l: l, undo: l.undo[:0]}
 	err := fn(tx)
 	if err != nil {
 		tx.rollback()
 	}
+	// Keep the undo buffer for the next transaction (planning runs often),
+	// without keeping its holders alive.
+	clear(tx.undo)
+	l.undo = tx.undo[:0]
 	tx.l = nil // a Tx kept past Update fails at once instead of racing the lock
 	return Reports{l: l, ms: tx.ms}, err
 }
@@ -200,6 +204,6 @@ func (tx *Tx) rollback() {
 		l.mismatches += uint64(len(ms))
 		tx.collect(ms)
 	}
-	tx.undo = nil
+	tx.undo = tx.undo[:0]
 	l.gen++
 }
