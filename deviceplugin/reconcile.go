@@ -2,6 +2,7 @@ package deviceplugin
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sort"
 	"time"
@@ -10,6 +11,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/tessera-gpu/tessera/api"
+	"github.com/tessera-gpu/tessera/api/podspec"
 )
 
 // Event reasons.
@@ -124,15 +126,14 @@ func (p *Plugin) reconcilePod(ctx context.Context, pod *corev1.Pod, ids []api.Sl
 		}
 		logger.V(2).Info("Recorded allocated slices", "pod", klog.KObj(pod), "slices", truth)
 	}
-	raw, ok := pod.Annotations[api.AnnotationSliceAssignment]
+	assigned, ok, err := podspec.Assignment(pod)
 	if !ok {
 		return nil
 	}
-	assigned, err := api.ParseSliceList(raw)
 	var msg, reason string
 	switch {
 	case err != nil:
-		reason, msg = "bad-assignment", fmt.Sprintf("annotation %s is not a slice list (%v); the kubelet allocated %s", api.AnnotationSliceAssignment, err, truth)
+		reason, msg = "bad-assignment", fmt.Sprintf("annotation %s is not a slice list (%v); the kubelet allocated %s", api.AnnotationSliceAssignment, errors.Unwrap(err), truth)
 	default:
 		sortSlices(assigned)
 		if want := api.FormatSliceList(assigned); want != truth {

@@ -163,8 +163,9 @@ func (s *Snapshot) explainBound(e *Explanation, p *corev1.Pod, ids []api.SliceID
 	} else {
 		say("It holds %d slices as the scheduler assigned them (%s); the device plugin has not confirmed them yet (%s).", len(ids), from, api.AnnotationSlicesAllocated)
 	}
-	if a, b := p.Annotations[api.AnnotationSliceAssignment], p.Annotations[api.AnnotationSlicesAllocated]; from == api.AnnotationSlicesAllocated && a != "" && !sameSlices(a, b) {
-		say("MISMATCH: the scheduler assigned %s but the kubelet handed %s; Tessera counts the kubelet's.", a, b)
+	if assigned, ok, err := podspec.Assignment(p); from == api.AnnotationSlicesAllocated && ok && (err != nil || !sameSlices(assigned, ids)) {
+		say("MISMATCH: the scheduler assigned %s but the kubelet handed %s; Tessera counts the kubelet's.",
+			p.Annotations[api.AnnotationSliceAssignment], p.Annotations[api.AnnotationSlicesAllocated])
 	}
 	if !hasNode {
 		say("Its node %s has no readable Tessera inventory.", p.Spec.NodeName)
@@ -400,10 +401,8 @@ func strategyNote(s string) string {
 	return ""
 }
 
-func sameSlices(a, b string) bool {
-	x, err1 := api.ParseSliceList(a)
-	y, err2 := api.ParseSliceList(b)
-	if err1 != nil || err2 != nil || len(x) != len(y) {
+func sameSlices(x, y []api.SliceID) bool {
+	if len(x) != len(y) {
 		return false
 	}
 	set := map[api.SliceID]bool{}
