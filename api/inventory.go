@@ -43,15 +43,6 @@ type GPU struct {
 	Clique string `json:"clique,omitempty"`
 }
 
-// SliceIDs returns the IDs of all slices of g in index order.
-func (g GPU) SliceIDs() []SliceID {
-	out := make([]SliceID, g.Slices)
-	for k := range out {
-		out[k] = SliceID{GPU: g.UUID, Index: k}
-	}
-	return out
-}
-
 // TotalSlices sums the slices of all GPUs, healthy or not.
 func (inv *Inventory) TotalSlices() int {
 	n := 0

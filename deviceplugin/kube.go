@@ -199,10 +199,13 @@ func (n *KubeNode) Labels(ctx context.Context) (map[string]string, error) {
 
 // PatchNode implements NodeClient with a JSON merge patch of metadata.
 func (n *KubeNode) PatchNode(ctx context.Context, annotations, labels map[string]*string) error {
-	return patchNodeMetadata(ctx, n.Client, n.Name, annotations, labels)
+	return PatchNodeMetadata(ctx, n.Client, n.Name, annotations, labels)
 }
 
-func patchNodeMetadata(ctx context.Context, c kubernetes.Interface, name string, annotations, labels map[string]*string) error {
+// PatchNodeMetadata sets (or, with a nil value, removes) annotations and
+// labels of node name in one merge patch; the simulator writes simulated
+// nodes' inventories with it too.
+func PatchNodeMetadata(ctx context.Context, c kubernetes.Interface, name string, annotations, labels map[string]*string) error {
 	patch := map[string]any{"metadata": map[string]any{"annotations": annotations, "labels": labels}}
 	b, err := json.Marshal(patch)
 	if err != nil {

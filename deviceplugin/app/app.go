@@ -32,6 +32,7 @@ import (
 	"github.com/tessera-gpu/tessera/deviceplugin"
 	"github.com/tessera-gpu/tessera/deviceplugin/config"
 	"github.com/tessera-gpu/tessera/deviceplugin/nvml"
+	"github.com/tessera-gpu/tessera/deviceplugin/simulate"
 	"github.com/tessera-gpu/tessera/deviceplugin/slicing"
 )
 
@@ -135,7 +136,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	case "discover":
 		err = discover(ctx, f, stdout)
 	case "simulate":
-		err = simulate(ctx, f)
+		err = runSimulate(ctx, f)
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "tessera-device-plugin %s: %v\n", mode, err)
@@ -425,7 +426,7 @@ func dash(s string) string {
 	return s
 }
 
-func simulate(ctx context.Context, f *flags) error {
+func runSimulate(ctx context.Context, f *flags) error {
 	if f.fakeGPUs == "" {
 		return fmt.Errorf("--fake-gpus is required")
 	}
@@ -443,7 +444,7 @@ func simulate(ctx context.Context, f *flags) error {
 	if err != nil {
 		return err
 	}
-	return deviceplugin.NewSimulator(client, deviceplugin.SimOptions{
+	return simulate.NewSimulator(client, simulate.SimOptions{
 		Spec: spec, Config: cfg, NodeSelector: f.nodeSelector, CliqueSize: f.cliqueSize, LabelClique: f.labelClique, Workers: f.workers,
 	}).Run(ctx)
 }

@@ -24,7 +24,8 @@ type Backend struct {
 	// driver lacks would abort the process). Mocks answer every lookup
 	// with success, so with them only the v1 entry points are used.
 	real bool
-	// sysfsRoot is where PCI devices are looked up for NUMA fallback.
+	// sysfsRoot is where PCI devices are looked up for NUMA fallback
+	// (/sys; tests of this package point it elsewhere).
 	sysfsRoot string
 	// cliqueOverride, when set, replaces fabric discovery (fakes only).
 	cliqueOverride string
@@ -34,22 +35,9 @@ type Backend struct {
 	closeErr  error
 }
 
-// BackendOption tunes a Backend.
-type BackendOption func(*Backend)
-
-// WithSysfsRoot sets the sysfs root for the NUMA fallback (default /sys).
-func WithSysfsRoot(root string) BackendOption { return func(b *Backend) { b.sysfsRoot = root } }
-
-// WithClock sets the clock stamped on Xid events.
-func WithClock(now func() time.Time) BackendOption { return func(b *Backend) { b.now = now } }
-
 // NewBackend wraps an already initialised go-nvml interface (typically a mock).
-func NewBackend(lib gonvml.Interface, opts ...BackendOption) *Backend {
-	b := &Backend{lib: lib, sysfsRoot: "/sys", now: time.Now}
-	for _, o := range opts {
-		o(b)
-	}
-	return b
+func NewBackend(lib gonvml.Interface) *Backend {
+	return &Backend{lib: lib, sysfsRoot: "/sys", now: time.Now}
 }
 
 // ErrLibraryNotFound is returned by NewReal when libnvidia-ml.so.1 cannot be
@@ -58,7 +46,7 @@ var ErrLibraryNotFound = errors.New("NVML library not found")
 
 // NewReal opens the NVIDIA driver's NVML (libnvidia-ml.so.1, or libPath when
 // set) and initialises it.
-func NewReal(libPath string, opts ...BackendOption) (*Backend, error) {
+func NewReal(libPath string) (*Backend, error) {
 	var libOpts []gonvml.LibraryOption
 	name := "libnvidia-ml.so.1"
 	if libPath != "" {
@@ -73,7 +61,7 @@ func NewReal(libPath string, opts ...BackendOption) (*Backend, error) {
 		}
 		return nil, fmt.Errorf("initialising NVML from %s: %w", name, ret)
 	}
-	b := NewBackend(lib, opts...)
+	b := NewBackend(lib)
 	b.real = true
 	return b, nil
 }

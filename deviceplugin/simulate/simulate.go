@@ -1,4 +1,8 @@
-package deviceplugin
+// Package simulate publishes mock GPU inventories for many simulated (kwok)
+// nodes from one process: `tessera-device-plugin simulate`. It is a test
+// and benchmark aid, kept out of the node agent's production package; it
+// writes the same node metadata the device plugin writes for its own node.
+package simulate
 
 import (
 	"context"
@@ -20,6 +24,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/tessera-gpu/tessera/api"
+	"github.com/tessera-gpu/tessera/deviceplugin"
 	"github.com/tessera-gpu/tessera/deviceplugin/config"
 	"github.com/tessera-gpu/tessera/deviceplugin/nvml"
 	"github.com/tessera-gpu/tessera/deviceplugin/slicing"
@@ -130,7 +135,7 @@ func (s *Simulator) next(ctx context.Context) bool {
 }
 
 // Desired computes a simulated node's metadata and slice count.
-func (s *Simulator) Desired(ctx context.Context, node *corev1.Node) (NodeMetadata, int, error) {
+func (s *Simulator) Desired(ctx context.Context, node *corev1.Node) (deviceplugin.NodeMetadata, int, error) {
 	spec := s.opts.Spec
 	if s.opts.CliqueSize > 0 {
 		spec.Clique = simClique(node.Name, s.opts.CliqueSize)
@@ -138,13 +143,13 @@ func (s *Simulator) Desired(ctx context.Context, node *corev1.Node) (NodeMetadat
 	fake := nvml.NewFake(spec, node.Name)
 	gpus, err := fake.Discover(ctx)
 	if err != nil {
-		return NodeMetadata{}, 0, err
+		return deviceplugin.NodeMetadata{}, 0, err
 	}
 	layout, err := slicing.NewLayout(gpus, s.opts.Config.Resolve(node.Labels).Sharing)
 	if err != nil {
-		return NodeMetadata{}, 0, err
+		return deviceplugin.NodeMetadata{}, 0, err
 	}
-	md, err := InventoryMetadata(layout.Inventory(func(string) bool { return true }), s.opts.LabelClique)
+	md, err := deviceplugin.InventoryMetadata(layout.Inventory(func(string) bool { return true }), s.opts.LabelClique)
 	return md, layout.TotalSlices(), err
 }
 
@@ -155,7 +160,7 @@ func (s *Simulator) Sync(ctx context.Context, node *corev1.Node) error {
 		return err
 	}
 	if !metadataHolds(node, md) {
-		if err := patchNodeMetadata(ctx, s.client, node.Name, md.Annotations, md.Labels); err != nil {
+		if err := deviceplugin.PatchNodeMetadata(ctx, s.client, node.Name, md.Annotations, md.Labels); err != nil {
 			return err
 		}
 	}
@@ -179,7 +184,7 @@ func (s *Simulator) Sync(ctx context.Context, node *corev1.Node) error {
 	return nil
 }
 
-func metadataHolds(node *corev1.Node, md NodeMetadata) bool {
+func metadataHolds(node *corev1.Node, md deviceplugin.NodeMetadata) bool {
 	check := func(have map[string]string, want map[string]*string) bool {
 		for k, v := range want {
 			got, ok := have[k]
