@@ -5,31 +5,16 @@ import (
 	"math/bits"
 
 	"github.com/tessera-gpu/tessera/api"
+	"github.com/tessera-gpu/tessera/api/podspec"
 )
 
 // MaxScore is the largest value Score returns (kube-scheduler's MaxNodeScore).
 const MaxScore = 100
 
-// shape interprets a request of req slices on a node cut into sPer slices
-// per GPU: whole = 0 means "req slices from ONE GPU"; whole = k > 0 means "k
-// wholly free GPUs". A request above sPer that is not a whole multiple
-// cannot be served on this node (a rank never straddles two GPUs partially).
-func shape(req, sPer int) (whole int, err error) {
-	switch {
-	case req <= 0:
-		return 0, fmt.Errorf("request of %d slices: must be at least 1", req)
-	case req <= sPer:
-		return 0, nil
-	case req%sPer != 0:
-		return 0, fmt.Errorf("request of %d slices: above %d slices per GPU it must be a whole multiple of %d", req, sPer, sPer)
-	}
-	return req / sPer, nil
-}
-
 // capacity returns how many ranks of req slices fit on the node, each on its
 // own GPU(s) — ranks of one gang never share a GPU. O(1).
 func (s *summary) capacity(req int) int {
-	k, err := shape(req, s.sPer)
+	k, err := podspec.Shape(req, s.sPer)
 	if err != nil {
 		return 0
 	}
@@ -44,7 +29,7 @@ func (n *nodeState) capacity(req int) int { return n.sum.capacity(req) }
 // fits reports whether one rank of req slices fits on n avoiding the GPUs in
 // excl. With excl empty it reads only the summary.
 func (n *nodeState) fits(req int, excl gpuSet) bool {
-	k, err := shape(req, n.sPer)
+	k, err := podspec.Shape(req, n.sPer)
 	if err != nil {
 		return false
 	}
@@ -74,7 +59,7 @@ func (n *nodeState) fits(req int, excl gpuSet) bool {
 //   - multi-GPU ranks: 50 extra for an NVLink-connected set; among those,
 //     nodes left with fewer whole GPUs score higher.
 func (s *summary) score(req int) int64 {
-	k, err := shape(req, s.sPer)
+	k, err := podspec.Shape(req, s.sPer)
 	if err != nil {
 		return 0
 	}
@@ -178,7 +163,7 @@ func (n *nodeState) pickWhole(k int, excl gpuSet) (gpuSet, bool) {
 // pick returns exact slice IDs for one rank of req slices avoiding excl
 // (lowest free slice indices, deterministic) and the GPUs it used.
 func (n *nodeState) pick(req int, excl gpuSet) ([]api.SliceID, gpuSet, error) {
-	k, err := shape(req, n.sPer)
+	k, err := podspec.Shape(req, n.sPer)
 	if err != nil {
 		return nil, 0, fmt.Errorf("node %s: %w", n.name, err)
 	}

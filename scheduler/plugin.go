@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -353,7 +354,7 @@ func (pl *Tessera) onReject(r gang.Rejection) {
 func (pl *Tessera) onMismatch(m gang.Mismatch) {
 	handoffMismatches.WithLabelValues(string(m.Reason)).Inc()
 	pl.logger.Info("Slice hand-off mismatch", "reason", m.Reason, "pod", m.Pod, "node", m.Node, "detail", m.Detail)
-	ns, name, ok := cutKey(m.Pod)
+	ns, name, ok := strings.Cut(m.Pod, "/")
 	if !ok {
 		return
 	}
@@ -362,15 +363,6 @@ func (pl *Tessera) onMismatch(m gang.Mismatch) {
 		return
 	}
 	pl.event(pod, v1.EventTypeWarning, string(m.Reason), "Scheduling", "%s", m.Detail)
-}
-
-func cutKey(key string) (string, string, bool) {
-	for i := 0; i < len(key); i++ {
-		if key[i] == '/' {
-			return key[:i], key[i+1:], true
-		}
-	}
-	return "", "", false
 }
 
 func (pl *Tessera) event(obj runtime.Object, typ, reason, action, note string, args ...any) {
