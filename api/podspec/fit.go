@@ -9,8 +9,7 @@ import "fmt"
 // above slicesPerGPU and not a whole multiple of it, cannot be served on
 // that node: a rank never straddles two GPUs partially.
 //
-// This is the rule the scheduler's ledger applies (gang/place.go, shape),
-// with the same error texts, so gang/ can call it instead of its own copy.
+// The scheduler's ledger (gang/place.go) and kubectl tessera both call it.
 func Shape(request, slicesPerGPU int) (wholeGPUs int, err error) {
 	switch {
 	case slicesPerGPU < 1:
