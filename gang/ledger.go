@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 
 	"github.com/tessera-gpu/tessera/api"
+	"github.com/tessera-gpu/tessera/api/podspec"
 )
 
 // HoldKind says how sure the ledger is that a slice is taken. When two
@@ -58,24 +59,12 @@ type PodInfo struct {
 // adapter can emit an event; the returned PodInfo is usable either way.
 func PodInfoFromAnnotations(uid, namespace, name, gang, node string, annotations map[string]string) (PodInfo, error) {
 	p := PodInfo{UID: uid, Namespace: namespace, Name: name, Gang: gang, Node: node}
-	var errs []error
-	if v, ok := annotations[api.AnnotationSliceAssignment]; ok {
-		ids, err := api.ParseSliceList(v)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("pod %s/%s: annotation %s: %w", namespace, name, api.AnnotationSliceAssignment, err))
-		} else {
-			p.Assignment = ids
-		}
+	var err error
+	p.Assignment, p.Allocated, err = podspec.SliceAnnotations(annotations)
+	if err != nil {
+		return p, fmt.Errorf("pod %s/%s: %w", namespace, name, err)
 	}
-	if v, ok := annotations[api.AnnotationSlicesAllocated]; ok {
-		ids, err := api.ParseSliceList(v)
-		if err != nil {
-			errs = append(errs, fmt.Errorf("pod %s/%s: annotation %s: %w", namespace, name, api.AnnotationSlicesAllocated, err))
-		} else {
-			p.Allocated = ids
-		}
-	}
-	return p, errors.Join(errs...)
+	return p, nil
 }
 
 // MismatchReason classifies a Mismatch.

@@ -52,7 +52,20 @@ func Allocated(pod *v1.Pod) (ids []api.SliceID, present bool, err error) {
 }
 
 func sliceAnnotation(pod *v1.Pod, name string) ([]api.SliceID, bool, error) {
-	v, ok := pod.Annotations[name]
+	return sliceAnnotationOf(pod.Annotations, name)
+}
+
+// SliceAnnotations reads both slice annotations from an annotation map, for
+// callers that hold no *v1.Pod (the scheduler's ledger): each malformed one
+// is absent (nil) and its *AnnotationError is returned, joined.
+func SliceAnnotations(annotations map[string]string) (assignment, allocated []api.SliceID, err error) {
+	assignment, _, errAssign := sliceAnnotationOf(annotations, api.AnnotationSliceAssignment)
+	allocated, _, errAlloc := sliceAnnotationOf(annotations, api.AnnotationSlicesAllocated)
+	return assignment, allocated, errors.Join(errAssign, errAlloc)
+}
+
+func sliceAnnotationOf(annotations map[string]string, name string) ([]api.SliceID, bool, error) {
+	v, ok := annotations[name]
 	if !ok {
 		return nil, false, nil
 	}
@@ -67,8 +80,8 @@ func sliceAnnotation(pod *v1.Pod, name string) ([]api.SliceID, bool, error) {
 // tessera.dev/slices-allocated when it parses (the device plugin's truth),
 // else tessera.dev/slice-assignment when it parses, else none.
 //
-// The one rule for parse errors (the scheduler's ledger's, gang.
-// PodInfoFromAnnotations): a malformed annotation, an empty value included,
+// The one rule for parse errors (the scheduler's ledger reads the same
+// through SliceAnnotations): a malformed annotation, an empty value included,
 // is treated as absent, and its *AnnotationError is returned beside
 // whatever was read, so the caller can log it or raise an event. So a
 // malformed allocation with a good assignment returns the assignment,
