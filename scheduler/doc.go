@@ -27,12 +27,22 @@
 // # GPU health
 //
 // Node inventories say which GPUs are Unhealthy (the device plugin marks a
-// GPU after a critical Xid or a failed probe). A loop (health.go) finds the
+// GPU after a critical Xid or a failed probe). A controller beside the
+// plugin (gpu_health.go; its decision, planHealth, in health.go) finds the
 // running gangs that hold such a GPU and, per unhealthyGangAction, records a
 // Warning event GPUUnhealthy and the PodGroup condition GPUHealthy=False
 // (Event, the default), or also deletes every member at once so the gang's
 // controller recreates it whole on healthy GPUs (EvictGang). When the GPU
 // recovers, or the gang runs again on healthy GPUs, the condition turns True.
+//
+// # Controllers beside the plugin
+//
+// The plugin keeps only what the framework calls. Two controllers run beside
+// it, each on a client-go workqueue with an injected clock, fed by the
+// plugin's informer handlers: the PodGroup status writer
+// (podgroup_status.go) and the GPU-health controller (gpu_health.go). The
+// gang registry (gang_registry.go) merges PodGroup objects
+// (podgroup_informers.go) and member pods into gang specs for gang.Manager.
 //
 // # Profile
 //
