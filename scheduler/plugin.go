@@ -30,6 +30,10 @@ const Name = "Tessera"
 type Tessera struct {
 	handle fwk.Handle
 	args   *Args
+	// clock drives the plugin's own timers and timestamps (gauges, the
+	// not-ready sweep, plan durations, backoff wake-ups); the controllers
+	// beside it and gang.Manager take one too.
+	clock clock.WithTickerAndDelayedExecution
 	// status writes scheduling.x-k8s.io PodGroup statuses; nil when
 	// podGroupStatus is off (podgroup_status.go).
 	status *podGroupStatusWriter
@@ -94,7 +98,7 @@ func New(ctx context.Context, obj runtime.Object, h fwk.Handle) (fwk.Plugin, err
 	}
 	registerMetrics()
 	logger := klog.FromContext(ctx).WithName(Name)
-	pl := &Tessera{handle: h, args: args, logger: logger, nodeSeen: map[string]nodeKey{},
+	pl := &Tessera{handle: h, args: args, clock: clock.RealClock{}, logger: logger, nodeSeen: map[string]nodeKey{},
 		planStart: map[string]time.Time{}, lastEvent: map[string]string{}}
 	pl.ledger = gang.NewLedger(gang.LedgerOptions{OnMismatch: pl.onMismatch})
 	pl.mgr = gang.NewManager(pl.ledger, gang.Options{Backoff: args.backoff(), OnReject: pl.onReject})
@@ -135,9 +139,9 @@ func New(ctx context.Context, obj runtime.Object, h fwk.Handle) (fwk.Plugin, err
 		}
 	}
 	if *args.PodGroupStatus && dc != nil {
-		pl.status = newPodGroupStatusWriter(pl.gangs, dc, clock.RealClock{}, args.sweepInterval())
+		pl.status = newPodGroupStatusWriter(pl.gangs, dc, pl.clock, args.sweepInterval())
 	}
-	pl.health = newGPUHealthController(pl.gangs, *args.UnhealthyGangAction, h.ClientSet(), dc, pl.event, clock.RealClock{}, args.sweepInterval())
+	pl.health = newGPUHealthController(pl.gangs, *args.UnhealthyGangAction, h.ClientSet(), dc, pl.event, pl.clock, args.sweepInterval())
 	go pl.mgr.Run(ctx, args.sweepInterval())
 	go pl.refreshGauges(ctx)
 	go pl.watchGroupAPIs(ctx)
@@ -163,14 +167,14 @@ func (pl *Tessera) waitSynced(ctx context.Context) bool {
 }
 
 func (pl *Tessera) refreshGauges(ctx context.Context) {
-	t := time.NewTicker(pl.args.sweepInterval())
+	t := pl.clock.NewTicker(pl.args.sweepInterval())
 	defer t.Stop()
 	for {
 		recordFragmentation(pl.ledger.Fragmentation())
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case <-t.C():
 		}
 	}
 }
@@ -348,7 +352,7 @@ func (pl *Tessera) onReject(r gang.Rejection) {
 		wait = 0
 	}
 	key := r.Gang
-	time.AfterFunc(wait+50*time.Millisecond, func() { pl.activateGang(key) })
+	pl.clock.AfterFunc(wait+50*time.Millisecond, func() { pl.activateGang(key) })
 }
 
 func (pl *Tessera) onMismatch(m gang.Mismatch) {

@@ -67,7 +67,7 @@ func (pl *Tessera) watchGroupAPIs(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			return
-		case <-time.After(pl.args.discoveryInterval()):
+		case <-pl.clock.After(pl.args.discoveryInterval()):
 		}
 	}
 }

@@ -2,7 +2,6 @@ package scheduler
 
 import (
 	"context"
-	"time"
 
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/klog/v2"
@@ -37,7 +36,7 @@ func (pl *Tessera) PostBind(ctx context.Context, cs fwk.CycleState, pod *v1.Pod,
 	if !ok {
 		return
 	}
-	gangTimeToPlaced.Observe(time.Since(start).Seconds())
+	gangTimeToPlaced.Observe(pl.clock.Since(start).Seconds())
 	level, domain, aligned := pl.alignment(s.pod.Gang, before.Slots)
 	recordPlaced(aligned)
 	klog.FromContext(ctx).V(2).Info("Gang placed", "gang", s.pod.Gang, "members", len(before.Slots), "level", level, "domain", domain, "aligned", aligned)

@@ -64,15 +64,15 @@ func notReadyGangs(now time.Time, waitingSince map[string]time.Time, grace time.
 // pods from ever being tried, so no scheduling attempt would report them.
 func (pl *Tessera) runNotReadyWarnings(ctx context.Context) {
 	logger := klog.FromContext(ctx)
-	t := time.NewTicker(pl.args.sweepInterval())
+	t := pl.clock.NewTicker(pl.args.sweepInterval())
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case <-t.C():
 		}
-		for _, key := range notReadyGangs(time.Now(), pl.gangs.unknownSince(), gangNotReadyGrace) {
+		for _, key := range notReadyGangs(pl.clock.Now(), pl.gangs.unknownSince(), gangNotReadyGrace) {
 			seen := pl.gangs.object(key) != nil
 			logger.V(2).Info("Gang still not known", "gang", key, "podGroupSeen", seen)
 			pl.gangEvent(key, v1.EventTypeWarning, "GangNotReady",

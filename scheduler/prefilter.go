@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"time"
 
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/util/sets"
@@ -73,7 +72,7 @@ func (pl *Tessera) PreFilter(ctx context.Context, cs fwk.CycleState, pod *v1.Pod
 		if planning {
 			pl.mu.Lock()
 			if _, ok := pl.planStart[p.Gang]; !ok {
-				pl.planStart[p.Gang] = time.Now()
+				pl.planStart[p.Gang] = pl.clock.Now()
 			}
 			pl.mu.Unlock()
 		}
