@@ -62,6 +62,9 @@ type Tessera struct {
 	// lastEvent is the last gang-level event reason per gang, so a gang
 	// that stays unschedulable does not flood events.
 	lastEvent map[string]string
+	// turnedDown are slice pods PostFilter saw unschedulable, retried when
+	// the ledger gains room (retry.go).
+	turnedDown map[types.UID]*v1.Pod
 }
 
 type nodeKey struct {
@@ -208,7 +211,10 @@ func (pl *Tessera) nodeChanged(obj any) {
 	inv, err := api.ParseInventory(raw)
 	if err == nil {
 		pl.health.setNodeHealth(node.Name, badGPUs(inv))
-		err = pl.ledger.UpsertNode(node.Name, node.Labels, inv)
+		if err = pl.ledger.UpsertNode(node.Name, node.Labels, inv); err == nil {
+			// A new node, a GPU healthy again, new labels: maybe room now.
+			pl.retryTurnedDown()
+		}
 	} else {
 		pl.ledger.RemoveNode(node.Name)
 	}
@@ -252,6 +258,9 @@ func (pl *Tessera) podChanged(obj any) {
 		pl.forgetPod(pod, ref, inGang)
 		return
 	}
+	if pod.Spec.NodeName != "" {
+		pl.forgetTurnedDown(pod.UID)
+	}
 	key := ""
 	if inGang {
 		key = ref.Key
@@ -275,18 +284,26 @@ func (pl *Tessera) podDeleted(obj any) {
 		return
 	}
 	ref, inGang := podspec.GangOf(pod)
+	pl.forgetTurnedDown(pod.UID)
 	pl.mgr.PodDeleted(string(pod.UID))
 	if inGang {
 		pl.gangs.setMember(ref, string(pod.UID), nil)
 		pl.markGroupDirty(ref)
 	}
+	if pod.Spec.NodeName != "" && relevant(pod) {
+		pl.retryTurnedDown()
+	}
 }
 
 func (pl *Tessera) forgetPod(pod *v1.Pod, ref podspec.GangRef, inGang bool) {
+	pl.forgetTurnedDown(pod.UID)
 	pl.mgr.PodDeleted(string(pod.UID))
 	if inGang {
 		pl.gangs.setMember(ref, string(pod.UID), pod)
 		pl.markGroupDirty(ref)
+	}
+	if pod.Spec.NodeName != "" {
+		pl.retryTurnedDown()
 	}
 }
 

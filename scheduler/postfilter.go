@@ -12,7 +12,11 @@ import (
 // planned node another plugin refused (CPU, taints, a node gone NotReady),
 // the whole gang is rejected before its barrier opens and its next plan
 // avoids that node.
+//
+// Every slice pod that gets here is remembered and retried once the ledger
+// gains room (retry.go).
 func (pl *Tessera) PostFilter(ctx context.Context, cs fwk.CycleState, pod *v1.Pod, _ fwk.NodeToStatusReader) (*fwk.PostFilterResult, *fwk.Status) {
+	pl.rememberTurnedDown(pod)
 	s, ok := getState(cs)
 	if !ok || s.pod.Gang == "" || s.placement.Node == "" {
 		return nil, fwk.NewStatus(fwk.Unschedulable)

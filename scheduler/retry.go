@@ -1,0 +1,56 @@
+package scheduler
+
+import (
+	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/tessera-gpu/tessera/api/podspec"
+)
+
+// Turned-down slice pods are retried by the plugin itself once it has
+// recorded freed capacity.
+//
+// The framework's queueing hints (events.go) requeue a turned-down slice pod
+// when a slice-holding pod goes or a node's inventory changes, but the hint
+// and the plugin's own informer handler, which frees the slices in the
+// ledger, run on separate goroutines in no fixed order. When the hint wins,
+// the pod is tried against the old ledger, turned down again, and nothing
+// wakes it until the queue's periodic flush (minutes): a gang that waited
+// for a blocker to go stayed Pending long after it went. So the plugin
+// remembers every slice pod PostFilter saw turned down and activates them
+// after its handler changed the ledger; by then PreFilter sees the room.
+
+// rememberTurnedDown records a slice pod that finished a cycle unschedulable.
+func (pl *Tessera) rememberTurnedDown(pod *v1.Pod) {
+	if podspec.SliceRequest(pod) == 0 {
+		return
+	}
+	pl.mu.Lock()
+	if pl.turnedDown == nil {
+		pl.turnedDown = map[types.UID]*v1.Pod{}
+	}
+	pl.turnedDown[pod.UID] = pod
+	pl.mu.Unlock()
+}
+
+// forgetTurnedDown drops a pod that was bound or deleted.
+func (pl *Tessera) forgetTurnedDown(uid types.UID) {
+	pl.mu.Lock()
+	delete(pl.turnedDown, uid)
+	pl.mu.Unlock()
+}
+
+// retryTurnedDown activates every remembered pod; call it after the ledger
+// recorded more room. A pod turned down again is remembered again.
+func (pl *Tessera) retryTurnedDown() {
+	pl.mu.Lock()
+	pods := make(map[string]*v1.Pod, len(pl.turnedDown))
+	for _, p := range pl.turnedDown {
+		pods[p.Namespace+"/"+p.Name] = p
+	}
+	pl.turnedDown = nil
+	pl.mu.Unlock()
+	if len(pods) > 0 && pl.handle != nil {
+		pl.handle.Activate(pl.logger, pods)
+	}
+}
