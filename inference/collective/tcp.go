@@ -376,7 +376,7 @@ func (l *Leader) workers() ([]*peer, error) {
 // would otherwise sit in a read until their timeout.
 func (l *Leader) lost(p *peer, err error) error {
 	_ = l.Close()
-	return fmt.Errorf("%w: rank %d: %v", ErrGroupBroken, p.info.Rank, err)
+	return fmt.Errorf("%w: rank %d: %w", ErrGroupBroken, p.info.Rank, err)
 }
 
 func (l *Leader) AllReduceSum(buf []float32) error {
