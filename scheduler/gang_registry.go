@@ -78,10 +78,13 @@ func (r *gangRegistry) setGroup(key string, g *groupInfo) {
 	r.sync(key)
 }
 
-// setMember records (or, with pod nil, removes) a member pod.
-func (r *gangRegistry) setMember(ref podspec.GangRef, uid string, pod *v1.Pod) {
+// setMember records (or, with pod nil, removes) a member pod. It reports
+// whether the pod is a member the registry had not seen before.
+func (r *gangRegistry) setMember(ref podspec.GangRef, uid string, pod *v1.Pod) (added bool) {
 	r.mu.Lock()
 	ms := r.members[ref.Key]
+	_, had := ms[uid]
+	added = pod != nil && !had && !podTerminal(pod)
 	if pod != nil && podTerminal(pod) {
 		if r.done[ref.Key] == nil {
 			r.done[ref.Key] = map[string]bool{}
@@ -110,6 +113,7 @@ func (r *gangRegistry) setMember(ref podspec.GangRef, uid string, pod *v1.Pod) {
 	}
 	r.mu.Unlock()
 	r.sync(ref.Key)
+	return added
 }
 
 // allMembers returns every gang's live member pods (gang key → pods).

@@ -264,7 +264,9 @@ func (pl *Tessera) podChanged(obj any) {
 	key := ""
 	if inGang {
 		key = ref.Key
-		pl.gangs.setMember(ref, string(pod.UID), pod)
+		if pl.gangs.setMember(ref, string(pod.UID), pod) && pod.Spec.NodeName == "" {
+			pl.activateIfKnown(ref.Key, pod)
+		}
 		pl.markGroupDirty(ref)
 	}
 	info, err := gang.PodInfoFromAnnotations(string(pod.UID), pod.Namespace, pod.Name, key, pod.Spec.NodeName, pod.Annotations)

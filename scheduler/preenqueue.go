@@ -25,10 +25,12 @@ var _ fwk.PreEnqueuePlugin = &Tessera{}
 // PreEnqueue holds a gang member out of the scheduling queue until its gang
 // is known (docs/design.md, gangs): trying it earlier only fails, and each
 // failed attempt is a FailedScheduling warning on the pod. The pod is
-// activated the moment the gang becomes known (onGangChange), and the
-// queue's lock covers this check and the pod's insertion, so the activation
-// cannot slip between them. Pods without slices, outside gangs, or in a
-// native PodGroup without a gang policy pass.
+// activated the moment the gang becomes known (onGangChange, for the members
+// the plugin has seen), or the moment the plugin first sees it when the gang
+// is known already (activateIfKnown). The queue's lock covers this check and
+// the pod's insertion, and the plugin records the gang before it activates,
+// so no activation can slip between them. Pods without slices, outside
+// gangs, or in a native PodGroup without a gang policy pass.
 func (pl *Tessera) PreEnqueue(_ context.Context, pod *v1.Pod) *fwk.Status {
 	p, ok := pl.gangPod(pod)
 	if !ok || p.Gang == "" {
@@ -38,6 +40,18 @@ func (pl *Tessera) PreEnqueue(_ context.Context, pod *v1.Pod) *fwk.Status {
 		return nil
 	}
 	return fwk.NewStatus(fwk.UnschedulableAndUnresolvable, notReadyMessage(p.Gang, pl.gangs.object(p.Gang) != nil))
+}
+
+// activateIfKnown activates a member this handler sees for the first time
+// when its gang is already known. The queue may have held it at PreEnqueue
+// before the gang became known, and the gang's own activation (onGangChange)
+// only reaches the members this handler had seen by then; the gang's spec
+// does not change when one more member of the same shape arrives, so
+// nothing else would wake this one.
+func (pl *Tessera) activateIfKnown(gang string, pod *v1.Pod) {
+	if _, known := pl.gangs.spec(gang); known && pl.handle != nil {
+		pl.handle.Activate(pl.logger, map[string]*v1.Pod{pod.Namespace + "/" + pod.Name: pod})
+	}
 }
 
 func notReadyMessage(gang string, objectSeen bool) string {

@@ -9,6 +9,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	k8stypes "k8s.io/apimachinery/pkg/types"
+	"k8s.io/klog/v2"
 	fwk "k8s.io/kube-scheduler/framework"
 	"k8s.io/utils/ptr"
 
@@ -93,5 +94,53 @@ func TestNotReadyGangs(t *testing.T) {
 				t.Errorf("notReadyGangs (-want +got):\n%s", diff)
 			}
 		})
+	}
+}
+
+// recordActivations is a framework handle that records activated pods.
+type recordActivations struct {
+	fwk.Handle
+	activated []string
+}
+
+func (h *recordActivations) Activate(_ klog.Logger, pods map[string]*v1.Pod) {
+	for key := range pods {
+		h.activated = append(h.activated, key)
+	}
+}
+
+// TestMemberSeenAfterItsGangIsKnownIsActivated: the queue held member m1 at
+// PreEnqueue while its gang was unknown; the gang became known through its
+// PodGroup and m0 before the plugin's handler saw m1. Seeing m1 must wake
+// it: the gang's spec does not change, so nothing else would.
+func TestMemberSeenAfterItsGangIsKnownIsActivated(t *testing.T) {
+	ledger := gang.NewLedger(gang.LedgerOptions{})
+	mgr := gang.NewManager(ledger, gang.Options{})
+	args, _ := DecodeArgs(nil)
+	h := &recordActivations{}
+	pl := &Tessera{handle: h, ledger: ledger, mgr: mgr, args: args, logger: klog.Background(), planStart: map[string]time.Time{}, lastEvent: map[string]string{}}
+	pl.gangs = newGangRegistry(mgr, args)
+	pl.gangs.onChange = pl.onGangChange
+	member := func(name string) *v1.Pod {
+		return &v1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: name, UID: "uid-" + k8stypes.UID(name), Labels: map[string]string{api.LabelPodGroup: "pg"}},
+			Spec: v1.PodSpec{Containers: []v1.Container{{Resources: slicesRes(2)}}}}
+	}
+	m0, m1 := member("m0"), member("m1")
+	if c := pl.PreEnqueue(t.Context(), m1).Code(); c != fwk.UnschedulableAndUnresolvable {
+		t.Fatalf("m1 before its gang is known: %v, want held", c)
+	}
+	pl.podChanged(m0)
+	pl.gangs.setGroup("ns/pg", &groupInfo{source: gang.SourcePodGroup, minMember: 2})
+	if diff := cmp.Diff([]string{"ns/m0"}, h.activated); diff != "" {
+		t.Fatalf("activated when the gang became known (-want +got):\n%s", diff)
+	}
+	pl.podChanged(m1)
+	if diff := cmp.Diff([]string{"ns/m0", "ns/m1"}, h.activated); diff != "" {
+		t.Errorf("activated once m1 was seen (-want +got):\n%s", diff)
+	}
+	// An update of a member already seen activates nothing more.
+	pl.podChanged(m1.DeepCopy())
+	if len(h.activated) != 2 {
+		t.Errorf("activated again on an update: %v", h.activated)
 	}
 }
