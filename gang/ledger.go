@@ -200,6 +200,15 @@ func (l *Ledger) report(ms []Mismatch) {
 }
 
 // Mismatches returns how many mismatches were reported so far.
+// Generation changes on every change of the ledger; callers compare two
+// readings to learn whether anything changed between them.
+func (l *Ledger) Generation() uint64 {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	return l.gen
+}
+
+// Mismatches returns how many mismatches the ledger has reported.
 func (l *Ledger) Mismatches() uint64 {
 	l.mu.RLock()
 	defer l.mu.RUnlock()

@@ -65,6 +65,10 @@ type Tessera struct {
 	// turnedDown are slice pods PostFilter saw unschedulable, retried when
 	// the ledger gains room (retry.go).
 	turnedDown map[types.UID]*v1.Pod
+	// retryGen and retryAt are the ledger generation and time of the
+	// sweep's last retry (retry.go).
+	retryGen uint64
+	retryAt  time.Time
 }
 
 type nodeKey struct {

@@ -86,6 +86,7 @@ func (pl *Tessera) runNotReadyWarnings(ctx context.Context) {
 			return
 		case <-t.C():
 		}
+		pl.retryTurnedDownIfChanged()
 		for _, key := range notReadyGangs(pl.clock.Now(), pl.gangs.unknownSince(), gangNotReadyGrace) {
 			seen := pl.gangs.object(key) != nil
 			logger.V(2).Info("Gang still not known", "gang", key, "podGroupSeen", seen)

@@ -1,6 +1,8 @@
 package scheduler
 
 import (
+	"time"
+
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 
@@ -52,5 +54,28 @@ func (pl *Tessera) retryTurnedDown() {
 	pl.mu.Unlock()
 	if len(pods) > 0 && pl.handle != nil {
 		pl.handle.Activate(pl.logger, pods)
+	}
+}
+
+// retrySweepEvery bounds how often the sweep retries turned-down pods.
+const retrySweepEvery = time.Second
+
+// retryTurnedDownIfChanged is the level-triggered safety net under the
+// edge-triggered retries above: at most once per retrySweepEvery, when the
+// ledger changed since the last look, the turned-down pods are tried again.
+// An e2e run on a fresh clone still saw a gang Pending for minutes after its
+// blocker went, with the edge-triggered retry in place; whatever wake-up was
+// missed, this one is not, and it costs nothing while the ledger is still.
+func (pl *Tessera) retryTurnedDownIfChanged() {
+	now := pl.clock.Now()
+	gen := pl.ledger.Generation()
+	pl.mu.Lock()
+	due := gen != pl.retryGen && now.Sub(pl.retryAt) >= retrySweepEvery
+	if due {
+		pl.retryGen, pl.retryAt = gen, now
+	}
+	pl.mu.Unlock()
+	if due {
+		pl.retryTurnedDown()
 	}
 }

@@ -11,6 +11,7 @@ import (
 	"k8s.io/klog/v2"
 	fwk "k8s.io/kube-scheduler/framework"
 	"k8s.io/kubernetes/pkg/scheduler/framework"
+	clocktesting "k8s.io/utils/clock/testing"
 
 	"github.com/tessera-gpu/tessera/api"
 	"github.com/tessera-gpu/tessera/gang"
@@ -80,5 +81,39 @@ func TestTurnedDownPodRetriedAfterLedgerFreed(t *testing.T) {
 	pl.retryTurnedDown()
 	if len(h.activated) != 1 {
 		t.Errorf("activated again without being turned down again: %v", h.activated)
+	}
+}
+
+// TestSweepRetriesWhenLedgerChanged: the sweep's safety net retries the
+// turned-down pods when the ledger changed, at most once per second, and
+// not at all while it is still.
+func TestSweepRetriesWhenLedgerChanged(t *testing.T) {
+	ledger := gang.NewLedger(gang.LedgerOptions{})
+	h := &activateHandle{ledger: ledger}
+	clk := clocktesting.NewFakeClock(time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC))
+	pl := &Tessera{handle: h, ledger: ledger, clock: clk, logger: klog.Background()}
+	p := &v1.Pod{ObjectMeta: metav1.ObjectMeta{Namespace: "ns", Name: "waiting", UID: "uid-waiting"},
+		Spec: v1.PodSpec{Containers: []v1.Container{{Resources: slicesRes(4)}}}}
+	inv := &api.Inventory{Version: api.InventoryVersion, Strategy: api.StrategyTimeSlice, SlicesPerGPU: 4, GPUs: []api.GPU{
+		{UUID: "GPU-0", Index: 0, Product: "H100", MemoryMiB: 81559, Slices: 4, Healthy: true}}}
+
+	pl.rememberTurnedDown(p)
+	pl.retryTurnedDownIfChanged() // generation 0, as at start: nothing changed
+	if len(h.activated) != 0 {
+		t.Fatalf("retried while the ledger never changed: %v", h.activated)
+	}
+	if err := ledger.UpsertNode("n1", nil, inv); err != nil {
+		t.Fatal(err)
+	}
+	clk.Step(retrySweepEvery)
+	pl.retryTurnedDownIfChanged()
+	if diff := cmp.Diff([]string{"ns/waiting"}, h.activated); diff != "" {
+		t.Fatalf("activated after a ledger change (-want +got):\n%s", diff)
+	}
+	pl.rememberTurnedDown(p)
+	clk.Step(retrySweepEvery)
+	pl.retryTurnedDownIfChanged()
+	if len(h.activated) != 1 {
+		t.Errorf("retried although the ledger did not change: %v", h.activated)
 	}
 }
