@@ -18,6 +18,7 @@ import (
 	"github.com/google/go-cmp/cmp"
 
 	"github.com/tessera-gpu/tessera/api"
+	"github.com/tessera-gpu/tessera/e2e/cluster"
 	"github.com/tessera-gpu/tessera/e2e/scenario"
 )
 
@@ -349,7 +350,7 @@ func TestGangThatCannotFitHoldsNothing(t *testing.T) {
 	}
 	pods, err := e.WaitPods(ctx, ns, scenario.GangSelector("big"), 4, 2*time.Minute, "running", scenario.Running)
 	if err != nil {
-		t.Fatalf("gang did not place whole after capacity was freed: %v", err)
+		t.Fatalf("gang did not place whole after capacity was freed: %v\n%s", err, whyPending(t, e, ns))
 	}
 	seen := map[string]bool{}
 	for _, p := range pods {
@@ -454,4 +455,47 @@ func TestGangsOnSimulatedNodes(t *testing.T) {
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("kubectl tessera gangs (-want +got):\n%s", diff)
 	}
+}
+
+// whyPending gathers what a failed placement test needs to be understood:
+// each pod's node, phase and PodScheduled condition, the namespace's events
+// and the scheduler's log lines about the namespace.
+func whyPending(t *testing.T, e *scenario.Env, ns string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var b strings.Builder
+	if list, err := e.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{}); err != nil {
+		fmt.Fprintf(&b, "pods: %v\n", err)
+	} else {
+		for _, p := range list.Items {
+			fmt.Fprintf(&b, "pod %s: node=%q phase=%s", p.Name, p.Spec.NodeName, p.Status.Phase)
+			for _, c := range p.Status.Conditions {
+				if c.Type == corev1.PodScheduled {
+					fmt.Fprintf(&b, " scheduled=%s %s %q", c.Status, c.Reason, c.Message)
+				}
+			}
+			b.WriteString("\n")
+		}
+	}
+	if events, err := e.Client.CoreV1().Events(ns).List(ctx, metav1.ListOptions{}); err == nil {
+		for _, ev := range events.Items {
+			fmt.Fprintf(&b, "event %s %s/%s x%d: %s\n", ev.LastTimestamp.Format(time.RFC3339), ev.InvolvedObject.Name, ev.Reason, ev.Count, ev.Message)
+		}
+	}
+	logs, err := testCluster.Kubectl(ctx, "logs", "-n", cluster.TesseraNamespace, "deploy/tessera-scheduler", "--tail=3000")
+	if err != nil {
+		fmt.Fprintf(&b, "scheduler log: %v\n", err)
+	}
+	var lines []string
+	for _, l := range strings.Split(logs, "\n") {
+		if strings.Contains(l, ns) || strings.Contains(l, "Retrying turned-down") {
+			lines = append(lines, l)
+		}
+	}
+	if len(lines) > 150 {
+		lines = lines[len(lines)-150:]
+	}
+	fmt.Fprintf(&b, "scheduler log lines about %s and retries (last %d):\n%s\n", ns, len(lines), strings.Join(lines, "\n"))
+	return b.String()
 }

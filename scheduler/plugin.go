@@ -217,7 +217,7 @@ func (pl *Tessera) nodeChanged(obj any) {
 		pl.health.setNodeHealth(node.Name, badGPUs(inv))
 		if err = pl.ledger.UpsertNode(node.Name, node.Labels, inv); err == nil {
 			// A new node, a GPU healthy again, new labels: maybe room now.
-			pl.retryTurnedDown()
+			pl.retryTurnedDown("node inventory or labels changed")
 		}
 	} else {
 		pl.ledger.RemoveNode(node.Name)
@@ -297,7 +297,7 @@ func (pl *Tessera) podDeleted(obj any) {
 		pl.markGroupDirty(ref)
 	}
 	if pod.Spec.NodeName != "" && relevant(pod) {
-		pl.retryTurnedDown()
+		pl.retryTurnedDown("slice pod deleted")
 	}
 }
 
@@ -309,7 +309,7 @@ func (pl *Tessera) forgetPod(pod *v1.Pod, ref podspec.GangRef, inGang bool) {
 		pl.markGroupDirty(ref)
 	}
 	if pod.Spec.NodeName != "" {
-		pl.retryTurnedDown()
+		pl.retryTurnedDown("slice pod finished")
 	}
 }
 

@@ -44,7 +44,7 @@ func (pl *Tessera) forgetTurnedDown(uid types.UID) {
 
 // retryTurnedDown activates every remembered pod; call it after the ledger
 // recorded more room. A pod turned down again is remembered again.
-func (pl *Tessera) retryTurnedDown() {
+func (pl *Tessera) retryTurnedDown(why string) {
 	pl.mu.Lock()
 	pods := make(map[string]*v1.Pod, len(pl.turnedDown))
 	for _, p := range pl.turnedDown {
@@ -53,6 +53,7 @@ func (pl *Tessera) retryTurnedDown() {
 	pl.turnedDown = nil
 	pl.mu.Unlock()
 	if len(pods) > 0 && pl.handle != nil {
+		pl.logger.V(3).Info("Retrying turned-down slice pods", "why", why, "pods", len(pods), "ledgerGeneration", pl.ledger.Generation())
 		pl.handle.Activate(pl.logger, pods)
 	}
 }
@@ -76,6 +77,6 @@ func (pl *Tessera) retryTurnedDownIfChanged() {
 	}
 	pl.mu.Unlock()
 	if due {
-		pl.retryTurnedDown()
+		pl.retryTurnedDown("ledger changed since the last sweep")
 	}
 }

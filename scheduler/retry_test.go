@@ -78,7 +78,7 @@ func TestTurnedDownPodRetriedAfterLedgerFreed(t *testing.T) {
 	}
 	// Retried once: a second release activates nothing until the pod is
 	// turned down again.
-	pl.retryTurnedDown()
+	pl.retryTurnedDown("test")
 	if len(h.activated) != 1 {
 		t.Errorf("activated again without being turned down again: %v", h.activated)
 	}

@@ -35,8 +35,9 @@ func (c *Cluster) Kubectl(ctx context.Context, args ...string) (string, error) {
 
 // InstallTessera applies a kustomize overlay (normally manifests/overlays/local)
 // with one more patch for this cluster — the API server's loopback port for
-// in-cluster clients and the kubelet's PodResources socket directory — and
-// waits until the scheduler and the device plugin are ready and the real
+// in-cluster clients and the kubelet's PodResources socket directory; the
+// scheduler logs at --v=3 (each turned-down gang and each retry) so a failed
+// test can show why — and waits until the scheduler and the device plugin are ready and the real
 // node advertises GPU slices.
 func (c *Cluster) InstallTessera(ctx context.Context, overlay string) error {
 	dir := filepath.Join(c.Dir, "install")
@@ -67,6 +68,7 @@ patches:
 %s- target: {kind: Deployment, name: tessera-scheduler}
   patch: |-
     - {op: add, path: /spec/template/spec/containers/0/env, value: []}
+    - {op: add, path: /spec/template/spec/containers/0/args/-, value: "--v=3"}
 %s`, rel, filepath.Dir(c.PodResourcesSocket()), env, env)
 	if err := os.WriteFile(filepath.Join(dir, "kustomization.yaml"), []byte(kustomization), 0o644); err != nil {
 		return err
