@@ -22,6 +22,12 @@ type Inventory struct {
 	// by memory; informational otherwise.
 	SliceMemoryMiB int64 `json:"sliceMemoryMiB,omitempty"`
 	GPUs           []GPU `json:"gpus"`
+	// ReportsAllocation says the node's device plugin writes
+	// tessera.dev/slices-allocated on every pod once the kubelet allocated
+	// its slices. The scheduler's handoff gate (docs/design.md, data path
+	// step 4) waits for that confirmation only on such nodes; simulated
+	// nodes without a device plugin leave it false.
+	ReportsAllocation bool `json:"reportsAllocation,omitempty"`
 }
 
 // GPU describes one physical GPU of a node.

@@ -26,7 +26,7 @@ func (p *Plugin) Run(ctx context.Context) error {
 	defer cancel()
 	var wg sync.WaitGroup
 	loops := []func(context.Context){p.runConfig, p.runHealth, p.runXid}
-	if p.deps.PodResources != nil && p.deps.Pods != nil && p.deps.Pending != nil {
+	if p.reconciles() {
 		loops = append(loops, p.runReconcile)
 	}
 	if p.deps.Nodes != nil {

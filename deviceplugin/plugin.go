@@ -288,7 +288,16 @@ func (p *Plugin) Layout() *slicing.Layout { return p.state.Load().layout }
 // Inventory returns the current inventory.
 func (p *Plugin) Inventory() *api.Inventory {
 	st := p.state.Load()
-	return st.layout.Inventory(st.healthy)
+	inv := st.layout.Inventory(st.healthy)
+	// Reconcile (step 7) writes every pod's slices-allocated when it runs.
+	inv.ReportsAllocation = p.reconciles()
+	return inv
+}
+
+// reconciles reports whether the plugin has what Reconcile needs (the
+// kubelet's PodResources, pod patches and its pod cache).
+func (p *Plugin) reconciles() bool {
+	return p.deps.PodResources != nil && p.deps.Pods != nil && p.deps.Pending != nil
 }
 
 // Devices returns the current advertisement.

@@ -46,15 +46,22 @@ type Args struct {
 	// "EvictGang" does that and deletes every member so the gang's
 	// controller recreates the whole group on healthy GPUs.
 	UnhealthyGangAction *string `json:"unhealthyGangAction,omitempty"`
+	// HandoffConfirmTimeoutSeconds bounds how long a pod bound to a node
+	// whose device plugin reports allocations holds back the pods that
+	// could be mistaken for it (handoff gate, docs/design.md data path
+	// step 4) while its allocation is not confirmed: a node whose kubelet
+	// or device plugin is down does not stall for longer. Default 30.
+	HandoffConfirmTimeoutSeconds *int64 `json:"handoffConfirmTimeoutSeconds,omitempty"`
 }
 
 // Defaults for Args.
 const (
-	DefaultScheduleTimeoutSeconds   = 60
-	DefaultBackoffSeconds           = 10
-	DefaultSweepIntervalMillis      = 1000
-	DefaultPreferredTopology        = "nvidia.com/gpu.clique"
-	DefaultDiscoveryIntervalSeconds = 30
+	DefaultScheduleTimeoutSeconds       = 60
+	DefaultBackoffSeconds               = 10
+	DefaultSweepIntervalMillis          = 1000
+	DefaultPreferredTopology            = "nvidia.com/gpu.clique"
+	DefaultDiscoveryIntervalSeconds     = 30
+	DefaultHandoffConfirmTimeoutSeconds = 30
 )
 
 // DecodeArgs turns the profile's raw args into Args, strictly: unknown or
@@ -97,6 +104,7 @@ func SetDefaultsArgs(a *Args) {
 	setInt(&a.BackoffSeconds, DefaultBackoffSeconds)
 	setInt(&a.SweepIntervalMillis, DefaultSweepIntervalMillis)
 	setInt(&a.DiscoveryIntervalSeconds, DefaultDiscoveryIntervalSeconds)
+	setInt(&a.HandoffConfirmTimeoutSeconds, DefaultHandoffConfirmTimeoutSeconds)
 	if a.DefaultRequiredTopology == nil {
 		s := ""
 		a.DefaultRequiredTopology = &s
@@ -131,6 +139,7 @@ func ValidateArgs(a *Args) error {
 	between("backoffSeconds", a.BackoffSeconds, 0, 3600)
 	between("sweepIntervalMillis", a.SweepIntervalMillis, 10, 60000)
 	between("discoveryIntervalSeconds", a.DiscoveryIntervalSeconds, 1, 3600)
+	between("handoffConfirmTimeoutSeconds", a.HandoffConfirmTimeoutSeconds, 1, 3600)
 	labelKey := func(field string, p *string) {
 		if p == nil || *p == "" {
 			return
@@ -153,6 +162,9 @@ func (a *Args) scheduleTimeout() time.Duration {
 func (a *Args) backoff() time.Duration { return time.Duration(*a.BackoffSeconds) * time.Second }
 func (a *Args) sweepInterval() time.Duration {
 	return time.Duration(*a.SweepIntervalMillis) * time.Millisecond
+}
+func (a *Args) handoffConfirmTimeout() time.Duration {
+	return time.Duration(*a.HandoffConfirmTimeoutSeconds) * time.Second
 }
 func (a *Args) discoveryInterval() time.Duration {
 	return time.Duration(*a.DiscoveryIntervalSeconds) * time.Second
@@ -182,6 +194,7 @@ func (a *Args) DeepCopy() *Args {
 	out.BackoffSeconds = cp(a.BackoffSeconds)
 	out.SweepIntervalMillis = cp(a.SweepIntervalMillis)
 	out.DiscoveryIntervalSeconds = cp(a.DiscoveryIntervalSeconds)
+	out.HandoffConfirmTimeoutSeconds = cp(a.HandoffConfirmTimeoutSeconds)
 	out.DefaultRequiredTopology = cps(a.DefaultRequiredTopology)
 	out.DefaultPreferredTopology = cps(a.DefaultPreferredTopology)
 	out.UnhealthyGangAction = cps(a.UnhealthyGangAction)

@@ -33,6 +33,9 @@ func (pl *Tessera) Bind(ctx context.Context, cs fwk.CycleState, pod *v1.Pod, nod
 	if err != nil {
 		return fwk.AsStatus(fmt.Errorf("binding pod %s/%s: %w", pod.Namespace, pod.Name, err))
 	}
+	if err := pl.awaitHandoff(ctx, pod, nodeName); err != nil {
+		return fwk.AsStatus(err)
+	}
 	value := api.FormatSliceList(ids)
 	binding := &v1.Binding{
 		ObjectMeta: metav1.ObjectMeta{Namespace: pod.Namespace, Name: pod.Name, UID: pod.UID,
@@ -50,6 +53,7 @@ func (pl *Tessera) Bind(ctx context.Context, cs fwk.CycleState, pod *v1.Pod, nod
 	} else if err := pl.handle.ClientSet().CoreV1().Pods(pod.Namespace).Bind(ctx, binding, metav1.CreateOptions{}); err != nil {
 		return fwk.AsStatus(fmt.Errorf("binding pod %s/%s to %s: %w", pod.Namespace, pod.Name, nodeName, err))
 	}
+	pl.handoff.Bound(string(pod.UID))
 	klog.FromContext(ctx).V(4).Info("Bound pod with its slice assignment", "pod", klog.KObj(pod), "node", nodeName, "slices", value)
 	return nil
 }

@@ -4,8 +4,10 @@ import (
 	"context"
 	"sync"
 	"testing"
+	"time"
 
 	v1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
@@ -14,9 +16,11 @@ import (
 	k8stesting "k8s.io/client-go/testing"
 	fwk "k8s.io/kube-scheduler/framework"
 	"k8s.io/kubernetes/pkg/scheduler/framework"
+	"k8s.io/utils/clock"
 
 	"github.com/tessera-gpu/tessera/api"
 	"github.com/tessera-gpu/tessera/gang"
+	"github.com/tessera-gpu/tessera/handoff"
 )
 
 // bindHandle is the part of fwk.Handle that Bind uses: a client and no
@@ -155,5 +159,58 @@ func TestBindRefusesLostReservation(t *testing.T) {
 	}
 	if len(f.bindings) != 0 {
 		t.Errorf("bindings: got %d, want 0", len(f.bindings))
+	}
+}
+
+// TestBindWaitsUntilSameSizePodHasItsSlices: on a node whose device plugin
+// reports allocations, a single pod's Binding waits while another single
+// pod of the same size is bound there and unconfirmed, and goes once the
+// informer shows that pod's slices-allocated.
+func TestBindWaitsUntilSameSizePodHasItsSlices(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	f := newBindFixture(t)
+	f.pl.clock = clock.RealClock{}
+	f.pl.handoff = handoff.New(clock.RealClock{}, time.Minute)
+	f.pl.handoff.SetNode("n1", true)
+	withSlices := func(name string, n int64) *v1.Pod {
+		p := slicePod(name)
+		p.Spec.Containers = []v1.Container{{Name: "c", Resources: v1.ResourceRequirements{
+			Limits: v1.ResourceList{api.ResourceName: *resource.NewQuantity(n, resource.DecimalSI)}}}}
+		return p
+	}
+	a, b := withSlices("a", 2), withSlices("b", 2)
+	csA, csB := f.reserve(t, a, 2), f.reserve(t, b, 2)
+	if st := f.pl.Bind(ctx, csA, a, "n1"); !st.IsSuccess() {
+		t.Fatalf("Bind a: %v", st)
+	}
+	done := make(chan *fwk.Status, 1)
+	go func() { done <- f.pl.Bind(ctx, csB, b, "n1") }()
+	for f.pl.handoff.Waiting() == 0 {
+		select {
+		case st := <-done:
+			t.Fatalf("Bind b returned (%v) while a was unconfirmed", st)
+		case <-ctx.Done():
+			t.Fatal("Bind b never reached the gate")
+		case <-time.After(time.Millisecond):
+		}
+	}
+	f.mu.Lock()
+	n := len(f.bindings)
+	f.mu.Unlock()
+	if n != 1 {
+		t.Fatalf("bindings while b waits: %d, want 1", n)
+	}
+	// The device plugin confirms a; the scheduler's informer delivers it.
+	confirmed := a.DeepCopy()
+	confirmed.Spec.NodeName = "n1"
+	_, ids, _, _ := f.pl.ledger.Held(string(a.UID))
+	confirmed.Annotations = map[string]string{api.AnnotationSliceAssignment: api.FormatSliceList(ids), api.AnnotationSlicesAllocated: api.FormatSliceList(ids)}
+	f.pl.observeHandoff(confirmed)
+	if st := <-done; !st.IsSuccess() {
+		t.Fatalf("Bind b: %v", st)
+	}
+	if len(f.bindings) != 2 || f.bindings[1].Name != "b" {
+		t.Fatalf("bindings: %d, want a then b", len(f.bindings))
 	}
 }

@@ -22,6 +22,13 @@ var (
 		Buckets:        metrics.ExponentialBuckets(0.01, 2, 16),
 		StabilityLevel: metrics.ALPHA,
 	})
+	handoffWait = metrics.NewHistogram(&metrics.HistogramOpts{
+		Subsystem:      metricsSubsystem,
+		Name:           "handoff_gate_wait_seconds",
+		Help:           "Time a slice pod's binding waited at the handoff gate for an earlier, non-interchangeable pod of the same slice size on its node to get its slices.",
+		Buckets:        metrics.ExponentialBuckets(0.001, 2, 16),
+		StabilityLevel: metrics.ALPHA,
+	})
 	gangsPlaced = metrics.NewCounter(&metrics.CounterOpts{
 		Subsystem:      metricsSubsystem,
 		Name:           "gangs_placed_total",
@@ -92,7 +99,7 @@ var (
 
 func registerMetrics() {
 	registerOnce.Do(func() {
-		legacyregistry.MustRegister(gangTimeToPlaced, gangsPlaced, gangsRejected, planAttempts, gangsAligned,
+		legacyregistry.MustRegister(gangTimeToPlaced, handoffWait, gangsPlaced, gangsRejected, planAttempts, gangsAligned,
 			alignmentRatio, fragmentation, freeSlices, handoffMismatches, gangUnhealthyTotal, gangMembersEvictedTotal)
 	})
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/tessera-gpu/tessera/api"
 	"github.com/tessera-gpu/tessera/api/podspec"
 	"github.com/tessera-gpu/tessera/gang"
+	"github.com/tessera-gpu/tessera/handoff"
 )
 
 // Name is the plugin's name in the registry and in configurations.
@@ -41,8 +42,11 @@ type Tessera struct {
 	health *gpuHealthController
 	ledger *gang.Ledger
 	mgr    *gang.Manager
-	gangs  *gangRegistry
-	logger klog.Logger
+	// handoff holds bindings back so the device plugin can name each pod
+	// (handoff.go).
+	handoff *handoff.Gate
+	gangs   *gangRegistry
+	logger  klog.Logger
 
 	// handlersSynced report whether the node and pod handlers delivered the
 	// initial lists; PreFilter waits for them once, so a restarted scheduler
@@ -108,6 +112,7 @@ func New(ctx context.Context, obj runtime.Object, h fwk.Handle) (fwk.Plugin, err
 	pl := &Tessera{handle: h, args: args, clock: clock.RealClock{}, logger: logger, nodeSeen: map[string]nodeKey{},
 		planStart: map[string]time.Time{}, lastEvent: map[string]string{}}
 	pl.ledger = gang.NewLedger(gang.LedgerOptions{OnMismatch: pl.onMismatch})
+	pl.handoff = handoff.New(clock.RealClock{}, args.handoffConfirmTimeout())
 	pl.mgr = gang.NewManager(pl.ledger, gang.Options{Backoff: args.backoff(), OnReject: pl.onReject})
 	pl.gangs = newGangRegistry(pl.mgr, args)
 	pl.gangs.onChange = pl.onGangChange
@@ -206,6 +211,7 @@ func (pl *Tessera) nodeChanged(obj any) {
 	}
 	pl.mu.Unlock()
 	if !has {
+		pl.handoff.SetNode(node.Name, false)
 		if known {
 			pl.ledger.RemoveNode(node.Name)
 		}
@@ -213,6 +219,7 @@ func (pl *Tessera) nodeChanged(obj any) {
 		return
 	}
 	inv, err := api.ParseInventory(raw)
+	pl.handoff.SetNode(node.Name, err == nil && inv.ReportsAllocation)
 	if err == nil {
 		pl.health.setNodeHealth(node.Name, badGPUs(inv))
 		if err = pl.ledger.UpsertNode(node.Name, node.Labels, inv); err == nil {
@@ -241,6 +248,7 @@ func (pl *Tessera) nodeDeleted(obj any) {
 	delete(pl.nodeSeen, node.Name)
 	pl.mu.Unlock()
 	pl.health.setNodeHealth(node.Name, nil)
+	pl.handoff.SetNode(node.Name, false)
 	pl.ledger.RemoveNode(node.Name)
 }
 
@@ -264,6 +272,7 @@ func (pl *Tessera) podChanged(obj any) {
 	}
 	if pod.Spec.NodeName != "" {
 		pl.forgetTurnedDown(pod.UID)
+		pl.observeHandoff(pod)
 	}
 	key := ""
 	if inGang {
@@ -291,6 +300,7 @@ func (pl *Tessera) podDeleted(obj any) {
 	}
 	ref, inGang := podspec.GangOf(pod)
 	pl.forgetTurnedDown(pod.UID)
+	pl.handoff.Forget(string(pod.UID))
 	pl.mgr.PodDeleted(string(pod.UID))
 	if inGang {
 		pl.gangs.setMember(ref, string(pod.UID), nil)
@@ -303,6 +313,7 @@ func (pl *Tessera) podDeleted(obj any) {
 
 func (pl *Tessera) forgetPod(pod *v1.Pod, ref podspec.GangRef, inGang bool) {
 	pl.forgetTurnedDown(pod.UID)
+	pl.handoff.Forget(string(pod.UID))
 	pl.mgr.PodDeleted(string(pod.UID))
 	if inGang {
 		pl.gangs.setMember(ref, string(pod.UID), pod)

@@ -37,6 +37,11 @@ func (pl *Tessera) PreBind(ctx context.Context, cs fwk.CycleState, pod *v1.Pod, 
 	if err != nil {
 		return fwk.AsStatus(err)
 	}
+	// The binder comes after PreBind: hold it here; the informer marks the
+	// pod bound when it sees it.
+	if err := pl.awaitHandoff(ctx, pod, nodeName); err != nil {
+		return fwk.AsStatus(err)
+	}
 	value := api.FormatSliceList(ids)
 	patch, err := json.Marshal(map[string]any{"metadata": map[string]any{
 		"annotations": map[string]string{api.AnnotationSliceAssignment: value}}})

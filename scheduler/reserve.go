@@ -21,16 +21,18 @@ func (pl *Tessera) Reserve(ctx context.Context, cs fwk.CycleState, pod *v1.Pod, 
 	if err != nil {
 		return fwk.NewStatus(fwk.Unschedulable, err.Error())
 	}
+	pl.handoff.Reserve(nodeName, handoffPod(pod))
 	klog.FromContext(ctx).V(4).Info("Reserved slices", "pod", klog.KObj(pod), "node", nodeName, "slices", api.FormatSliceList(ids))
 	return nil
 }
 
 // Unreserve frees what Reserve held. For a gang member before the barrier
 // opened this rejects and frees the whole gang.
-func (pl *Tessera) Unreserve(_ context.Context, cs fwk.CycleState, _ *v1.Pod, _ string) {
+func (pl *Tessera) Unreserve(_ context.Context, cs fwk.CycleState, pod *v1.Pod, _ string) {
 	s, ok := getState(cs)
 	if !ok {
 		return
 	}
+	pl.handoff.Forget(string(pod.UID))
 	pl.mgr.Unreserve(s.pod)
 }
