@@ -287,14 +287,16 @@ func TestReconcile(t *testing.T) {
 	t0 := h.clock.Now()
 	good := slicePod("good", t0, h.ids(0, 0, 0, 1), 2)
 	swapped := slicePod("swapped", t0, h.ids(1, 0), 1)
+	taker := slicePod("taker", t0, h.ids(1, 3), 1)
 	plain := slicePod("plain", t0, nil, 1)
-	h.pending.set(good, swapped, plain)
+	h.pending.set(good, swapped, taker, plain)
 	dev := func(ids ...string) []*podresourcesapi.ContainerResources {
 		return []*podresourcesapi.ContainerResources{{Name: "c0", Devices: []*podresourcesapi.ContainerDevices{{ResourceName: api.ResourceName, DeviceIds: ids}, {ResourceName: "other/x", DeviceIds: []string{"x"}}}}}
 	}
 	h.pr.resp = &podresourcesapi.ListPodResourcesResponse{PodResources: []*podresourcesapi.PodResources{
 		{Namespace: "ns", Name: "good", Containers: dev(h.id(0, 1), h.id(0, 0))},
 		{Namespace: "ns", Name: "swapped", Containers: dev(h.id(1, 3))},
+		{Namespace: "ns", Name: "taker", Containers: dev(h.id(1, 0))},
 		{Namespace: "ns", Name: "plain", Containers: dev(h.id(0, 2))},
 		{Namespace: "ns", Name: "unknown-pod", Containers: dev(h.id(0, 3))},
 		{Namespace: "ns", Name: "no-devices"},
@@ -307,16 +309,24 @@ func TestReconcile(t *testing.T) {
 	want := map[string]string{
 		"ns/good@" + api.AnnotationSlicesAllocated:    strings.Join(h.ids(0, 0, 0, 1), ","),
 		"ns/swapped@" + api.AnnotationSlicesAllocated: h.id(1, 3),
+		"ns/taker@" + api.AnnotationSlicesAllocated:   h.id(1, 0),
 		"ns/plain@" + api.AnnotationSlicesAllocated:   h.id(0, 2),
 	}
 	if diff := cmp.Diff(want, h.pods.patches); diff != "" {
 		t.Errorf("patches (-want +got):\n%s", diff)
 	}
-	if len(h.pods.events) != 1 || h.pods.events[0].pod != "ns/swapped" || h.pods.events[0].reason != ReasonAssignmentMismatch {
-		t.Errorf("events %+v, want one mismatch for ns/swapped", h.pods.events)
+	// Each mismatch event names the pod whose slices were taken.
+	wantEvents := map[string]string{"ns/swapped": "(assigned to ns/taker)", "ns/taker": "(assigned to ns/swapped)"}
+	if len(h.pods.events) != len(wantEvents) {
+		t.Errorf("events %+v, want one mismatch each for %v", h.pods.events, wantEvents)
 	}
-	if n := testutil.ToFloat64(h.p.Metrics().Mismatches.WithLabelValues("allocated-differs")); n != 1 {
-		t.Errorf("mismatch metric %v, want 1", n)
+	for _, ev := range h.pods.events {
+		if ev.reason != ReasonAssignmentMismatch || !strings.HasSuffix(ev.msg, wantEvents[ev.pod]) {
+			t.Errorf("event %+v: want %s ending %q", ev, ReasonAssignmentMismatch, wantEvents[ev.pod])
+		}
+	}
+	if n := testutil.ToFloat64(h.p.Metrics().Mismatches.WithLabelValues("allocated-differs")); n != 2 {
+		t.Errorf("mismatch metric %v, want 2", n)
 	}
 	if n := testutil.ToFloat64(h.p.Metrics().SlicesAllocated.WithLabelValues("0", h.uuids[0])); n != 4 {
 		t.Errorf("allocated gauge GPU 0 = %v, want 4", n)
@@ -460,4 +470,18 @@ func sortedCopy(s []string) []string {
 	c := slices.Clone(s)
 	slices.Sort(c)
 	return c
+}
+
+// TestInventorySaysItReportsAllocations: the scheduler's handoff gate acts
+// only on nodes whose plugin writes slices-allocated, so the inventory says
+// so exactly when the plugin has what its reconcile loop needs.
+func TestInventorySaysItReportsAllocations(t *testing.T) {
+	h := newHarness(t, "2xH100-80GB", "", Options{})
+	if !h.p.Inventory().ReportsAllocation {
+		t.Error("plugin with PodResources, pod patches and a pod cache: reportsAllocation false")
+	}
+	h.p.deps.PodResources = nil
+	if h.p.Inventory().ReportsAllocation {
+		t.Error("plugin without PodResources: reportsAllocation true")
+	}
 }

@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
+	"strings"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -58,6 +60,11 @@ func (p *Plugin) Reconcile(ctx context.Context) error {
 	perGPU := map[string]int{}
 	seenPods := map[string]bool{}
 	var errs []error
+	type held struct {
+		pod *corev1.Pod
+		ids []api.SliceID
+	}
+	var all []held
 	for _, pr := range resp.GetPodResources() {
 		var ids []api.SliceID
 		for _, c := range pr.GetContainers() {
@@ -84,7 +91,19 @@ func (p *Plugin) Reconcile(ctx context.Context) error {
 			continue
 		}
 		seenPods[string(pod.UID)] = true
-		if err := p.reconcilePod(ctx, pod, ids); err != nil {
+		all = append(all, held{pod, ids})
+	}
+	// Whose assignment each slice is, so a mismatch names the pods involved.
+	assignedTo := map[api.SliceID]string{}
+	for _, h := range all {
+		if ids, ok, err := podspec.Assignment(h.pod); ok && err == nil {
+			for _, id := range ids {
+				assignedTo[id] = h.pod.Namespace + "/" + h.pod.Name
+			}
+		}
+	}
+	for _, h := range all {
+		if err := p.reconcilePod(ctx, h.pod, h.ids, assignedTo); err != nil {
 			errs = append(errs, err)
 		}
 	}
@@ -116,7 +135,7 @@ func sortSlices(ids []api.SliceID) {
 	})
 }
 
-func (p *Plugin) reconcilePod(ctx context.Context, pod *corev1.Pod, ids []api.SliceID) error {
+func (p *Plugin) reconcilePod(ctx context.Context, pod *corev1.Pod, ids []api.SliceID, assignedTo map[api.SliceID]string) error {
 	logger := klog.FromContext(ctx)
 	sortSlices(ids)
 	truth := api.FormatSliceList(ids)
@@ -138,6 +157,16 @@ func (p *Plugin) reconcilePod(ctx context.Context, pod *corev1.Pod, ids []api.Sl
 		sortSlices(assigned)
 		if want := api.FormatSliceList(assigned); want != truth {
 			reason, msg = "allocated-differs", fmt.Sprintf("scheduler assigned %s but the kubelet allocated %s", want, truth)
+			self := pod.Namespace + "/" + pod.Name
+			var others []string
+			for _, id := range ids {
+				if o := assignedTo[id]; o != "" && o != self && !slices.Contains(others, o) {
+					others = append(others, o)
+				}
+			}
+			if len(others) > 0 {
+				msg += fmt.Sprintf(" (assigned to %s)", strings.Join(others, ", "))
+			}
 		}
 	}
 	if reason == "" {
