@@ -88,6 +88,10 @@ func (c *gpuHealthController) setNodeHealth(node string, bad map[string]bool) {
 	c.queue.Add(healthKey)
 }
 
+// allocationDiffers asks for a sweep: a gang member's slices-allocated
+// differs from its assignment, so ranks may now share a GPU.
+func (c *gpuHealthController) allocationDiffers() { c.queue.Add(healthKey) }
+
 // run sweeps until ctx ends.
 func (c *gpuHealthController) run(ctx context.Context) {
 	go func() {
@@ -149,11 +153,25 @@ func (c *gpuHealthController) apply(ctx context.Context, a healthAction) error {
 		if len(a.Evict) > 0 {
 			what = fmt.Sprintf("evicting all %d members so the gang is recreated on healthy GPUs (unhealthyGangAction: EvictGang)", len(a.Evict))
 		}
-		cond = metav1.Condition{Type: ConditionGPUHealthy, Status: metav1.ConditionFalse, Reason: "GPUUnhealthy",
-			Message: fmt.Sprintf("GPUs %s held by %s are Unhealthy; %s", strings.Join(a.GPUs, ", "), strings.Join(a.Pods, ", "), what)}
-		logger.Info("Gang holds Unhealthy GPUs", "gang", a.Gang, "gpus", a.GPUs, "pods", a.Pods, "evict", len(a.Evict) > 0)
+		reason := "GPUUnhealthy"
+		var found []string
+		if len(a.GPUs) > 0 {
+			found = append(found, fmt.Sprintf("GPUs %s are Unhealthy", strings.Join(a.GPUs, ", ")))
+		}
+		if len(a.Shared) > 0 {
+			// The plan gives each rank its own GPU; the kubelet handed out
+			// something else (docs/design.md, data path step 7).
+			found = append(found, fmt.Sprintf("GPUs %s are each held by more than one rank", strings.Join(a.Shared, ", ")))
+			if len(a.GPUs) == 0 {
+				reason = "RanksShareGPU"
+				what = strings.ReplaceAll(what, "on healthy GPUs", "on distinct GPUs")
+			}
+		}
+		cond = metav1.Condition{Type: ConditionGPUHealthy, Status: metav1.ConditionFalse, Reason: reason,
+			Message: fmt.Sprintf("%s (members %s); %s", strings.Join(found, "; "), strings.Join(a.Pods, ", "), what)}
+		logger.Info("Gang holds Unhealthy or shared GPUs", "gang", a.Gang, "gpus", a.GPUs, "shared", a.Shared, "pods", a.Pods, "evict", len(a.Evict) > 0)
 		gangUnhealthyTotal.Inc()
-		c.gangEvent(a, obj, v1.EventTypeWarning, "GPUUnhealthy", cond.Message)
+		c.gangEvent(a, obj, v1.EventTypeWarning, reason, cond.Message)
 	} else {
 		logger.Info("Gang's GPUs are Healthy again", "gang", a.Gang)
 		c.gangEvent(a, obj, v1.EventTypeNormal, "GPUHealthy", cond.Message)

@@ -39,6 +39,11 @@ type healthAction struct {
 	Unhealthy bool
 	// GPUs are "node/uuid" of the Unhealthy GPUs the gang holds, sorted.
 	GPUs []string
+	// Shared are "node/uuid" of GPUs that two or more members hold, sorted:
+	// the kubelet handed ranks one GPU against the plan (a pod bound by
+	// another scheduler or by hand took a rank's slices). The gang gets the
+	// same action as for an Unhealthy GPU.
+	Shared []string
 	// Pods are namespace/name of the members on those GPUs, sorted.
 	Pods []string
 	// Evict lists every member (namespace/name) to delete.
@@ -47,7 +52,8 @@ type healthAction struct {
 
 // healthReport is what planHealth reported last for one gang.
 type healthReport struct {
-	// GPUs is the sorted, comma-joined "node/uuid" set reported Unhealthy.
+	// GPUs is the sorted, comma-joined "node/uuid" set reported Unhealthy,
+	// then ";shared:" and the set shared by ranks when there is one.
 	GPUs string
 	// Evicted are the UIDs of the members EvictGang deleted, sorted. While
 	// any of them is still a member (the API server and the informer remove
@@ -73,27 +79,43 @@ func planHealth(members map[string][]*v1.Pod, bad map[string]map[string]bool, pr
 	var out []healthAction
 	for _, key := range slices.Sorted(maps.Keys(members)) {
 		gpus, pods := map[string]bool{}, map[string]bool{}
+		holders := map[string][]string{} // node/uuid -> members holding slices of it
 		var all []string
 		var uids []types.UID
 		for _, p := range members[key] {
 			all = append(all, p.Namespace+"/"+p.Name)
 			uids = append(uids, p.UID)
-			if p.Spec.NodeName == "" || bad[p.Spec.NodeName] == nil {
+			if p.Spec.NodeName == "" {
 				continue
 			}
 			ids, _, _ := podspec.HeldSlices(p) // a malformed annotation is reported where the ledger reads it
 			for _, uuid := range api.GPUsOf(ids) {
+				g := p.Spec.NodeName + "/" + uuid
+				holders[g] = append(holders[g], p.Namespace+"/"+p.Name)
 				if bad[p.Spec.NodeName][uuid] {
-					gpus[p.Spec.NodeName+"/"+uuid] = true
+					gpus[g] = true
 					pods[p.Namespace+"/"+p.Name] = true
 				}
 			}
 		}
-		if len(gpus) == 0 {
+		var shared []string
+		for g, hs := range holders {
+			if len(hs) > 1 {
+				shared = append(shared, g)
+				for _, h := range hs {
+					pods[h] = true
+				}
+			}
+		}
+		if len(gpus) == 0 && len(shared) == 0 {
 			continue
 		}
-		a := healthAction{Gang: key, Unhealthy: true, GPUs: slices.Sorted(maps.Keys(gpus)), Pods: slices.Sorted(maps.Keys(pods))}
+		slices.Sort(shared)
+		a := healthAction{Gang: key, Unhealthy: true, GPUs: slices.Sorted(maps.Keys(gpus)), Shared: shared, Pods: slices.Sorted(maps.Keys(pods))}
 		sig := strings.Join(a.GPUs, ",")
+		if len(shared) > 0 {
+			sig += ";shared:" + strings.Join(shared, ",")
+		}
 		if last, ok := prev[key]; ok && last.GPUs == sig {
 			next[key] = last
 			continue

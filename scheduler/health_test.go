@@ -120,6 +120,62 @@ func TestPlanHealth(t *testing.T) {
 	}
 }
 
+// TestPlanHealthRanksSharingAGPU: the plan gives each rank its own GPU;
+// when the kubelet's truth puts two ranks on one (a foreign pod took a
+// rank's slices), the gang gets the configured action, once, and a
+// recovery once the ranks are apart again.
+func TestPlanHealthRanksSharingAGPU(t *testing.T) {
+	apart := map[string][]*v1.Pod{"ns/s": {
+		member("s-0", "n1", "GPU-1::0,GPU-1::1", "GPU-1::0,GPU-1::1"),
+		member("s-1", "n1", "GPU-2::0,GPU-2::1", "GPU-2::0,GPU-2::1"),
+	}}
+	together := map[string][]*v1.Pod{"ns/s": {
+		member("s-0", "n1", "GPU-1::0,GPU-1::1", "GPU-1::0,GPU-1::1"),
+		member("s-1", "n1", "GPU-2::0,GPU-2::1", "GPU-1::2,GPU-1::3"),
+		member("s-2", "n2", "GPU-1::0", "GPU-1::0"), // same UUID, another node
+	}}
+	exists := func(string) bool { return true }
+	tests := map[string]struct {
+		members    map[string][]*v1.Pod
+		prev       map[string]healthReport
+		action     string
+		want       []healthAction
+		wantReport map[string]healthReport
+	}{
+		"ranks apart": {members: apart},
+		"two ranks on one GPU": {
+			members: together, action: UnhealthyGangEvent,
+			want:       []healthAction{{Gang: "ns/s", Unhealthy: true, Shared: []string{"n1/GPU-1"}, Pods: []string{"ns/s-0", "ns/s-1"}}},
+			wantReport: map[string]healthReport{"ns/s": {GPUs: ";shared:n1/GPU-1"}},
+		},
+		"evicted like a gang on an Unhealthy GPU": {
+			members: together, action: UnhealthyGangEvict,
+			want: []healthAction{{Gang: "ns/s", Unhealthy: true, Shared: []string{"n1/GPU-1"}, Pods: []string{"ns/s-0", "ns/s-1"},
+				Evict: []string{"ns/s-0", "ns/s-1", "ns/s-2"}}},
+			wantReport: map[string]healthReport{"ns/s": {GPUs: ";shared:n1/GPU-1", Evicted: []types.UID{"uid-s-0", "uid-s-1", "uid-s-2"}}},
+		},
+		"reported once": {
+			members: together, prev: map[string]healthReport{"ns/s": {GPUs: ";shared:n1/GPU-1"}},
+			wantReport: map[string]healthReport{"ns/s": {GPUs: ";shared:n1/GPU-1"}},
+		},
+		"apart again: recovery": {
+			members: apart, prev: map[string]healthReport{"ns/s": {GPUs: ";shared:n1/GPU-1"}},
+			want: []healthAction{{Gang: "ns/s"}},
+		},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			got, report := planHealth(tc.members, nil, tc.prev, tc.action, exists)
+			if diff := cmp.Diff(tc.want, got, cmpopts.EquateEmpty()); diff != "" {
+				t.Errorf("actions (-want +got):\n%s", diff)
+			}
+			if diff := cmp.Diff(tc.wantReport, report, cmpopts.EquateEmpty()); diff != "" {
+				t.Errorf("report state (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
 func TestUnhealthyGangActionArg(t *testing.T) {
 	tests := map[string]struct {
 		raw, want, wantErr string

@@ -273,6 +273,9 @@ func (pl *Tessera) podChanged(obj any) {
 	if pod.Spec.NodeName != "" {
 		pl.forgetTurnedDown(pod.UID)
 		pl.observeHandoff(pod)
+		if inGang && pl.health != nil && allocationDiffers(pod) {
+			pl.health.allocationDiffers()
+		}
 	}
 	key := ""
 	if inGang {
