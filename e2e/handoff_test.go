@@ -76,11 +76,16 @@ func TestHandoffExactUnderAdversarialOrder(t *testing.T) {
 
 	var compared, mismatched, failedAdmission int
 	var details []string
+	// Seconds from a round's first release to all its pods admitted, for
+	// the rounds without a restart: what the handoff gate costs on a node.
+	var roundSeconds []float64
 	for r := 0; r < rounds; r++ {
 		round := fmt.Sprintf("r%d", r)
 		units, created := createHandoffRound(ctx, t, e, ns, round, onReal)
 		rng.Shuffle(len(units), func(i, j int) { units[i], units[j] = units[j], units[i] })
 		var order []string
+		released := time.Now()
+		disturbed := r == rounds/3 || r == 2*rounds/3
 		for i, u := range units {
 			switch {
 			case r == rounds/3 && i == len(units)/2:
@@ -100,6 +105,9 @@ func TestHandoffExactUnderAdversarialOrder(t *testing.T) {
 		})
 		if err != nil {
 			t.Fatalf("round %d: %v\n%s", r, err, whyPending(t, e, ns))
+		}
+		if !disturbed {
+			roundSeconds = append(roundSeconds, time.Since(released).Seconds())
 		}
 		held, err := kubeletSlices(ctx)
 		if err != nil {
@@ -133,6 +141,11 @@ func TestHandoffExactUnderAdversarialOrder(t *testing.T) {
 	figure(t, "handoff_pods_compared", float64(compared), "pods")
 	figure(t, "handoff_mismatches", float64(mismatched), "pods")
 	figure(t, "handoff_failed_admissions", float64(failedAdmission), "pods")
+	if len(roundSeconds) > 0 {
+		slices.Sort(roundSeconds)
+		figure(t, "handoff_round_admitted_p50_seconds", roundSeconds[len(roundSeconds)/2], "s")
+		figure(t, "handoff_round_admitted_max_seconds", roundSeconds[len(roundSeconds)-1], "s")
+	}
 	for _, d := range details {
 		t.Log(d)
 	}
