@@ -171,6 +171,8 @@ func TestBindWaitsUntilSameSizePodHasItsSlices(t *testing.T) {
 	defer cancel()
 	f := newBindFixture(t)
 	f.pl.clock = clock.RealClock{}
+	f.pl.args = &Args{}
+	SetDefaultsArgs(f.pl.args)
 	f.pl.handoff = handoff.New(clock.RealClock{}, time.Minute)
 	f.pl.handoff.SetNode("n1", true)
 	withSlices := func(name string, n int64) *v1.Pod {
