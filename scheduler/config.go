@@ -32,7 +32,9 @@ type ConfigOptions struct {
 //   - the native gang plugins GangScheduling, TopologyPlacementGenerator and
 //     PodGroupPodsCount disabled: with the GenericWorkload gate they would
 //     run their own barrier and placement for pods with spec.schedulingGroup,
-//     which conflicts with Tessera's whole-gang plan.
+//     which conflicts with Tessera's whole-gang plan. The core's pod-group
+//     cycle itself still runs with the gate on; Tessera cooperates with it
+//     (podgroup_cycle.go).
 func DefaultConfig(o ConfigOptions) string {
 	var b strings.Builder
 	b.WriteString("apiVersion: kubescheduler.config.k8s.io/v1\nkind: KubeSchedulerConfiguration\n")

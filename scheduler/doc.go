@@ -48,10 +48,12 @@
 //
 // The tessera-scheduler profile enables Tessera at multiPoint and disables
 // PrioritySort (Tessera is the QueueSort) and the native gang plugins
-// GangScheduling, TopologyPlacementGenerator and PodGroupPodsCount: those
-// only exist with the GenericWorkload / TopologyAwareWorkloadScheduling gates
-// and would run a second, conflicting gang barrier and placement for pods
-// with spec.schedulingGroup; Tessera reads native PodGroups itself. Run
-// tessera-scheduler without those gates (their default in 1.37). See
-// DefaultConfig for the full configuration.
+// GangScheduling, TopologyPlacementGenerator and PodGroupPodsCount: Tessera
+// plans and holds every gang itself and reads native PodGroups itself. The
+// scheduler runs with the GenericWorkload / TopologyAwareWorkloadScheduling
+// gates on or off: with GenericWorkload on, the core's pod-group cycle
+// schedules the pods of a native PodGroup together, and Tessera cooperates
+// with it (podgroup_cycle.go) so that each gang still goes through Tessera's
+// plan and Permit barrier once. See DefaultConfig for the full
+// configuration.
 package scheduler

@@ -4,14 +4,18 @@ import (
 	"context"
 	"fmt"
 	"slices"
+	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
 	schedv1beta1 "k8s.io/api/scheduling/v1beta1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
 	utilfeature "k8s.io/apiserver/pkg/util/feature"
 	featuregatetesting "k8s.io/component-base/featuregate/testing"
+	"k8s.io/component-base/metrics/legacyregistry"
 	"k8s.io/kubernetes/pkg/features"
 	"k8s.io/utils/ptr"
 
@@ -21,22 +25,28 @@ import (
 // TestGangSourcesUnderWorkloadGates runs gangs of every source (a
 // scheduling.x-k8s.io PodGroup, a native scheduling.k8s.io/v1beta1 PodGroup
 // named by spec.schedulingGroup, a LeaderWorkerSet group) and the pods of a
-// native PodGroup without a gang policy, once with the scheduler's
-// GenericWorkload and TopologyAwareWorkloadScheduling gates off and once
-// with them on (the 1.37 core then runs its pod-group cycle for pods with
-// spec.schedulingGroup; scheduler/podgroup_cycle.go). In both, every gang
-// places whole: all members bound, each on its own GPUs with disjoint
-// slices, in one clique where required; a native gang whose last member is
-// missing waits at the barrier with none bound and places whole once it
-// comes; an unplaceable native gang binds nothing; and no slice is held
-// twice or left held.
+// native PodGroup without a gang policy, with the scheduler's
+// GenericWorkload and TopologyAwareWorkloadScheduling gates off, with
+// GenericWorkload alone, and with both (with GenericWorkload the 1.37 core
+// runs its pod-group cycle for pods with spec.schedulingGroup, with
+// TopologyAwareWorkloadScheduling through its placement algorithm;
+// scheduler/podgroup_cycle.go). In each, every gang places whole: all
+// members bound, each on its own GPUs with disjoint slices, in one clique
+// where required; a native gang whose last member is missing waits at the
+// barrier with none bound and places whole once it comes; an unplaceable
+// native gang binds nothing; each gang is placed once and never rejected;
+// and no slice is held twice or left held.
 func TestGangSourcesUnderWorkloadGates(t *testing.T) {
-	for _, on := range []bool{false, true} {
-		name := "gates-off"
-		if on {
-			name = "gates-on"
-		}
-		t.Run(name, func(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		generic  bool
+		topology bool
+	}{
+		{"gates-off", false, false},
+		{"generic-workload", true, false},
+		{"generic-workload+topology", true, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
 			// The gates are process-wide: no other scheduler may run
 			// meanwhile, and this one stops (cleanups run last in, first
 			// out) before the gates are restored.
@@ -46,21 +56,27 @@ func TestGangSourcesUnderWorkloadGates(t *testing.T) {
 				current = nil
 			}
 			currentMu.Unlock()
-			if on {
+			if tc.generic {
 				featuregatetesting.SetFeatureGatesDuringTest(t, utilfeature.DefaultFeatureGate, featuregatetesting.FeatureOverrides{
 					features.GenericWorkload:                 true,
-					features.TopologyAwareWorkloadScheduling: true,
+					features.TopologyAwareWorkloadScheduling: tc.topology,
 				})
 			}
-			if got := utilfeature.DefaultFeatureGate.Enabled(features.GenericWorkload); got != on {
-				t.Fatalf("GenericWorkload = %t, want %t", got, on)
+			if got := utilfeature.DefaultFeatureGate.Enabled(features.GenericWorkload); got != tc.generic {
+				t.Fatalf("GenericWorkload = %t, want %t", got, tc.generic)
+			}
+			if got := utilfeature.DefaultFeatureGate.Enabled(features.TopologyAwareWorkloadScheduling); got != tc.topology {
+				t.Fatalf("TopologyAwareWorkloadScheduling = %t, want %t", got, tc.topology)
 			}
 			rs := startScheduler(t, testArgs)
 			t.Cleanup(rs.stop)
-			runGangSources(t, rs, "wg-"+name)
+			// A fresh namespace per run, so -count=N starts clean.
+			runGangSources(t, rs, fmt.Sprintf("wg-%s-%d", strings.ReplaceAll(tc.name, "+", "-"), gateRuns.Add(1)))
 		})
 	}
 }
+
+var gateRuns atomic.Int32
 
 func nativePodGroup(t *testing.T, ctx context.Context, ns, name string, minCount int32, topology string) {
 	t.Helper()
@@ -91,6 +107,8 @@ func runGangSources(t *testing.T, rs *runningScheduler, ns string) {
 		// Leave nothing behind for the other tests' leak checks.
 		_ = env.client.CoreV1().Pods(ns).DeleteCollection(ctx, metav1.DeleteOptions{GracePeriodSeconds: ptr.To[int64](0)}, metav1.ListOptions{})
 	}()
+
+	placed0, rejected0 := counterSum(t, "tessera_gangs_placed_total"), counterSum(t, "tessera_gangs_rejected_total")
 
 	// Native gang of 3 whose last member comes late: the first two wait at
 	// the barrier, none bound.
@@ -183,11 +201,43 @@ func runGangSources(t *testing.T, rs *runningScheduler, ns string) {
 
 	// The unplaceable gang never binds a member.
 	assertNamedUnbound(t, ctx, ns, huge)
+	// Each of the five gangs went through Tessera's plan and barrier once:
+	// placed once, never rejected (a rejection frees the plan and replans).
+	var placed float64
+	if err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 10*time.Second, true, func(context.Context) (bool, error) {
+		placed = counterSum(t, "tessera_gangs_placed_total") - placed0
+		return placed >= 5, nil
+	}); err != nil || placed != 5 {
+		t.Errorf("gangs placed: %v, want 5 (crd, native, whole, lws, late)", placed)
+	}
+	if d := counterSum(t, "tessera_gangs_rejected_total") - rejected0; d != 0 {
+		t.Errorf("gangs rejected: %v, want 0", d)
+	}
 	if err := env.client.CoreV1().Pods(ns).DeleteCollection(ctx, metav1.DeleteOptions{GracePeriodSeconds: ptr.To[int64](0)}, metav1.ListOptions{}); err != nil {
 		t.Fatal(err)
 	}
 	// Everything held was held once and is free again.
 	waitNoLeak(t, ctx)
+}
+
+// counterSum adds up every sample of a counter in the legacy registry,
+// where the in-process scheduler's Tessera metrics live.
+func counterSum(t *testing.T, name string) float64 {
+	t.Helper()
+	mfs, err := legacyregistry.DefaultGatherer.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sum float64
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			sum += m.GetCounter().GetValue()
+		}
+	}
+	return sum
 }
 
 // waitWaiting waits until every listed pod waits at the Permit barrier.
