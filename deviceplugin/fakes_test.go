@@ -75,9 +75,10 @@ func (f *fakePods) Event(pod *corev1.Pod, typ, reason, msg string) {
 
 // staticPending serves a fixed pod set.
 type staticPending struct {
-	mu      sync.Mutex
-	pending []slicing.Pending
-	pods    map[string]*corev1.Pod
+	mu        sync.Mutex
+	pending   []slicing.Pending
+	confirmed []slicing.Pending
+	pods      map[string]*corev1.Pod
 }
 
 func (s *staticPending) Pending() []slicing.Pending {
@@ -98,14 +99,23 @@ func (s *staticPending) set(pods ...*corev1.Pod) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.pods = map[string]*corev1.Pod{}
-	s.pending = nil
+	s.pending, s.confirmed = nil, nil
 	for _, p := range pods {
 		s.pods[p.Namespace+"/"+p.Name] = p
 		if pp, ok := PendingFromPod(p); ok {
 			s.pending = append(s.pending, pp)
+		} else if pp, ok := confirmedFromPod(p); ok {
+			s.confirmed = append(s.confirmed, pp)
 		}
 	}
 	SortPending(s.pending)
+	SortPending(s.confirmed)
+}
+
+func (s *staticPending) Readmitted() []slicing.Pending {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.confirmed
 }
 
 type fakePodResources struct {

@@ -36,7 +36,11 @@ type PodCache struct {
 	factory  informers.SharedInformerFactory
 	informer cache.SharedIndexInformer
 	pending  atomic.Pointer[[]slicing.Pending]
-	mu       sync.Mutex // serialises rebuilds
+	// confirmed are live pods whose slices-allocated is recorded, as
+	// Pending with those slices: a kubelet that lost its allocations (a
+	// restart before its checkpoint) admits them again (Readmitted).
+	confirmed atomic.Pointer[[]slicing.Pending]
+	mu        sync.Mutex // serialises rebuilds
 }
 
 // NewPodCache watches the pods of node.
@@ -47,6 +51,7 @@ func NewPodCache(client kubernetes.Interface, node string) *PodCache {
 	c := &PodCache{node: node, client: client, factory: f, informer: f.Core().V1().Pods().Informer()}
 	empty := []slicing.Pending{}
 	c.pending.Store(&empty)
+	c.confirmed.Store(&empty)
 	_, _ = c.informer.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(any) { c.rebuild() },
 		UpdateFunc: func(any, any) { c.rebuild() },
@@ -65,6 +70,9 @@ func (c *PodCache) WaitForSync(ctx context.Context) bool {
 
 // Pending implements PendingPods.
 func (c *PodCache) Pending() []slicing.Pending { return *c.pending.Load() }
+
+// Readmitted implements ReadmissionCandidates.
+func (c *PodCache) Readmitted() []slicing.Pending { return *c.confirmed.Load() }
 
 // Pod implements PendingPods.
 func (c *PodCache) Pod(namespace, name string) (*corev1.Pod, bool) {
@@ -106,7 +114,7 @@ func (c *PodCache) Refresh(ctx context.Context) ([]slicing.Pending, error) {
 func (c *PodCache) rebuild() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	var out []slicing.Pending
+	var out, confirmed []slicing.Pending
 	for _, obj := range c.informer.GetStore().List() {
 		pod, ok := obj.(*corev1.Pod)
 		if !ok {
@@ -114,10 +122,32 @@ func (c *PodCache) rebuild() {
 		}
 		if pp, ok := PendingFromPod(pod); ok {
 			out = append(out, pp)
+		} else if pp, ok := confirmedFromPod(pod); ok {
+			confirmed = append(confirmed, pp)
 		}
 	}
 	SortPending(out)
+	SortPending(confirmed)
 	c.pending.Store(&out)
+	c.confirmed.Store(&confirmed)
+}
+
+// confirmedFromPod is a live pod with a readable slices-allocated, shaped
+// as a Pending holding those slices.
+func confirmedFromPod(pod *corev1.Pod) (slicing.Pending, bool) {
+	if pod.DeletionTimestamp != nil || pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
+		return slicing.Pending{}, false
+	}
+	ids, done, err := podspec.Allocated(pod)
+	if !done || err != nil || len(ids) == 0 {
+		return slicing.Pending{}, false
+	}
+	pp := slicing.Pending{Key: pod.Namespace + "/" + pod.Name, UID: string(pod.UID), Created: pod.CreationTimestamp.Time,
+		Containers: podspec.ContainerSliceRequests(pod)}
+	for _, id := range ids {
+		pp.IDs = append(pp.IDs, id.String())
+	}
+	return pp, true
 }
 
 // SortPending orders by creation time (the kubelet's admission order within

@@ -43,6 +43,14 @@ type PendingRefresher interface {
 	Refresh(ctx context.Context) ([]slicing.Pending, error)
 }
 
+// ReadmissionCandidates is what a PendingPods may add: live pods whose
+// allocation is already recorded. A kubelet restarted before it saved its
+// allocations admits such a pod again and asks anew; the pod should get
+// back the slices it had, not a best fit that may be another pod's.
+type ReadmissionCandidates interface {
+	Readmitted() []slicing.Pending
+}
+
 // NodeClient reads and patches the plugin's own node (never another).
 type NodeClient interface {
 	Labels(ctx context.Context) (map[string]string, error)
@@ -353,6 +361,15 @@ func (p *Plugin) GetPreferredAllocation(ctx context.Context, req *pluginapi.Pref
 			} else {
 				pending = fresh
 				ids, from, choice = slicing.Prefer(st.layout, pending, cr.AvailableDeviceIDs, cr.MustIncludeDeviceIDs, int(cr.AllocationSize))
+			}
+		}
+		if r, ok := p.deps.Pending.(ReadmissionCandidates); ok && from == nil {
+			// No pending pod fits: maybe the kubelet admits a pod again
+			// whose allocation it lost. Only a whole recorded allocation
+			// that is free again counts; else best fit as before.
+			if rids, rfrom, rchoice := slicing.Prefer(st.layout, r.Readmitted(), cr.AvailableDeviceIDs, cr.MustIncludeDeviceIDs, int(cr.AllocationSize)); rfrom != nil && rchoice == slicing.ChoiceAssignment {
+				logger.Info("Kubelet admits a pod again whose slices are recorded; giving back the same slices", "pod", rfrom.Key, "devices", rids)
+				ids, from, choice = rids, rfrom, rchoice
 			}
 		}
 		p.deps.Metrics.PreferredChoice.WithLabelValues(choice.String()).Inc()

@@ -485,3 +485,38 @@ func TestInventorySaysItReportsAllocations(t *testing.T) {
 		t.Error("plugin without PodResources: reportsAllocation true")
 	}
 }
+
+// TestPreferredGivesBackRecordedSlicesOnReadmission: a kubelet restarted
+// before it saved its allocations admits a pod again whose
+// slices-allocated is recorded; when no pending pod fits, the pod gets the
+// same slices back instead of a best fit (which could be another pod's
+// assignment).
+func TestPreferredGivesBackRecordedSlicesOnReadmission(t *testing.T) {
+	h := newHarness(t, "4xH100-80GB", "", Options{})
+	ctx := context.Background()
+	t0 := h.clock.Now()
+	running := slicePod("running", t0, h.ids(3, 0, 3, 1), 2)
+	running.Annotations[api.AnnotationSlicesAllocated] = strings.Join(h.ids(3, 0, 3, 1), ",")
+	h.pending.set(running)
+	gpa := func(avail []string) []string {
+		t.Helper()
+		resp, err := h.p.GetPreferredAllocation(ctx, &pluginapi.PreferredAllocationRequest{ContainerRequests: []*pluginapi.ContainerPreferredAllocationRequest{{AvailableDeviceIDs: avail, AllocationSize: 2}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return resp.ContainerResponses[0].DeviceIDs
+	}
+	if got := gpa(h.available()); !cmp.Equal(got, h.ids(3, 0, 3, 1)) {
+		t.Errorf("re-admitted pod: got %v, want its recorded slices %v", got, h.ids(3, 0, 3, 1))
+	}
+	// While the kubelet still holds them, they are not offered.
+	var rest []string
+	for _, id := range h.available() {
+		if id != h.id(3, 0) && id != h.id(3, 1) {
+			rest = append(rest, id)
+		}
+	}
+	if got := gpa(rest); cmp.Equal(got, h.ids(3, 0, 3, 1)) || len(got) != 2 {
+		t.Errorf("slices held by the kubelet offered again: %v", got)
+	}
+}

@@ -21,6 +21,7 @@ import (
 
 	"github.com/tessera-gpu/tessera/api"
 	"github.com/tessera-gpu/tessera/api/podspec"
+	"github.com/tessera-gpu/tessera/e2e/cluster"
 	"github.com/tessera-gpu/tessera/e2e/scenario"
 )
 
@@ -151,6 +152,15 @@ func TestHandoffExactUnderAdversarialOrder(t *testing.T) {
 	}
 	if mismatched > 0 {
 		t.Errorf("%d of %d pods ran with slices other than their assignment", mismatched, compared)
+		logs, err := testCluster.Kubectl(ctx, "logs", "-n", cluster.TesseraNamespace, "ds/tessera-device-plugin", "--tail=20000")
+		if err != nil {
+			t.Logf("device plugin log: %v", err)
+		}
+		for _, l := range strings.Split(logs, "\n") {
+			if strings.Contains(l, "best fit") || strings.Contains(l, "again") || strings.Contains(l, "mismatch") || strings.Contains(l, "Registered") || strings.Contains(l, "kubelet") {
+				t.Log("device plugin: " + l)
+			}
+		}
 	}
 	if compared < 7*rounds*9/10 {
 		t.Errorf("only %d pods compared of %d created", compared, 7*rounds)

@@ -36,8 +36,9 @@ func (c *Cluster) Kubectl(ctx context.Context, args ...string) (string, error) {
 // InstallTessera applies a kustomize overlay (normally manifests/overlays/local)
 // with one more patch for this cluster — the API server's loopback port for
 // in-cluster clients and the kubelet's PodResources socket directory; the
-// scheduler logs at --v=3 (each turned-down gang and each retry) so a failed
-// test can show why — and waits until the scheduler and the device plugin are ready and the real
+// scheduler logs at --v=3 (each turned-down gang and each retry) and the
+// device plugin too (each preferred allocation and whose it was), so a
+// failed test can show why — and waits until the scheduler and the device plugin are ready and the real
 // node advertises GPU slices.
 func (c *Cluster) InstallTessera(ctx context.Context, overlay string) error {
 	dir := filepath.Join(c.Dir, "install")
@@ -65,6 +66,7 @@ patches:
 - target: {kind: DaemonSet, name: tessera-device-plugin}
   patch: |-
     - {op: replace, path: /spec/template/spec/volumes/1/hostPath/path, value: %q}
+    - {op: add, path: /spec/template/spec/containers/0/args/-, value: "--v=3"}
 %s- target: {kind: Deployment, name: tessera-scheduler}
   patch: |-
     - {op: add, path: /spec/template/spec/containers/0/env, value: []}
