@@ -12,6 +12,11 @@
 # Needs etcd on PATH: `make tools` builds .tools/etcd. quick: < 10 min on
 # 2 cores (500 nodes; GPU mix 128 nodes x 8 GPUs). full: 5000 nodes; GPU mix
 # 1000 nodes x 8 GPUs (about an hour on 2 cores, 16+ GiB RAM).
+#
+# BENCH_FILTER='PerfScheduling/(TAS|GPUMix)_' runs only the matching test
+# cases (a go test -bench pattern, used in both modules); a filtered run
+# leaves bench/README.md alone. BENCH_NAME=<name> writes
+# bench/results/<name>.md instead of <date>.md and refuses to overwrite it.
 set -uo pipefail
 MODE=${1:-${BENCH_MODE:-quick}}
 case $MODE in quick|full|smoke) ;; *) echo "usage: $0 [quick|full|smoke]" >&2; exit 2 ;; esac
@@ -25,7 +30,8 @@ WORK=$(mktemp -d /tmp/tessera-bench.XXXXXX)
 NOTES=$WORK/notes.md
 : >"$NOTES"
 TIMEOUT=${BENCH_TIMEOUT:-120m}
-FLAGS=(-run '^$' -bench . -benchtime 1x -timeout "$TIMEOUT" -perf-scheduling-label-filter="$MODE")
+FILTER=${BENCH_FILTER:-.}
+FLAGS=(-run '^$' -bench "$FILTER" -benchtime 1x -timeout "$TIMEOUT" -perf-scheduling-label-filter="$MODE")
 echo ">> work dir $WORK"
 
 # The baseline module carries a copy of record.go (it cannot import the root
@@ -70,7 +76,8 @@ MACHINE="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(
 OUTDIR=${BENCH_RESULTS:-bench/results}
 README=bench/README.md
 [ "$MODE" = smoke ] && README=""
-$GO run ./bench/scheduler/report -mode "$MODE" -machine "$MACHINE" \
+[ "$FILTER" != . ] && README=""
+$GO run ./bench/scheduler/report -mode "$MODE" -machine "$MACHINE" -name "${BENCH_NAME:-}" \
   -records "$WORK/tessera/records.jsonl,$WORK/baseline/records.jsonl" \
   -data-items "$WORK/tessera,$WORK/baseline" -deviceplugin "$WORK/deviceplugin.txt" \
   -notes "$NOTES" -out "$OUTDIR" -readme "$README"

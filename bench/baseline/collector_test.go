@@ -14,8 +14,10 @@ import (
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	apiextensionsclient "k8s.io/apiextensions-apiserver/pkg/client/clientset/clientset"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	utilfeature "k8s.io/apiserver/pkg/util/feature"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/tools/cache"
+	"k8s.io/component-base/featuregate"
 	"k8s.io/kubernetes/test/utils/ktesting"
 	"sigs.k8s.io/yaml"
 )
@@ -39,6 +41,7 @@ func etcdOnPath() string {
 // Record.
 type collector struct {
 	name    string
+	gates   map[string]bool // WorkloadGates as set for this workload
 	mu      sync.Mutex
 	created map[string]time.Time // pod key -> first seen
 	bound   map[string]time.Time // pod key -> first seen with a node
@@ -54,7 +57,7 @@ func startCollector(tCtx ktesting.TContext) error {
 	if err := installPodGroupCRD(tCtx); err != nil {
 		return err
 	}
-	c := &collector{name: tCtx.Name(), created: map[string]time.Time{}, bound: map[string]time.Time{}}
+	c := &collector{name: tCtx.Name(), gates: workloadGates(), created: map[string]time.Time{}, bound: map[string]time.Time{}}
 	runtime.ReadMemStats(&c.startMs)
 	f := informers.NewSharedInformerFactory(tCtx.Client(), 0)
 	inf := f.Core().V1().Pods().Informer()
@@ -100,6 +103,21 @@ func startCollector(tCtx ktesting.TContext) error {
 		tCtx.Logf("tessera record: %s", b)
 	})
 	return nil
+}
+
+// workloadGates reads WorkloadGates from the process's feature gate, which
+// scheduler_perf has set to the test case's featureGates before the prepare
+// hook runs. Gates this Kubernetes version does not know are left out.
+func workloadGates() map[string]bool {
+	known := utilfeature.DefaultMutableFeatureGate.GetAll()
+	out := map[string]bool{}
+	for _, name := range WorkloadGates {
+		g := featuregate.Feature(name)
+		if _, ok := known[g]; ok {
+			out[name] = utilfeature.DefaultFeatureGate.Enabled(g)
+		}
+	}
+	return out
 }
 
 // installPodGroupCRD installs the scheduling.x-k8s.io PodGroup CRD (the
@@ -162,7 +180,7 @@ func (c *collector) finish(tCtx ktesting.TContext) (*Record, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	parts := strings.Split(c.name, "/") // BenchmarkPerfScheduling/<case>/<workload>
-	rec := &Record{Name: c.name, Nodes: len(nodes.Items), PeakHeapMiB: c.peakMiB}
+	rec := &Record{Name: c.name, Nodes: len(nodes.Items), PeakHeapMiB: c.peakMiB, FeatureGates: c.gates}
 	if len(parts) >= 3 {
 		rec.Case, rec.Workload = parts[len(parts)-2], parts[len(parts)-1]
 	}

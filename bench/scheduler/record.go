@@ -58,11 +58,22 @@ type Record struct {
 
 	PeakHeapMiB float64 `json:"peakHeapMiB"`
 
+	// FeatureGates is the state of each of WorkloadGates in the benchmark
+	// process (API server and scheduler share it) while the workload ran.
+	// A gate the process's Kubernetes version does not know is absent.
+	FeatureGates map[string]bool `json:"featureGates,omitempty"`
+
 	// Filled in by the report from scheduler_perf's data items.
 	ThroughputAvg float64 `json:"throughputAvg,omitempty"`
 	ThroughputP50 float64 `json:"throughputP50,omitempty"`
 	ThroughputP99 float64 `json:"throughputP99,omitempty"`
 }
+
+// WorkloadGates are the feature gates that change how gangs are scheduled
+// (1.37: GenericWorkload serves scheduling.k8s.io PodGroups and runs the
+// core's pod-group cycle; TopologyAwareWorkloadScheduling adds the native
+// topology placement). Each record says how they were set.
+var WorkloadGates = []string{"GenericWorkload", "TopologyAwareWorkloadScheduling"}
 
 // Utilisation is used/total slices in percent (0 without GPUs).
 func (r *Record) Utilisation() float64 {

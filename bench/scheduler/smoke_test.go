@@ -10,6 +10,7 @@ import (
 	"time"
 
 	v1 "k8s.io/api/core/v1"
+	schedulingv1beta1 "k8s.io/api/scheduling/v1beta1"
 	"sigs.k8s.io/yaml"
 
 	"github.com/tessera-gpu/tessera/api"
@@ -71,11 +72,12 @@ func TestSmoke(t *testing.T) {
 			slices += s
 			if g := pod.Labels["bench.tessera.dev/gang"]; g != "" {
 				members[g]++
-				if tessera == 1 && pod.Labels["scheduling.x-k8s.io/pod-group"] != g {
-					t.Errorf("pod %d: Tessera variant without the pod-group label", i)
+				// Both variants: a native PodGroup in spec.schedulingGroup.
+				if pod.Spec.SchedulingGroup == nil || *pod.Spec.SchedulingGroup.PodGroupName != g {
+					t.Errorf("pod %d (tessera=%d): gang member without spec.schedulingGroup", i, tessera)
 				}
-				if tessera == 0 && (pod.Spec.SchedulingGroup == nil || *pod.Spec.SchedulingGroup.PodGroupName != g) {
-					t.Errorf("pod %d: native variant without spec.schedulingGroup", i)
+				if _, ok := pod.Labels["scheduling.x-k8s.io/pod-group"]; ok {
+					t.Errorf("pod %d (tessera=%d): gang named twice (pod-group label)", i, tessera)
 				}
 			}
 			req := pod.Spec.Containers[0].Resources.Requests
@@ -89,10 +91,13 @@ func TestSmoke(t *testing.T) {
 		for g, n := range members {
 			var idx int
 			fmt.Sscanf(g, "gang-%d", &idx)
-			var pg map[string]any
-			render(t, "templates/mix-podgroup-crd.yaml", map[string]any{"Index": idx}, &pg)
-			if m := pg["spec"].(map[string]any)["minMember"]; m != float64(n) {
-				t.Errorf("%s: %d members, PodGroup minMember %v", g, n, m)
+			var pg schedulingv1beta1.PodGroup
+			render(t, "templates/mix-podgroup.yaml", map[string]any{"Index": idx}, &pg)
+			if gang := pg.Spec.SchedulingPolicy.Gang; gang == nil || gang.MinCount != int32(n) {
+				t.Errorf("%s: %d members, PodGroup gang policy %+v", g, n, gang)
+			}
+			if c := pg.Spec.SchedulingConstraints; c == nil || len(c.Topology) != 1 || c.Topology[0].Key != api.LabelClique {
+				t.Errorf("%s: topology constraint %+v, want one on %s", g, c, api.LabelClique)
 			}
 		}
 	}
