@@ -5,7 +5,14 @@
 // tearing it down leaves no process and no state behind.
 //
 // The Makefile (make test-e2e) sets TESSERA_TOOLS_DIR and TESSERA_BIN_DIR;
-// the tests need root.
+// the tests need root. The API server always runs with the GenericWorkload
+// and TopologyAwareWorkloadScheduling gates on; the tessera-scheduler runs
+// with its gates at their defaults (off) unless TESSERA_E2E_SCHEDULER_GATES
+// is set, e.g.
+//
+//	TESSERA_E2E_SCHEDULER_GATES=GenericWorkload=true,TopologyAwareWorkloadScheduling=true make test-e2e
+//
+// which adds --feature-gates=<value> to its container (cluster.InstallTessera).
 package e2e
 
 import (

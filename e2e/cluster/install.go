@@ -40,12 +40,22 @@ func (c *Cluster) Kubectl(ctx context.Context, args ...string) (string, error) {
 // device plugin too (each preferred allocation and whose it was), so a
 // failed test can show why — and waits until the scheduler and the device plugin are ready and the real
 // node advertises GPU slices.
+//
+// With TESSERA_E2E_SCHEDULER_GATES set (e.g.
+// "GenericWorkload=true,TopologyAwareWorkloadScheduling=true"; the API
+// server always runs with both on) the tessera-scheduler container also
+// gets --feature-gates=<that value>; unset, the scheduler's gates keep
+// their defaults (both off in 1.37).
 func (c *Cluster) InstallTessera(ctx context.Context, overlay string) error {
+	gates, err := schedulerGatesPatch(os.Getenv(SchedulerGatesEnv))
+	if err != nil {
+		return err
+	}
 	dir := filepath.Join(c.Dir, "install")
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
-	overlay, err := filepath.Abs(overlay)
+	overlay, err = filepath.Abs(overlay)
 	if err != nil {
 		return err
 	}
@@ -55,23 +65,7 @@ func (c *Cluster) InstallTessera(ctx context.Context, overlay string) error {
 		return err
 	}
 	port := strings.TrimPrefix(c.APIServerURL, "https://127.0.0.1:")
-	env := fmt.Sprintf(`    - {op: add, path: /spec/template/spec/containers/0/env/-, value: {name: KUBERNETES_SERVICE_HOST, value: "127.0.0.1"}}
-    - {op: add, path: /spec/template/spec/containers/0/env/-, value: {name: KUBERNETES_SERVICE_PORT, value: %q}}
-`, port)
-	kustomization := fmt.Sprintf(`apiVersion: kustomize.config.k8s.io/v1beta1
-kind: Kustomization
-resources:
-- %s
-patches:
-- target: {kind: DaemonSet, name: tessera-device-plugin}
-  patch: |-
-    - {op: replace, path: /spec/template/spec/volumes/1/hostPath/path, value: %q}
-    - {op: add, path: /spec/template/spec/containers/0/args/-, value: "--v=3"}
-%s- target: {kind: Deployment, name: tessera-scheduler}
-  patch: |-
-    - {op: add, path: /spec/template/spec/containers/0/env, value: []}
-    - {op: add, path: /spec/template/spec/containers/0/args/-, value: "--v=3"}
-%s`, rel, filepath.Dir(c.PodResourcesSocket()), env, env)
+	kustomization := installKustomization(rel, filepath.Dir(c.PodResourcesSocket()), port, gates)
 	if err := os.WriteFile(filepath.Join(dir, "kustomization.yaml"), []byte(kustomization), 0o644); err != nil {
 		return err
 	}
@@ -131,4 +125,63 @@ func deploymentAvailable(d *appsv1.Deployment) bool {
 		want = *d.Spec.Replicas
 	}
 	return d.Status.AvailableReplicas >= want && d.Status.UpdatedReplicas >= want
+}
+
+// SchedulerGatesEnv names the opt-in for the tessera-scheduler's feature
+// gates in the local cluster (InstallTessera).
+const SchedulerGatesEnv = "TESSERA_E2E_SCHEDULER_GATES"
+
+// schedulerGatesPatch turns a --feature-gates value ("Name=true,Name=false")
+// into one JSON-patch line for the tessera-scheduler Deployment's patch, or
+// "" for an empty value. Anything but Name=true|false pairs is refused, so
+// the value cannot change the patch's YAML.
+func schedulerGatesPatch(v string) (string, error) {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return "", nil
+	}
+	var pairs []string
+	for _, p := range strings.Split(v, ",") {
+		name, val, ok := strings.Cut(strings.TrimSpace(p), "=")
+		if !ok || (val != "true" && val != "false") || !gateName(name) {
+			return "", fmt.Errorf("%s=%q: want Name=true|false[,Name=true|false...], got %q", SchedulerGatesEnv, v, p)
+		}
+		pairs = append(pairs, name+"="+val)
+	}
+	return fmt.Sprintf("    - {op: add, path: /spec/template/spec/containers/0/args/-, value: %q}\n",
+		"--feature-gates="+strings.Join(pairs, ",")), nil
+}
+
+func gateName(s string) bool {
+	if s == "" || s[0] < 'A' || s[0] > 'Z' {
+		return false
+	}
+	for _, r := range s {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9') {
+			return false
+		}
+	}
+	return true
+}
+
+// installKustomization is InstallTessera's kustomization.yaml: the overlay at
+// rel plus this cluster's patches; gates is schedulerGatesPatch's line.
+func installKustomization(rel, podResourcesDir, port, gates string) string {
+	env := fmt.Sprintf(`    - {op: add, path: /spec/template/spec/containers/0/env/-, value: {name: KUBERNETES_SERVICE_HOST, value: "127.0.0.1"}}
+    - {op: add, path: /spec/template/spec/containers/0/env/-, value: {name: KUBERNETES_SERVICE_PORT, value: %q}}
+`, port)
+	return fmt.Sprintf(`apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+- %s
+patches:
+- target: {kind: DaemonSet, name: tessera-device-plugin}
+  patch: |-
+    - {op: replace, path: /spec/template/spec/volumes/1/hostPath/path, value: %q}
+    - {op: add, path: /spec/template/spec/containers/0/args/-, value: "--v=3"}
+%s- target: {kind: Deployment, name: tessera-scheduler}
+  patch: |-
+    - {op: add, path: /spec/template/spec/containers/0/env, value: []}
+    - {op: add, path: /spec/template/spec/containers/0/args/-, value: "--v=3"}
+%s%s`, rel, podResourcesDir, env, env, gates)
 }
