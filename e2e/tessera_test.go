@@ -12,8 +12,10 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	schedulingv1beta1 "k8s.io/api/scheduling/v1beta1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/utils/ptr"
 
 	"github.com/google/go-cmp/cmp"
 
@@ -498,4 +500,96 @@ func whyPending(t *testing.T, e *scenario.Env, ns string) string {
 	}
 	fmt.Fprintf(&b, "scheduler log lines about %s and retries (last %d):\n%s\n", ns, len(lines), strings.Join(lines, "\n"))
 	return b.String()
+}
+
+// TestGangSourcesOnSimulatedNodes places one gang of each source Tessera
+// reads on the kwok GPU nodes — a scheduler-plugins PodGroup, a native
+// scheduling.k8s.io/v1beta1 PodGroup named by spec.schedulingGroup, and a
+// LeaderWorkerSet group (its pods' labels; the LWS controller itself is not
+// part of this cluster) — and checks each placed whole, its ranks on
+// distinct GPUs. It runs with whatever gates the suite's scheduler has
+// (TESSERA_E2E_SCHEDULER_GATES; off by default), so the same test covers
+// the 1.37 pod-group cycle when they are on.
+func TestGangSourcesOnSimulatedNodes(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	e := env(t)
+	ns := createNamespace(ctx, t, "sources")
+	onSim := scenario.PodOptions{NodeSelector: map[string]string{scenario.SimulatedLabel: "true"}}
+	gangs := map[string][]string{}
+
+	// scheduler-plugins PodGroup.
+	if _, err := e.Gang(ctx, ns, "crd", 4, 2, api.LabelClique, onSim); err != nil {
+		t.Fatal(err)
+	}
+	for i := 0; i < 4; i++ {
+		gangs["crd"] = append(gangs["crd"], fmt.Sprintf("crd-%d", i))
+	}
+	// Native PodGroup with a gang policy.
+	pg := &schedulingv1beta1.PodGroup{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "native"}}
+	pg.Spec.SchedulingPolicy.Gang = &schedulingv1beta1.GangSchedulingPolicy{MinCount: 4}
+	if _, err := e.Client.SchedulingV1beta1().PodGroups(ns).Create(ctx, pg, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("creating the native PodGroup (the API server serves scheduling.k8s.io/v1beta1 with GenericWorkload): %v", err)
+	}
+	for i := 0; i < 4; i++ {
+		name := fmt.Sprintf("native-%d", i)
+		p := scenario.SlicePod(ns, name, 4, onSim)
+		p.Spec.SchedulingGroup = &corev1.PodSchedulingGroup{PodGroupName: ptr.To("native")}
+		created, err := e.Client.CoreV1().Pods(ns).Create(ctx, p, metav1.CreateOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if created.Spec.SchedulingGroup == nil {
+			t.Fatal("the API server dropped spec.schedulingGroup: native gangs are not exercised")
+		}
+		gangs["native"] = append(gangs["native"], name)
+	}
+	// LeaderWorkerSet group of 3.
+	for i := 0; i < 3; i++ {
+		name := fmt.Sprintf("lws-%d", i)
+		o := onSim
+		o.Labels = map[string]string{api.LabelLWSGroupKey: ns + "-lws"}
+		p := scenario.SlicePod(ns, name, 2, o)
+		p.Annotations = map[string]string{api.AnnotationLWSSize: "3"}
+		if _, err := e.Client.CoreV1().Pods(ns).Create(ctx, p, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		gangs["lws"] = append(gangs["lws"], name)
+	}
+	total := 0
+	for _, members := range gangs {
+		total += len(members)
+	}
+	pods, err := e.WaitPods(ctx, ns, "", total, 2*time.Minute, "bound", scenario.Bound)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, whyPending(t, e, ns))
+	}
+	byName := map[string]*corev1.Pod{}
+	for i := range pods {
+		byName[pods[i].Name] = &pods[i]
+	}
+	for gang, members := range gangs {
+		seen := map[string]string{}
+		for _, name := range members {
+			p := byName[name]
+			if p == nil {
+				t.Errorf("gang %s: member %s missing", gang, name)
+				continue
+			}
+			ids, err := scenario.Slices(p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, g := range api.GPUsOf(ids) {
+				key := p.Spec.NodeName + "/" + g
+				if other, dup := seen[key]; dup {
+					t.Errorf("gang %s: %s and %s share GPU %s", gang, other, name, key)
+				}
+				seen[key] = name
+			}
+		}
+	}
+	if err := e.DeleteAndWait(ctx, ns, "", time.Minute); err != nil {
+		t.Fatal(err)
+	}
 }
