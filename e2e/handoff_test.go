@@ -42,9 +42,10 @@ type handoffUnit struct {
 // pods of two 2-rank gangs and three single pods, created interleaved and
 // held by a scheduling gate, then released in a shuffled order, unit by
 // unit, so pods are bound out of creation order in separate kubelet
-// batches. One round restarts the kubelet between two releases (pods bound
-// while it is down reach it in one batch), another kills the device plugin
-// (it rebuilds its view from the API).
+// batches. One round restarts the kubelet between two releases (the pods
+// running keep their slices; the restart does not race their admission:
+// see the comment there), another kills the device plugin (it rebuilds
+// its view from the API).
 //
 // TESSERA_HANDOFF_ROUNDS sets the number of rounds (default 30, 7 pods
 // each); TESSERA_HANDOFF_SEED the shuffle's seed (default: the time).
@@ -90,8 +91,17 @@ func TestHandoffExactUnderAdversarialOrder(t *testing.T) {
 		for i, u := range units {
 			switch {
 			case r == rounds/3 && i == len(units)/2:
+				// A restarted kubelet admits pods before the device plugin
+				// has registered again without asking the plugin at all
+				// (docs/design.md, data path step 5): no scheduler or plugin
+				// can make that exact. So the restart comes once the pods
+				// released so far are admitted, and the next release once
+				// the plugin serves the new kubelet with every slice back;
+				// the running pods must keep their slices across it.
+				waitAdmitted(ctx, t, e, ns, order)
 				t.Logf("round %d: restarting the kubelet after %d of %d releases", r, i, len(units))
 				restartKubeletAndWait(ctx, t, e)
+				waitAllocatable(ctx, t, e, int64(realNodeGPUs*slicesPerGPU), 2*time.Minute)
 			case r == 2*rounds/3 && i == len(units)/2:
 				t.Logf("round %d: killing the device plugin after %d of %d releases", r, i, len(units))
 				killDevicePlugin(ctx, t, e)
@@ -221,6 +231,24 @@ func releasePod(ctx context.Context, t *testing.T, e *scenario.Env, ns, name str
 	if _, err := e.Client.CoreV1().Pods(ns).Patch(ctx, name, types.JSONPatchType, patch, metav1.PatchOptions{}); err != nil {
 		t.Fatalf("releasing pod %s: %v", name, err)
 	}
+}
+
+// waitAdmitted waits until the named pods are admitted (running or failed).
+func waitAdmitted(ctx context.Context, t *testing.T, e *scenario.Env, ns string, names []string) {
+	t.Helper()
+	waitFor(ctx, t, fmt.Sprintf("%d released pods admitted", len(names)), 300*time.Millisecond, 2*time.Minute, func(ctx context.Context) (bool, string) {
+		var waiting []string
+		for _, n := range names {
+			p, err := e.Client.CoreV1().Pods(ns).Get(ctx, n, metav1.GetOptions{})
+			if err != nil {
+				return false, err.Error()
+			}
+			if !scenario.Running(p) && p.Status.Phase != corev1.PodFailed {
+				waiting = append(waiting, n)
+			}
+		}
+		return len(waiting) == 0, fmt.Sprintf("not admitted yet: %v", waiting)
+	})
 }
 
 // restartKubeletAndWait restarts the real node's kubelet and waits until
