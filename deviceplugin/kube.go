@@ -23,6 +23,7 @@ import (
 	"k8s.io/client-go/tools/record"
 	podresourcesapi "k8s.io/kubelet/pkg/apis/podresources/v1"
 
+	"github.com/tessera-gpu/tessera/api"
 	"github.com/tessera-gpu/tessera/api/podspec"
 	"github.com/tessera-gpu/tessera/deviceplugin/slicing"
 )
@@ -132,6 +133,16 @@ func (c *PodCache) rebuild() {
 	c.confirmed.Store(&confirmed)
 }
 
+// pendingOf shapes pod, holding ids, for slicing.
+func pendingOf(pod *corev1.Pod, ids []api.SliceID) slicing.Pending {
+	pp := slicing.Pending{Key: pod.Namespace + "/" + pod.Name, UID: string(pod.UID), Created: pod.CreationTimestamp.Time,
+		Containers: podspec.ContainerSliceRequests(pod)}
+	for _, id := range ids {
+		pp.IDs = append(pp.IDs, id.String())
+	}
+	return pp
+}
+
 // confirmedFromPod is a live pod with a readable slices-allocated, shaped
 // as a Pending holding those slices.
 func confirmedFromPod(pod *corev1.Pod) (slicing.Pending, bool) {
@@ -142,12 +153,7 @@ func confirmedFromPod(pod *corev1.Pod) (slicing.Pending, bool) {
 	if !done || err != nil || len(ids) == 0 {
 		return slicing.Pending{}, false
 	}
-	pp := slicing.Pending{Key: pod.Namespace + "/" + pod.Name, UID: string(pod.UID), Created: pod.CreationTimestamp.Time,
-		Containers: podspec.ContainerSliceRequests(pod)}
-	for _, id := range ids {
-		pp.IDs = append(pp.IDs, id.String())
-	}
-	return pp, true
+	return pendingOf(pod, ids), true
 }
 
 // SortPending orders by creation time (the kubelet's admission order within
@@ -177,12 +183,7 @@ func PendingFromPod(pod *corev1.Pod) (slicing.Pending, bool) {
 	if !ok || err != nil {
 		return slicing.Pending{}, false
 	}
-	pp := slicing.Pending{Key: pod.Namespace + "/" + pod.Name, UID: string(pod.UID), Created: pod.CreationTimestamp.Time,
-		Containers: podspec.ContainerSliceRequests(pod)}
-	for _, id := range ids {
-		pp.IDs = append(pp.IDs, id.String())
-	}
-	return pp, true
+	return pendingOf(pod, ids), true
 }
 
 // KubeNode reads (through a one-node informer) and patches one node: the

@@ -88,8 +88,9 @@ func (c *gpuHealthController) setNodeHealth(node string, bad map[string]bool) {
 	c.queue.Add(healthKey)
 }
 
-// allocationDiffers asks for a sweep: a gang member's slices-allocated
-// differs from its assignment, so ranks may now share a GPU.
+// allocationDiffers asks for a sweep: the ledger saw a pod whose
+// slices-allocated differs from its assignment, so ranks of a gang may now
+// share a GPU.
 func (c *gpuHealthController) allocationDiffers() { c.queue.Add(healthKey) }
 
 // run sweeps until ctx ends.

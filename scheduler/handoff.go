@@ -7,7 +7,6 @@ import (
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/klog/v2"
 
-	"github.com/tessera-gpu/tessera/api"
 	"github.com/tessera-gpu/tessera/api/podspec"
 	"github.com/tessera-gpu/tessera/handoff"
 )
@@ -70,35 +69,4 @@ func (pl *Tessera) awaitHandoff(ctx context.Context, pod *v1.Pod, node string) e
 		klog.FromContext(ctx).V(3).Info("Binding held until a pod of the same slice size had its slices", "pod", klog.KObj(pod), "node", node, "after", blockedBy, "waited", waited)
 	}
 	return nil
-}
-
-// allocationDiffers reports whether the device plugin's truth on pod differs
-// from the scheduler's assignment (a handoff mismatch: the gate could not
-// prevent it, e.g. a pod bound by someone else took the slices).
-func allocationDiffers(pod *v1.Pod) bool {
-	got, done, err := podspec.Allocated(pod)
-	if !done || err != nil {
-		return false
-	}
-	want, ok, err := podspec.Assignment(pod)
-	if !ok || err != nil {
-		return false
-	}
-	return !sameSlices(got, want)
-}
-
-func sameSlices(a, b []api.SliceID) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	set := make(map[api.SliceID]struct{}, len(a))
-	for _, id := range a {
-		set[id] = struct{}{}
-	}
-	for _, id := range b {
-		if _, ok := set[id]; !ok {
-			return false
-		}
-	}
-	return true
 }

@@ -273,9 +273,6 @@ func (pl *Tessera) podChanged(obj any) {
 	if pod.Spec.NodeName != "" {
 		pl.forgetTurnedDown(pod.UID)
 		pl.observeHandoff(pod)
-		if inGang && pl.health != nil && allocationDiffers(pod) {
-			pl.health.allocationDiffers()
-		}
 	}
 	key := ""
 	if inGang {
@@ -394,6 +391,10 @@ func (pl *Tessera) onReject(r gang.Rejection) {
 
 func (pl *Tessera) onMismatch(m gang.Mismatch) {
 	handoffMismatches.WithLabelValues(string(m.Reason)).Inc()
+	if m.Reason == gang.MismatchAllocated && pl.health != nil {
+		// Ranks of a gang may now share a GPU (health.go).
+		pl.health.allocationDiffers()
+	}
 	pl.logger.Info("Slice hand-off mismatch", "reason", m.Reason, "pod", m.Pod, "node", m.Node, "detail", m.Detail)
 	ns, name, ok := strings.Cut(m.Pod, "/")
 	if !ok {
