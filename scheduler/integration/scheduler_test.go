@@ -156,10 +156,23 @@ func TestPodGroupGang(t *testing.T) {
 	})
 	if err != nil {
 		t.Errorf("no GangUnschedulable event naming the gang and the clique level on PodGroup gang/huge")
+		// Every event of the namespace, so a miss says whether the event
+		// was never written, written on another object, or merged into a
+		// series that kept an earlier note.
+		if evs, err := env.client.EventsV1().Events(ns).List(ctx, metav1.ListOptions{}); err == nil {
+			for _, e := range evs.Items {
+				series := int32(1)
+				if e.Series != nil {
+					series = e.Series.Count
+				}
+				t.Logf("event %s %s/%s rv=%s reason=%s x%d at %s: %s", e.Name, e.Regarding.Kind, e.Regarding.Name,
+					e.Regarding.ResourceVersion, e.Reason, series, e.EventTime.Format(time.RFC3339Nano), e.Note)
+			}
+		}
 		pods, _ := env.client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: api.LabelPodGroup + "=huge"})
 		for _, p := range pods.Items {
 			for _, c := range p.Status.Conditions {
-				t.Logf("pod %s: %s %s: %s", p.Name, c.Type, c.Reason, c.Message)
+				t.Logf("pod %s: %s %s at %s: %s", p.Name, c.Type, c.Reason, c.LastTransitionTime.Format(time.RFC3339), c.Message)
 			}
 		}
 	}
