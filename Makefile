@@ -24,7 +24,7 @@ STATIC_CMDS := $(filter-out tessera-device-plugin,$(CMDS))
 CGO_CMDS := $(filter tessera-device-plugin,$(CMDS))
 
 TOOL_BINS := $(TOOLS)/etcd $(TOOLS)/kube-apiserver $(TOOLS)/kube-controller-manager \
-	$(TOOLS)/kube-scheduler $(TOOLS)/kubelet $(TOOLS)/kwok $(TOOLS)/kubectl
+	$(TOOLS)/kube-scheduler $(TOOLS)/kubelet $(TOOLS)/kwok $(TOOLS)/kubectl $(TOOLS)/helm
 
 .PHONY: all build tools lint bench test test-unit test-repeat test-fuzz test-e2e reliability cluster-up cluster-down demo install manifests clean
 
@@ -49,6 +49,11 @@ $(TOOLS)/kwok: go.mod go.sum
 	@mkdir -p $(TOOLS)
 	@echo ">> building kwok"
 	$(GO) build -ldflags "-s -w" -o $@ sigs.k8s.io/kwok/cmd/kwok
+# Helm from its own module (hack/tools/helm), so its graph never moves ours.
+$(TOOLS)/helm: hack/tools/helm/go.mod hack/tools/helm/go.sum
+	@mkdir -p $(TOOLS)
+	@echo ">> building helm"
+	cd hack/tools/helm && $(GO) build -ldflags "-s -w" -o $(abspath $(TOOLS))/helm helm.sh/helm/v4/cmd/helm
 $(TOOLS)/%: go.mod go.sum
 	@mkdir -p $(TOOLS)
 	@echo ">> building $*"
@@ -123,9 +128,13 @@ bench: $(TOOLS)/etcd
 install:
 	kubectl apply --server-side -k manifests/
 
-# Regenerates the PodGroup CRD from the scheduler-plugins Go types.
+# Regenerates the PodGroup CRD from the scheduler-plugins Go types and
+# refreshes the chart's copies (Helm reads nothing outside charts/tessera;
+# charts/chart_test.go fails when a copy is stale).
 manifests:
 	$(GO) generate ./manifests/base/crds
+	cp manifests/base/crds/scheduling.x-k8s.io_podgroups.yaml charts/tessera/crds/
+	cp manifests/grafana/tessera-dashboard.json charts/tessera/dashboards/
 
 clean: cluster-down
 	rm -rf $(BIN)

@@ -99,6 +99,12 @@ func probeEnv(ctx context.Context, t *testing.T, e *scenario.Env, ns, pod string
 // the container's environment names exactly those slices and their GPU, and
 // the plugin reports the truth back on the pod.
 func TestFractionalPodGetsItsSlices(t *testing.T) {
+	checkFractionalPodGetsItsSlices(t)
+}
+
+// checkFractionalPodGetsItsSlices is the data-path check, run on every
+// install of the suite (kustomize here, Helm in TestHelmInstall).
+func checkFractionalPodGetsItsSlices(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	e := env(t)

@@ -21,14 +21,24 @@ const TesseraNamespace = "tessera-system"
 // Kubectl runs the kubectl built by make tools against the cluster as admin
 // and returns its combined output.
 func (c *Cluster) Kubectl(ctx context.Context, args ...string) (string, error) {
+	return c.runTool(ctx, "kubectl", nil, args...)
+}
+
+// runTool runs a client tool of make tools (kubectl, helm) against the
+// cluster as admin, with extra environment variables, and returns its
+// combined output.
+func (c *Cluster) runTool(ctx context.Context, name string, env []string, args ...string) (string, error) {
 	toolsDir := c.cfg.ToolsDir
 	if toolsDir == "" {
 		toolsDir = os.Getenv("TESSERA_TOOLS_DIR")
 	}
-	cmd := exec.CommandContext(ctx, filepath.Join(toolsDir, "kubectl"), append([]string{"--kubeconfig", c.Kubeconfig}, args...)...)
+	cmd := exec.CommandContext(ctx, filepath.Join(toolsDir, name), append([]string{"--kubeconfig", c.Kubeconfig}, args...)...)
+	if env != nil {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	out, err := cmd.CombinedOutput()
 	if err != nil {
-		return string(out), fmt.Errorf("kubectl %s: %w\n%s", strings.Join(args, " "), err, out)
+		return string(out), fmt.Errorf("%s %s: %w\n%s", name, strings.Join(args, " "), err, out)
 	}
 	return string(out), nil
 }
