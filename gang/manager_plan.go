@@ -115,6 +115,10 @@ func (m *Manager) plan(tx *Tx, g *gangState, p Pod, avoid []string, now time.Tim
 	if g.allowed || tx.GangRunning(g.spec.Key) {
 		// Replacement (or extra) member of a running gang: stay in its domain.
 		sl, err := tx.PlaceOne(pr, p.Slices)
+		if err != nil && len(pr.Avoid) > 0 {
+			pr.Avoid = nil // a preference only (see below)
+			sl, err = tx.PlaceOne(pr, p.Slices)
+		}
 		if err != nil {
 			g.lastReason, g.failGen, g.failSpecGen = err.Error(), tx.Generation(), m.specGen
 			return Placement{}, err
@@ -135,6 +139,16 @@ func (m *Manager) plan(tx *Tx, g *gangState, p Pod, avoid []string, now time.Tim
 		return Placement{}, unschedulable(p.Gang, "gang %s: pod %s requests %d slices; the gang's members request %s", p.Gang, p.name(), p.Slices, g.spec.shapeString())
 	}
 	domain, slots, err := tx.Plan(pr)
+	if err != nil && len(pr.Avoid) > 0 {
+		// Avoiding nodes where a member was refused is a preference, not a
+		// rule: the refusal may have been momentary (the framework's
+		// snapshot still holding a pod the ledger had already released),
+		// and a gang that fits only there would otherwise wait, with
+		// nothing to wake it, until the avoidance expired and the queue
+		// flushed it (minutes). Backoff already paces the retries.
+		pr.Avoid = nil
+		domain, slots, err = tx.Plan(pr)
+	}
 	if err != nil {
 		g.lastReason, g.failGen, g.failSpecGen = err.Error(), tx.Generation(), m.specGen
 		return Placement{}, err

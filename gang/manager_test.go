@@ -129,21 +129,18 @@ func TestGangRejection(t *testing.T) {
 			want: []Rejection{{Gang: "ns/g", Reason: "gang ns/g: timed out after 30s with 2 of 3 members reserved",
 				PodUIDs: []string{"uid-ns-g-0", "uid-ns-g-1"}, BackoffUntil: t0.Add(40 * time.Second)}},
 		},
-		"a member refused by other plugins on its node rejects and avoids the node": {
+		"a member refused by other plugins on its node rejects; the replan uses the node again when nothing else fits": {
 			reserve: 1,
 			fail: func(f *fixture) []Rejection {
 				f.m.PostFilter(member("ns/g", 0, 8))
 				f.clock.Step(11 * time.Second)
-				want := []string{"ERR gang ns/g: needs 3×8 slices in one nvidia.com/gpu.clique; best domain has 2 (avoiding c0-n0 where members failed)"}
-				if diff := cmp.Diff(want, f.plan(spec)); diff != "" {
-					f.t.Errorf("replan (-want +got):\n%s", diff)
+				// c0-n1 alone holds 2 of 3 members: avoiding c0-n0 would
+				// leave the gang waiting with nothing to wake it.
+				if got := f.plan(spec); len(got) != 3 {
+					f.t.Errorf("replan after backoff: %v", got)
 				}
-				f.clock.Step(time.Minute) // the avoidance expires
-				if _, err := f.m.PreFilter(member("ns/g", 0, 8)); err != nil {
-					f.t.Errorf("replan after avoidance expired: %v", err)
-				}
-				if got, _ := f.m.Status("ns/g"); len(got.Slots) != 3 {
-					f.t.Errorf("replan after avoidance expired: %v", got)
+				if got, _ := f.m.Status("ns/g"); !slotsOn(got.Slots, "c0-n0") {
+					f.t.Errorf("replan does not use c0-n0: %v", got.Slots)
 				}
 				return f.rejs
 			},
@@ -482,5 +479,57 @@ func TestPlanHonoursEligibility(t *testing.T) {
 				t.Errorf("planned nodes (-want +got):\n%s", diff)
 			}
 		})
+	}
+}
+
+func slotsOn(slots []Slot, node string) bool {
+	for _, s := range slots {
+		if s.Node == node {
+			return true
+		}
+	}
+	return false
+}
+
+// TestReplanAvoidsRefusedNode: after a member is refused on its planned
+// node, the next plan goes where the gang fits without that node.
+func TestReplanAvoidsRefusedNode(t *testing.T) {
+	spec := GangSpec{Key: "ns/g", MinMember: 3, Request: 8, RequiredTopology: clique, ScheduleTimeout: 30 * time.Second}
+	f := newFixture(t, cliques("c", 2, 2, 2)...)
+	if got := f.plan(spec); len(got) != 3 {
+		t.Fatalf("plan: %v", got)
+	}
+	st, _ := f.m.Status("ns/g")
+	if !slotsOn(st.Slots, "c0-n0") {
+		t.Fatalf("first plan not on c0-n0: %v", st.Slots)
+	}
+	var onN0 Pod
+	for i := range 3 {
+		p := member("ns/g", i, 8)
+		pl, err := f.m.PreFilter(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if pl.Node == "c0-n0" {
+			onN0 = p
+			break
+		}
+	}
+	if onN0.UID == "" {
+		t.Fatal("no member planned on c0-n0")
+	}
+	if r := f.m.PostFilter(onN0); r == nil {
+		t.Fatal("PostFilter before the barrier did not reject the gang")
+	}
+	f.clock.Step(11 * time.Second)
+	if got := f.plan(spec); len(got) != 3 {
+		t.Fatalf("replan: %v", got)
+	}
+	st, _ = f.m.Status("ns/g")
+	if slotsOn(st.Slots, "c0-n0") {
+		t.Errorf("replan uses c0-n0 although clique c1 fits the gang: %v", st.Slots)
+	}
+	if err := checkInvariants(f.l); err != nil {
+		t.Fatal(err)
 	}
 }
