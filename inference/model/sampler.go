@@ -2,7 +2,7 @@ package model
 
 import (
 	"math"
-	"sort"
+	"slices"
 )
 
 // Sampler picks the next token from logits. Temperature 0 is greedy; top-p
@@ -14,11 +14,13 @@ type Sampler struct {
 	rng         *rng
 	probs       []float64
 	idx         []int
+	key         []float64
+	seed, draw  uint64
 }
 
 // NewSampler returns a sampler whose draws depend only on seed.
 func NewSampler(temperature, topP float64, seed uint64) *Sampler {
-	return &Sampler{Temperature: temperature, TopP: topP, rng: newRNG(seed)}
+	return &Sampler{Temperature: temperature, TopP: topP, rng: newRNG(seed), seed: seed}
 }
 
 // Argmax returns the index of the largest logit (lowest index on ties).
@@ -51,6 +53,7 @@ func (s *Sampler) Sample(logits []float32) int {
 	for i := range probs {
 		probs[i] /= sum
 	}
+	s.draw++
 	r := 1 - s.rng.uniform() // [0, 1)
 	if s.TopP <= 0 || s.TopP >= 1 {
 		var cdf float64
@@ -62,11 +65,33 @@ func (s *Sampler) Sample(logits []float32) int {
 		}
 		return n - 1
 	}
+	// The draw must not depend on the world size that computed the logits:
+	// the all-reduces sum in another order per world size and move logits
+	// by ~1e-6. An inverse-CDF walk over thousands of small probabilities
+	// turns such moves into a different token about once in a few hundred
+	// draws, so the nucleus is sampled with the Gumbel-max trick instead
+	// (the member with the highest logit/temperature + Gumbel noise of
+	// (seed, draw, token) is an exact sample of the renormalised nucleus):
+	// a move changes the winner only when the two best scores are within
+	// ~1e-6. Membership ranks candidates by logit on a grid of 1/1024 with
+	// ties broken by token ID, a total order tiny moves change only for a
+	// logit right at a grid line; a flip at the nucleus edge matters only
+	// if that least likely member would have won.
 	idx := s.idx[:n]
-	for i := range idx {
+	keys := s.keys(n)
+	for i, v := range logits {
 		idx[i] = i
+		keys[i] = math.Round(float64(v) * 1024)
 	}
-	sort.SliceStable(idx, func(a, b int) bool { return probs[idx[a]] > probs[idx[b]] })
+	slices.SortFunc(idx, func(a, b int) int {
+		if keys[a] != keys[b] {
+			if keys[a] > keys[b] {
+				return -1
+			}
+			return 1
+		}
+		return a - b
+	})
 	var mass float64
 	last := n - 1
 	for i, id := range idx {
@@ -76,13 +101,19 @@ func (s *Sampler) Sample(logits []float32) int {
 			break
 		}
 	}
-	r *= mass
-	var cdf float64
+	best, bestScore := -1, math.Inf(-1)
 	for _, id := range idx[:last+1] {
-		cdf += probs[id]
-		if r < cdf {
-			return id
+		v := float64(logits[id])/s.Temperature + gumbel(s.seed, s.draw, id)
+		if v > bestScore || (v == bestScore && id < best) {
+			best, bestScore = id, v
 		}
 	}
-	return idx[last]
+	return best
+}
+
+func (s *Sampler) keys(n int) []float64 {
+	if cap(s.key) < n {
+		s.key = make([]float64, n)
+	}
+	return s.key[:n]
 }
