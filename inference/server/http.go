@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -74,9 +75,18 @@ type apiError struct {
 }
 
 func errorBody(typ, code, msg string) map[string]apiError {
+	return paramErrorBody(typ, code, "", msg)
+}
+
+// paramErrorBody names, in param, the request field the error is about
+// (OpenAI clients show it next to the message); "" leaves it null.
+func paramErrorBody(typ, code, param, msg string) map[string]apiError {
 	e := apiError{Message: msg, Type: typ}
 	if code != "" {
 		e.Code = &code
+	}
+	if param != "" {
+		e.Param = &param
 	}
 	return map[string]apiError{"error": e}
 }
@@ -89,6 +99,19 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 
 func writeError(w http.ResponseWriter, status int, typ, code, msg string) {
 	writeJSON(w, status, errorBody(typ, code, msg))
+}
+
+func writeParamError(w http.ResponseWriter, status int, typ, code, param, msg string) {
+	writeJSON(w, status, paramErrorBody(typ, code, param, msg))
+}
+
+// contextParam is the field a context-length error is about: the prompt
+// when it alone does not fit, else max_tokens.
+func contextParam(ce *ContextError) string {
+	if ce.Prompt >= ce.Limit {
+		return "prompt"
+	}
+	return "max_tokens"
 }
 
 func (s *Server) healthz(w http.ResponseWriter, r *http.Request) {
@@ -180,6 +203,11 @@ type completionRequest struct {
 	Stop        json.RawMessage `json:"stop"`
 	Stream      bool            `json:"stream"`
 	N           *int            `json:"n"`
+	// Logprobs are not computed yet; a request for them is refused with
+	// a 400 naming the field rather than answered without them.
+	Logprobs json.RawMessage `json:"logprobs"`
+	Echo     bool            `json:"echo"`
+	BestOf   *int            `json:"best_of"`
 }
 
 type badRequest struct{ param, msg string }
@@ -222,6 +250,15 @@ func parseCompletion(body io.Reader) (GenRequest, completionRequest, error) {
 	g.Prompt = prompts[0]
 	if req.N != nil && *req.N != 1 {
 		return g, req, &badRequest{"n", "only n=1 is supported"}
+	}
+	if lp := strings.TrimSpace(string(req.Logprobs)); lp != "" && lp != "null" && lp != "0" && lp != "false" {
+		return g, req, &badRequest{"logprobs", "logprobs are not supported by this server"}
+	}
+	if req.Echo {
+		return g, req, &badRequest{"echo", "echo is not supported by this server"}
+	}
+	if req.BestOf != nil && *req.BestOf != 1 {
+		return g, req, &badRequest{"best_of", "only best_of=1 is supported"}
 	}
 	if req.MaxTokens != nil {
 		if *req.MaxTokens < 1 {
@@ -325,16 +362,26 @@ func (s *Server) completions(rw http.ResponseWriter, r *http.Request) {
 	}
 	g, req, err := parseCompletion(http.MaxBytesReader(w, r.Body, maxBody))
 	if err != nil {
-		writeError(w, http.StatusBadRequest, "invalid_request_error", "invalid_request", err.Error())
+		var br *badRequest
+		param := ""
+		if errors.As(err, &br) {
+			param = br.param
+		}
+		writeParamError(w, http.StatusBadRequest, "invalid_request_error", "invalid_request", param, err.Error())
 		return
 	}
 	if req.Model != "" && req.Model != s.Info.ID {
-		writeError(w, http.StatusNotFound, "invalid_request_error", "model_not_found",
+		writeParamError(w, http.StatusNotFound, "invalid_request_error", "model_not_found", "model",
 			fmt.Sprintf("model %q does not exist; this server serves %q", req.Model, s.Info.ID))
 		return
 	}
 	if _, err := s.Engine.Encode(g.Prompt, g.MaxTokens); err != nil {
-		writeError(w, http.StatusBadRequest, "invalid_request_error", "context_length_exceeded", err.Error())
+		var ce *ContextError
+		param := ""
+		if errors.As(err, &ce) {
+			param = contextParam(ce)
+		}
+		writeParamError(w, http.StatusBadRequest, "invalid_request_error", "context_length_exceeded", param, err.Error())
 		return
 	}
 	if !s.Engine.Ready() {
@@ -362,7 +409,7 @@ func (s *Server) generateError(w http.ResponseWriter, r *http.Request, err error
 	var ce *ContextError
 	switch {
 	case errors.As(err, &ce):
-		writeError(w, http.StatusBadRequest, "invalid_request_error", "context_length_exceeded", err.Error())
+		writeParamError(w, http.StatusBadRequest, "invalid_request_error", "context_length_exceeded", contextParam(ce), err.Error())
 	case errors.Is(err, ErrNotReady):
 		writeError(w, http.StatusServiceUnavailable, "server_error", "not_ready", s.notReadyReason())
 	case errors.Is(err, ErrGroupLost):

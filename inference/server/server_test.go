@@ -306,24 +306,29 @@ func TestBadRequests(t *testing.T) {
 		method, path, body string
 		code               int
 		errCode            string
+		param              string // the error's param; "" is null
 	}{
-		"invalid json":     {"POST", "/v1/completions", `{"prompt":`, 400, "invalid_request"},
-		"trailing data":    {"POST", "/v1/completions", `{"prompt":"a"} x`, 400, "invalid_request"},
-		"missing prompt":   {"POST", "/v1/completions", `{}`, 400, "invalid_request"},
-		"numeric prompt":   {"POST", "/v1/completions", `{"prompt":5}`, 400, "invalid_request"},
-		"two prompts":      {"POST", "/v1/completions", `{"prompt":["a","b"]}`, 400, "invalid_request"},
-		"zero max_tokens":  {"POST", "/v1/completions", `{"prompt":"a","max_tokens":0}`, 400, "invalid_request"},
-		"hot temperature":  {"POST", "/v1/completions", `{"prompt":"a","temperature":3}`, 400, "invalid_request"},
-		"zero top_p":       {"POST", "/v1/completions", `{"prompt":"a","top_p":0}`, 400, "invalid_request"},
-		"too many stops":   {"POST", "/v1/completions", `{"prompt":"a","stop":["1","2","3","4","5"]}`, 400, "invalid_request"},
-		"empty stop":       {"POST", "/v1/completions", `{"prompt":"a","stop":""}`, 400, "invalid_request"},
-		"stop wrong type":  {"POST", "/v1/completions", `{"prompt":"a","stop":{"x":1}}`, 400, "invalid_request"},
-		"n of two":         {"POST", "/v1/completions", `{"prompt":"a","n":2}`, 400, "invalid_request"},
-		"context exceeded": {"POST", "/v1/completions", `{"prompt":"a","max_tokens":1000}`, 400, "context_length_exceeded"},
-		"huge body":        {"POST", "/v1/completions", `{"prompt":"` + strings.Repeat("a", maxBody) + `"}`, 400, "invalid_request"},
-		"unknown model":    {"POST", "/v1/completions", `{"prompt":"a","model":"gpt-5"}`, 404, "model_not_found"},
-		"wrong method":     {"GET", "/v1/completions", ``, 405, "method_not_allowed"},
-		"unknown route":    {"GET", "/v2/nothing", ``, 404, "not_found"},
+		"invalid json":     {"POST", "/v1/completions", `{"prompt":`, 400, "invalid_request", ""},
+		"trailing data":    {"POST", "/v1/completions", `{"prompt":"a"} x`, 400, "invalid_request", ""},
+		"missing prompt":   {"POST", "/v1/completions", `{}`, 400, "invalid_request", "prompt"},
+		"numeric prompt":   {"POST", "/v1/completions", `{"prompt":5}`, 400, "invalid_request", "prompt"},
+		"two prompts":      {"POST", "/v1/completions", `{"prompt":["a","b"]}`, 400, "invalid_request", "prompt"},
+		"zero max_tokens":  {"POST", "/v1/completions", `{"prompt":"a","max_tokens":0}`, 400, "invalid_request", "max_tokens"},
+		"hot temperature":  {"POST", "/v1/completions", `{"prompt":"a","temperature":3}`, 400, "invalid_request", "temperature"},
+		"zero top_p":       {"POST", "/v1/completions", `{"prompt":"a","top_p":0}`, 400, "invalid_request", "top_p"},
+		"too many stops":   {"POST", "/v1/completions", `{"prompt":"a","stop":["1","2","3","4","5"]}`, 400, "invalid_request", "stop"},
+		"empty stop":       {"POST", "/v1/completions", `{"prompt":"a","stop":""}`, 400, "invalid_request", "stop"},
+		"stop wrong type":  {"POST", "/v1/completions", `{"prompt":"a","stop":{"x":1}}`, 400, "invalid_request", "stop"},
+		"n of two":         {"POST", "/v1/completions", `{"prompt":"a","n":2}`, 400, "invalid_request", "n"},
+		"context exceeded": {"POST", "/v1/completions", `{"prompt":"a","max_tokens":1000}`, 400, "context_length_exceeded", "max_tokens"},
+		"huge body":        {"POST", "/v1/completions", `{"prompt":"` + strings.Repeat("a", maxBody) + `"}`, 400, "invalid_request", ""},
+		"unknown model":    {"POST", "/v1/completions", `{"prompt":"a","model":"gpt-5"}`, 404, "model_not_found", "model"},
+		"wrong method":     {"GET", "/v1/completions", ``, 405, "method_not_allowed", ""},
+		"logprobs asked":   {"POST", "/v1/completions", `{"prompt":"a","logprobs":2}`, 400, "invalid_request", "logprobs"},
+		"echo asked":       {"POST", "/v1/completions", `{"prompt":"a","echo":true}`, 400, "invalid_request", "echo"},
+		"best_of of two":   {"POST", "/v1/completions", `{"prompt":"a","best_of":2}`, 400, "invalid_request", "best_of"},
+		"prompt too long":  {"POST", "/v1/completions", `{"prompt":"` + strings.Repeat("a ", 200) + `","max_tokens":1}`, 400, "context_length_exceeded", "prompt"},
+		"unknown route":    {"GET", "/v2/nothing", ``, 404, "not_found", ""},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {
@@ -341,6 +346,7 @@ func TestBadRequests(t *testing.T) {
 					Message string
 					Type    string
 					Code    string
+					Param   *string
 				}
 			}
 			b, _ := io.ReadAll(resp.Body)
@@ -349,6 +355,13 @@ func TestBadRequests(t *testing.T) {
 			}
 			if resp.StatusCode != tc.code || v.Error.Code != tc.errCode || v.Error.Message == "" {
 				t.Errorf("got %d %+v, want %d code %q", resp.StatusCode, v.Error, tc.code, tc.errCode)
+			}
+			param := ""
+			if v.Error.Param != nil {
+				param = *v.Error.Param
+			}
+			if param != tc.param {
+				t.Errorf("param %q, want %q (%s)", param, tc.param, v.Error.Message)
 			}
 		})
 	}
