@@ -61,6 +61,7 @@ func (s *Server) Handler() http.Handler {
 	mux.Handle("/metrics", promhttp.HandlerFor(s.Metrics.Registry, promhttp.HandlerOpts{}))
 	mux.HandleFunc("/v1/models", s.models)
 	mux.HandleFunc("/v1/completions", s.completions)
+	mux.HandleFunc("/v1/chat/completions", s.chatCompletions)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "invalid_request_error", "not_found", fmt.Sprintf("no route for %s %s", r.Method, r.URL.Path))
 	})
@@ -191,11 +192,10 @@ func nonNil(s []string) []string {
 	return s
 }
 
-// completionRequest takes the OpenAI fields this server honours; unknown
-// fields are ignored as OpenAI clients send many optional ones.
-type completionRequest struct {
+// samplingFields are the OpenAI request fields completions and chat share;
+// unknown fields are ignored as OpenAI clients send many optional ones.
+type samplingFields struct {
 	Model       string          `json:"model"`
-	Prompt      json.RawMessage `json:"prompt"`
 	MaxTokens   *int            `json:"max_tokens"`
 	Temperature *float64        `json:"temperature"`
 	TopP        *float64        `json:"top_p"`
@@ -206,8 +206,14 @@ type completionRequest struct {
 	// Logprobs are not computed yet; a request for them is refused with
 	// a 400 naming the field rather than answered without them.
 	Logprobs json.RawMessage `json:"logprobs"`
-	Echo     bool            `json:"echo"`
-	BestOf   *int            `json:"best_of"`
+}
+
+// completionRequest is a /v1/completions body.
+type completionRequest struct {
+	samplingFields
+	Prompt json.RawMessage `json:"prompt"`
+	Echo   bool            `json:"echo"`
+	BestOf *int            `json:"best_of"`
 }
 
 type badRequest struct{ param, msg string }
@@ -230,14 +236,22 @@ func stringOrList(raw json.RawMessage, param string) ([]string, error) {
 	return many, nil
 }
 
-func parseCompletion(body io.Reader) (GenRequest, completionRequest, error) {
-	var req completionRequest
+// decodeBody reads one JSON object into v.
+func decodeBody(body io.Reader, v any) error {
 	dec := json.NewDecoder(body)
-	if err := dec.Decode(&req); err != nil {
-		return GenRequest{}, req, &badRequest{"", fmt.Sprintf("invalid JSON body: %v", err)}
+	if err := dec.Decode(v); err != nil {
+		return &badRequest{"", fmt.Sprintf("invalid JSON body: %v", err)}
 	}
 	if dec.More() {
-		return GenRequest{}, req, &badRequest{"", "invalid JSON body: trailing data"}
+		return &badRequest{"", "invalid JSON body: trailing data"}
+	}
+	return nil
+}
+
+func parseCompletion(body io.Reader) (GenRequest, completionRequest, error) {
+	var req completionRequest
+	if err := decodeBody(body, &req); err != nil {
+		return GenRequest{}, req, err
 	}
 	g := GenRequest{MaxTokens: 16, Temperature: 1, TopP: 1}
 	prompts, err := stringOrList(req.Prompt, "prompt")
@@ -248,33 +262,38 @@ func parseCompletion(body io.Reader) (GenRequest, completionRequest, error) {
 		return g, req, &badRequest{"prompt", "prompt is required and must be a single string"}
 	}
 	g.Prompt = prompts[0]
-	if req.N != nil && *req.N != 1 {
-		return g, req, &badRequest{"n", "only n=1 is supported"}
-	}
-	if lp := strings.TrimSpace(string(req.Logprobs)); lp != "" && lp != "null" && lp != "0" && lp != "false" {
-		return g, req, &badRequest{"logprobs", "logprobs are not supported by this server"}
-	}
 	if req.Echo {
 		return g, req, &badRequest{"echo", "echo is not supported by this server"}
 	}
 	if req.BestOf != nil && *req.BestOf != 1 {
 		return g, req, &badRequest{"best_of", "only best_of=1 is supported"}
 	}
+	if lp := strings.TrimSpace(string(req.Logprobs)); lp != "" && lp != "null" && lp != "0" {
+		return g, req, &badRequest{"logprobs", "logprobs are not supported by this server"}
+	}
+	return g, req, req.samplingFields.apply(&g)
+}
+
+// apply checks the shared fields and sets them on g.
+func (req *samplingFields) apply(g *GenRequest) error {
+	if req.N != nil && *req.N != 1 {
+		return &badRequest{"n", "only n=1 is supported"}
+	}
 	if req.MaxTokens != nil {
 		if *req.MaxTokens < 1 {
-			return g, req, &badRequest{"max_tokens", "max_tokens must be >= 1"}
+			return &badRequest{"max_tokens", "max_tokens must be >= 1"}
 		}
 		g.MaxTokens = *req.MaxTokens
 	}
 	if req.Temperature != nil {
 		if *req.Temperature < 0 || *req.Temperature > 2 {
-			return g, req, &badRequest{"temperature", "temperature must be between 0 and 2"}
+			return &badRequest{"temperature", "temperature must be between 0 and 2"}
 		}
 		g.Temperature = *req.Temperature
 	}
 	if req.TopP != nil {
 		if *req.TopP <= 0 || *req.TopP > 1 {
-			return g, req, &badRequest{"top_p", "top_p must be in (0, 1]"}
+			return &badRequest{"top_p", "top_p must be in (0, 1]"}
 		}
 		g.TopP = *req.TopP
 	}
@@ -286,18 +305,20 @@ func parseCompletion(body io.Reader) (GenRequest, completionRequest, error) {
 		g.Seed = uint64(b[0]) | uint64(b[1])<<8 | uint64(b[2])<<16 | uint64(b[3])<<24 |
 			uint64(b[4])<<32 | uint64(b[5])<<40 | uint64(b[6])<<48 | uint64(b[7])<<56
 	}
-	if g.Stop, err = stringOrList(req.Stop, "stop"); err != nil {
-		return g, req, err
+	stop, err := stringOrList(req.Stop, "stop")
+	if err != nil {
+		return err
 	}
-	if len(g.Stop) > 4 {
-		return g, req, &badRequest{"stop", "at most 4 stop sequences are allowed"}
+	if len(stop) > 4 {
+		return &badRequest{"stop", "at most 4 stop sequences are allowed"}
 	}
-	for _, s := range g.Stop {
+	for _, s := range stop {
 		if s == "" {
-			return g, req, &badRequest{"stop", "stop sequences must not be empty"}
+			return &badRequest{"stop", "stop sequences must not be empty"}
 		}
 	}
-	return g, req, nil
+	g.Stop = append(g.Stop, stop...)
+	return nil
 }
 
 type choice struct {
@@ -342,6 +363,43 @@ func (r *statusRecorder) Flush() {
 }
 
 func (s *Server) completions(rw http.ResponseWriter, r *http.Request) {
+	s.serveGeneration(rw, r, func(body io.Reader) (GenRequest, *samplingFields, responseShape, error) {
+		g, req, err := parseCompletion(body)
+		return g, &req.samplingFields, completionShape(s.Info.ID), err
+	})
+}
+
+// responseShape builds one API's answers: the whole answer, and the
+// chunks of a stream (delta text; the last has the finish reason and the
+// usage).
+type responseShape struct {
+	full  func(res GenResult) any
+	chunk func(delta string, finish *string, u *usage) any
+}
+
+func completionShape(model string) responseShape {
+	base := completion{ID: newID(), Object: "text_completion", Created: time.Now().Unix(), Model: model}
+	return responseShape{
+		full: func(res GenResult) any {
+			c := base
+			fr := res.FinishReason
+			c.Choices = []choice{{Text: res.Text, FinishReason: &fr}}
+			c.Usage = &usage{res.PromptTokens, res.CompletionTokens, res.PromptTokens + res.CompletionTokens}
+			return c
+		},
+		chunk: func(delta string, finish *string, u *usage) any {
+			c := base
+			c.Choices = []choice{{Text: delta, FinishReason: finish}}
+			c.Usage = u
+			return c
+		},
+	}
+}
+
+// serveGeneration is the part of /v1/completions and /v1/chat/completions
+// after parsing: leader and method checks, model, context length,
+// readiness, then one generation answered whole or streamed.
+func (s *Server) serveGeneration(rw http.ResponseWriter, r *http.Request, parse func(io.Reader) (GenRequest, *samplingFields, responseShape, error)) {
 	started := time.Now()
 	w := &statusRecorder{ResponseWriter: rw}
 	defer func() {
@@ -360,7 +418,7 @@ func (s *Server) completions(rw http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusMethodNotAllowed, "invalid_request_error", "method_not_allowed", "use POST")
 		return
 	}
-	g, req, err := parseCompletion(http.MaxBytesReader(w, r.Body, maxBody))
+	g, req, shape, err := parse(http.MaxBytesReader(w, r.Body, maxBody))
 	if err != nil {
 		var br *badRequest
 		param := ""
@@ -389,9 +447,8 @@ func (s *Server) completions(rw http.ResponseWriter, r *http.Request) {
 		return
 	}
 	g.Started = started
-	base := completion{ID: newID(), Object: "text_completion", Created: started.Unix(), Model: s.Info.ID}
 	if req.Stream {
-		s.stream(w, r, g, base)
+		s.stream(w, r, g, shape)
 		return
 	}
 	res, err := s.Engine.Generate(r.Context(), g, func(string) error { return nil })
@@ -399,10 +456,7 @@ func (s *Server) completions(rw http.ResponseWriter, r *http.Request) {
 		s.generateError(w, r, err)
 		return
 	}
-	fr := res.FinishReason
-	base.Choices = []choice{{Text: res.Text, FinishReason: &fr}}
-	base.Usage = &usage{res.PromptTokens, res.CompletionTokens, res.PromptTokens + res.CompletionTokens}
-	writeJSON(w, http.StatusOK, base)
+	writeJSON(w, http.StatusOK, shape.full(res))
 }
 
 func (s *Server) generateError(w http.ResponseWriter, r *http.Request, err error) {
@@ -426,7 +480,7 @@ func (s *Server) generateError(w http.ResponseWriter, r *http.Request, err error
 // stream sends Server-Sent Events in the OpenAI format. After the first
 // byte the status is fixed at 200, so a failure becomes an error event and
 // the stream ends without [DONE].
-func (s *Server) stream(w http.ResponseWriter, r *http.Request, g GenRequest, base completion) {
+func (s *Server) stream(w http.ResponseWriter, r *http.Request, g GenRequest, shape responseShape) {
 	h := w.Header()
 	h.Set("Content-Type", "text/event-stream")
 	h.Set("Cache-Control", "no-cache")
@@ -449,12 +503,7 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request, g GenRequest, ba
 		flush()
 		return nil
 	}
-	chunk := func(text string, finish *string) completion {
-		c := base
-		c.Choices = []choice{{Text: text, FinishReason: finish}}
-		return c
-	}
-	res, err := s.Engine.Generate(r.Context(), g, func(delta string) error { return send(chunk(delta, nil)) })
+	res, err := s.Engine.Generate(r.Context(), g, func(delta string) error { return send(shape.chunk(delta, nil, nil)) })
 	if err != nil {
 		code := "internal_error"
 		switch {
@@ -467,9 +516,7 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request, g GenRequest, ba
 		return
 	}
 	fr := res.FinishReason
-	final := chunk("", &fr)
-	final.Usage = &usage{res.PromptTokens, res.CompletionTokens, res.PromptTokens + res.CompletionTokens}
-	if send(final) == nil {
+	if send(shape.chunk("", &fr, &usage{res.PromptTokens, res.CompletionTokens, res.PromptTokens + res.CompletionTokens})) == nil {
 		_, _ = io.WriteString(w, "data: [DONE]\n\n")
 		flush()
 	}
