@@ -2,7 +2,8 @@
 # openai-client-check.sh — the official `openai` npm client (pinned in
 # hack/openai-client/package.json) against a 2-rank tessera-shard-server on
 # loopback: completions and chat, whole and streamed, seeded reproducibility,
-# an error naming its param. Needs Node.js >= 18 and the npm registry; not
+# an error naming its param. Needs Node.js >= 18, python3 (to find free
+# ports) and the npm registry; not
 # part of make test (it downloads the client). openai 7.x needs Node.js 22,
 # so the pin is the newest 6.x.
 set -euo pipefail
