@@ -356,10 +356,17 @@ func (e *Engine) Generate(ctx context.Context, req GenRequest, emit func(string)
 		}
 		return GenResult{}, ErrNotReady
 	}
-	if err := e.acquire(ctx); err != nil {
+	e.m.Queued.Inc()
+	err = e.acquire(ctx)
+	e.m.Queued.Dec()
+	if err != nil {
 		return GenResult{}, err
 	}
-	defer e.release()
+	e.m.Running.Inc()
+	defer func() {
+		e.m.Running.Dec()
+		e.release()
+	}()
 
 	// Greedy decoding and plain temperature sampling are an argmax across
 	// the vocab shards (HeadSample adds Gumbel noise): the ranks find the

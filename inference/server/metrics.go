@@ -16,6 +16,11 @@ type Metrics struct {
 	TokenLatency prometheus.Histogram
 	AllReduce    prometheus.Histogram
 	Ready        prometheus.Gauge
+	// Queued are requests waiting for the engine; Running are sequences
+	// it is generating (one at a time until batching lands): what an
+	// autoscaler scales a server group on.
+	Queued  prometheus.Gauge
+	Running prometheus.Gauge
 }
 
 // NewMetrics creates the metric set; ranks reports how many ranks have
@@ -44,6 +49,12 @@ func NewMetrics(ranks func() int) *Metrics {
 		Ready: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "tessera_inference_ready", Help: "1 when all ranks joined and warm-up passed.",
 		}),
+		Queued: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "tessera_inference_queued_requests", Help: "Requests waiting for the engine.",
+		}),
+		Running: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "tessera_inference_running_sequences", Help: "Sequences the engine is generating.",
+		}),
 	}
 	connected := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "tessera_inference_ranks_connected", Help: "Ranks in the group that have joined, this one included.",
@@ -53,7 +64,7 @@ func NewMetrics(ranks func() int) *Metrics {
 		}
 		return float64(ranks())
 	})
-	m.Registry.MustRegister(m.Requests, m.Tokens, m.TTFT, m.TokenLatency, m.AllReduce, m.Ready, connected)
+	m.Registry.MustRegister(m.Requests, m.Tokens, m.TTFT, m.TokenLatency, m.AllReduce, m.Ready, m.Queued, m.Running, connected)
 	return m
 }
 

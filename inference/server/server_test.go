@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/google/go-cmp/cmp"
+	"github.com/prometheus/client_golang/prometheus/testutil"
+	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/tessera-gpu/tessera/inference/collective"
 	"github.com/tessera-gpu/tessera/inference/model"
@@ -555,5 +557,42 @@ func TestTopPSameForEveryWorldSize(t *testing.T) {
 	}
 	if len(distinct) < 15 {
 		t.Errorf("20 seeds gave only %d distinct texts: the draws do not depend on the seed", len(distinct))
+	}
+}
+
+// TestQueueAndRunningGauges: while one request is being generated (held at
+// rank 1's gate) a second waits; the gauges say 1 running, 1 queued, and
+// both go back to 0 once the requests are answered.
+func TestQueueAndRunningGauges(t *testing.T) {
+	g := newGroup(t, 2, 40, true)
+	m := g.srv.Metrics
+	done := make(chan int, 2)
+	body := `{"prompt":"The end","max_tokens":8,"temperature":0}`
+	go func() { code, _ := post(t, g.http.URL, body); done <- code }()
+	select {
+	case <-g.gate.reached:
+	case <-time.After(10 * time.Second):
+		t.Fatal("request never reached the gate")
+	}
+	go func() { code, _ := post(t, g.http.URL, body); done <- code }()
+	err := wait.PollUntilContextTimeout(context.Background(), 10*time.Millisecond, 10*time.Second, true, func(context.Context) (bool, error) {
+		return testutil.ToFloat64(m.Queued) == 1 && testutil.ToFloat64(m.Running) == 1, nil
+	})
+	if err != nil {
+		t.Fatalf("gauges queued=%v running=%v, want 1 and 1", testutil.ToFloat64(m.Queued), testutil.ToFloat64(m.Running))
+	}
+	close(g.gate.release)
+	for range 2 {
+		select {
+		case code := <-done:
+			if code != 200 {
+				t.Errorf("status %d", code)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatal("requests not answered")
+		}
+	}
+	if q, r := testutil.ToFloat64(m.Queued), testutil.ToFloat64(m.Running); q != 0 || r != 0 {
+		t.Errorf("after the requests: queued=%v running=%v, want 0 and 0", q, r)
 	}
 }
