@@ -45,6 +45,8 @@ type Options struct {
 	BusyPoll      time.Duration
 	Heartbeat     time.Duration
 	ShutdownGrace time.Duration
+	// MaxQueued bounds the requests waiting for the engine (429 beyond).
+	MaxQueued int
 
 	// Getenv reads the environment (discovery and device plugin variables).
 	Getenv func(string) string
@@ -86,6 +88,7 @@ func ParseArgs(args []string, getenv func(string) string, out io.Writer) (Option
 	fs.DurationVar(&o.BusyPoll, "collective-busy-poll", collective.DefaultBusyPoll, "how long a rank polls its collective socket before sleeping; 0 sleeps at once (use 0 when ranks share CPU cores)")
 	fs.DurationVar(&o.Heartbeat, "heartbeat", 2*time.Second, "interval of idle liveness checks across ranks")
 	fs.DurationVar(&o.ShutdownGrace, "shutdown-grace", 10*time.Second, "time to finish in-flight requests on exit")
+	fs.IntVar(&o.MaxQueued, "max-queued", server.DefaultMaxQueued, "requests that may wait for the engine; more get 429 with Retry-After")
 	if err := fs.Parse(args); err != nil {
 		return o, &ConfigError{Err: err}
 	}
@@ -112,6 +115,9 @@ func ParseArgs(args []string, getenv func(string) string, out io.Writer) (Option
 	}
 	if o.BusyPoll < 0 || o.BusyPoll > time.Second {
 		return o, configErr("--collective-busy-poll must be between 0 and 1s, got %v", o.BusyPoll)
+	}
+	if o.MaxQueued < 1 {
+		return o, configErr("--max-queued must be at least 1, got %d", o.MaxQueued)
 	}
 	return o, nil
 }
@@ -230,6 +236,7 @@ func Run(ctx context.Context, o Options, log *slog.Logger) error {
 		return err
 	}
 	engine := server.NewEngine(shard, comm, tok, metrics, log)
+	engine.MaxQueued = o.MaxQueued
 
 	srv := &server.Server{
 		Engine: engine, Metrics: metrics, Log: log, Ranks: ranks, Connected: connected,

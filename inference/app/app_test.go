@@ -26,6 +26,7 @@ func TestParseArgs(t *testing.T) {
 		"busy-poll off":          {args: []string{"--collective-busy-poll", "0"}},
 		"negative busy-poll":     {args: []string{"--collective-busy-poll", "-1us"}, wantErr: "--collective-busy-poll must be between 0 and 1s"},
 		"busy-poll over 1s":      {args: []string{"--collective-busy-poll", "2s"}, wantErr: "--collective-busy-poll must be between 0 and 1s"},
+		"no queue":               {args: []string{"--max-queued", "0"}, wantErr: "--max-queued must be at least 1"},
 	}
 	for name, tc := range tests {
 		t.Run(name, func(t *testing.T) {

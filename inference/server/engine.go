@@ -86,6 +86,14 @@ var ErrNotReady = errors.New("not ready")
 // group is recreated.
 var ErrGroupLost = errors.New("rank lost")
 
+// ErrQueueFull is returned when MaxQueued requests already wait for the
+// engine; the API answers 429 with Retry-After.
+var ErrQueueFull = errors.New("too many requests waiting")
+
+// DefaultMaxQueued bounds the requests waiting for the engine: beyond it a
+// request is refused at once rather than left to time out in a queue.
+const DefaultMaxQueued = 64
+
 // Engine runs one rank's shard. On rank 0 it also sequences requests: the
 // ranks share one KV cache, so generations run one at a time.
 type Engine struct {
@@ -95,10 +103,14 @@ type Engine struct {
 	log   *slog.Logger
 	m     *Metrics
 
-	sem   chan struct{}
-	cmd   []byte
-	row   []float32 // the next token's embedding row after an argmax step
-	ready atomic.Bool
+	sem chan struct{}
+	// MaxQueued is how many requests may wait for the engine (set before
+	// serving; <= 0 means DefaultMaxQueued).
+	MaxQueued int
+	queued    atomic.Int64
+	cmd       []byte
+	row       []float32 // the next token's embedding row after an argmax step
+	ready     atomic.Bool
 
 	failOnce sync.Once
 	failed   chan struct{}
@@ -116,6 +128,16 @@ func NewEngine(shard *model.Shard, comm collective.Comm, tok model.Tokenizer, m 
 	dim := shard.Config().Dim
 	return &Engine{shard: shard, comm: comm, tok: tok, log: log, m: m, sem: make(chan struct{}, 1), failed: make(chan struct{}),
 		cmd: make([]byte, commandBytes(dim)), row: make([]float32, dim)}
+}
+
+// QueueFull reports whether a new request would be refused with
+// ErrQueueFull now (a stream checks before it commits to status 200).
+func (e *Engine) QueueFull() bool {
+	limit := int64(e.MaxQueued)
+	if limit <= 0 {
+		limit = DefaultMaxQueued
+	}
+	return e.queued.Load() >= limit
 }
 
 // Ready reports whether requests can be served.
@@ -356,9 +378,18 @@ func (e *Engine) Generate(ctx context.Context, req GenRequest, emit func(string)
 		}
 		return GenResult{}, ErrNotReady
 	}
+	limit := int64(e.MaxQueued)
+	if limit <= 0 {
+		limit = DefaultMaxQueued
+	}
+	if e.queued.Add(1) > limit {
+		e.queued.Add(-1)
+		return GenResult{}, ErrQueueFull
+	}
 	e.m.Queued.Inc()
 	err = e.acquire(ctx)
 	e.m.Queued.Dec()
+	e.queued.Add(-1)
 	if err != nil {
 		return GenResult{}, err
 	}

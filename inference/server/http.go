@@ -447,6 +447,10 @@ func (s *Server) serveGeneration(rw http.ResponseWriter, r *http.Request, parse 
 		return
 	}
 	g.Started = started
+	if s.Engine.QueueFull() {
+		s.generateError(w, r, ErrQueueFull)
+		return
+	}
 	if req.Stream {
 		s.stream(w, r, g, shape)
 		return
@@ -464,6 +468,11 @@ func (s *Server) generateError(w http.ResponseWriter, r *http.Request, err error
 	switch {
 	case errors.As(err, &ce):
 		writeParamError(w, http.StatusBadRequest, "invalid_request_error", "context_length_exceeded", contextParam(ce), err.Error())
+	case errors.Is(err, ErrQueueFull):
+		// One generation at a time (no batching yet): a second's wait is
+		// a fair guess at when a slot frees up.
+		w.Header().Set("Retry-After", "1")
+		writeError(w, http.StatusTooManyRequests, "rate_limit_error", "queue_full", err.Error())
 	case errors.Is(err, ErrNotReady):
 		writeError(w, http.StatusServiceUnavailable, "server_error", "not_ready", s.notReadyReason())
 	case errors.Is(err, ErrGroupLost):
@@ -511,6 +520,8 @@ func (s *Server) stream(w http.ResponseWriter, r *http.Request, g GenRequest, sh
 			code = "rank_lost"
 		case errors.Is(err, ErrNotReady):
 			code = "not_ready"
+		case errors.Is(err, ErrQueueFull):
+			code = "queue_full"
 		}
 		_ = send(errorBody("server_error", code, err.Error()))
 		return

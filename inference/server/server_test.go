@@ -596,3 +596,52 @@ func TestQueueAndRunningGauges(t *testing.T) {
 		t.Errorf("after the requests: queued=%v running=%v, want 0 and 0", q, r)
 	}
 }
+
+// TestQueueFull: with one request generating and MaxQueued already waiting,
+// the next request gets 429 with Retry-After, whole or streamed; once the
+// queue drains the server answers again.
+func TestQueueFull(t *testing.T) {
+	g := newGroup(t, 2, 40, true)
+	g.leader.MaxQueued = 1
+	done := make(chan int, 2)
+	body := `{"prompt":"The end","max_tokens":8,"temperature":0}`
+	go func() { code, _ := post(t, g.http.URL, body); done <- code }()
+	select {
+	case <-g.gate.reached:
+	case <-time.After(10 * time.Second):
+		t.Fatal("request never reached the gate")
+	}
+	go func() { code, _ := post(t, g.http.URL, body); done <- code }()
+	if err := wait.PollUntilContextTimeout(context.Background(), 10*time.Millisecond, 10*time.Second, true, func(context.Context) (bool, error) {
+		return testutil.ToFloat64(g.srv.Metrics.Queued) == 1, nil
+	}); err != nil {
+		t.Fatal("the second request never queued")
+	}
+	for _, stream := range []bool{false, true} {
+		b := `{"prompt":"x","max_tokens":2,"stream":` + fmt.Sprint(stream) + `}`
+		resp, err := http.Post(g.http.URL+"/v1/completions", "application/json", strings.NewReader(b))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var v struct{ Error struct{ Code, Type string } }
+		_ = json.NewDecoder(resp.Body).Decode(&v)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") == "" || v.Error.Code != "queue_full" {
+			t.Errorf("stream=%v: got %d Retry-After=%q %+v, want 429 queue_full with Retry-After", stream, resp.StatusCode, resp.Header.Get("Retry-After"), v.Error)
+		}
+	}
+	close(g.gate.release)
+	for range 2 {
+		select {
+		case code := <-done:
+			if code != 200 {
+				t.Errorf("status %d", code)
+			}
+		case <-time.After(20 * time.Second):
+			t.Fatal("requests not answered")
+		}
+	}
+	if code, v := post(t, g.http.URL, `{"prompt":"ok","max_tokens":2}`); code != 200 {
+		t.Errorf("after the queue drained: %d %v", code, v)
+	}
+}
