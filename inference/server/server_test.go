@@ -142,16 +142,7 @@ func newGroup(t *testing.T, world int, gateAt int64, warm bool) *group {
 
 func post(t *testing.T, url, body string) (int, map[string]any) {
 	t.Helper()
-	resp, err := http.Post(url+"/v1/completions", "application/json", strings.NewReader(body))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	var out map[string]any
-	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil {
-		t.Fatalf("response is not JSON: %v", err)
-	}
-	return resp.StatusCode, out
+	return postPath(t, url, "/v1/completions", body)
 }
 
 // sse reads a stream and returns its data payloads.
@@ -566,32 +557,11 @@ func TestTopPSameForEveryWorldSize(t *testing.T) {
 func TestQueueAndRunningGauges(t *testing.T) {
 	g := newGroup(t, 2, 40, true)
 	m := g.srv.Metrics
-	done := make(chan int, 2)
-	body := `{"prompt":"The end","max_tokens":8,"temperature":0}`
-	go func() { code, _ := post(t, g.http.URL, body); done <- code }()
-	select {
-	case <-g.gate.reached:
-	case <-time.After(10 * time.Second):
-		t.Fatal("request never reached the gate")
+	finish := holdOneQueueOne(t, g)
+	if q, r := testutil.ToFloat64(m.Queued), testutil.ToFloat64(m.Running); q != 1 || r != 1 {
+		t.Errorf("gauges queued=%v running=%v, want 1 and 1", q, r)
 	}
-	go func() { code, _ := post(t, g.http.URL, body); done <- code }()
-	err := wait.PollUntilContextTimeout(context.Background(), 10*time.Millisecond, 10*time.Second, true, func(context.Context) (bool, error) {
-		return testutil.ToFloat64(m.Queued) == 1 && testutil.ToFloat64(m.Running) == 1, nil
-	})
-	if err != nil {
-		t.Fatalf("gauges queued=%v running=%v, want 1 and 1", testutil.ToFloat64(m.Queued), testutil.ToFloat64(m.Running))
-	}
-	close(g.gate.release)
-	for range 2 {
-		select {
-		case code := <-done:
-			if code != 200 {
-				t.Errorf("status %d", code)
-			}
-		case <-time.After(20 * time.Second):
-			t.Fatal("requests not answered")
-		}
-	}
+	finish()
 	if q, r := testutil.ToFloat64(m.Queued), testutil.ToFloat64(m.Running); q != 0 || r != 0 {
 		t.Errorf("after the requests: queued=%v running=%v, want 0 and 0", q, r)
 	}
@@ -603,6 +573,31 @@ func TestQueueAndRunningGauges(t *testing.T) {
 func TestQueueFull(t *testing.T) {
 	g := newGroup(t, 2, 40, true)
 	g.leader.MaxQueued = 1
+	finish := holdOneQueueOne(t, g)
+	for _, stream := range []bool{false, true} {
+		b := `{"prompt":"x","max_tokens":2,"stream":` + fmt.Sprint(stream) + `}`
+		resp, err := http.Post(g.http.URL+"/v1/completions", "application/json", strings.NewReader(b))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var v struct{ Error struct{ Code, Type string } }
+		_ = json.NewDecoder(resp.Body).Decode(&v)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") == "" || v.Error.Code != "queue_full" {
+			t.Errorf("stream=%v: got %d Retry-After=%q %+v, want 429 queue_full with Retry-After", stream, resp.StatusCode, resp.Header.Get("Retry-After"), v.Error)
+		}
+	}
+	finish()
+	if code, v := post(t, g.http.URL, `{"prompt":"ok","max_tokens":2}`); code != 200 {
+		t.Errorf("after the queue drained: %d %v", code, v)
+	}
+}
+
+// holdOneQueueOne sends a request that stops at rank 1's gate mid-generation
+// and a second one, and waits until the second is queued behind it. finish
+// releases the gate and checks both are answered 200.
+func holdOneQueueOne(t *testing.T, g *group) (finish func()) {
+	t.Helper()
 	done := make(chan int, 2)
 	body := `{"prompt":"The end","max_tokens":8,"temperature":0}`
 	go func() { code, _ := post(t, g.http.URL, body); done <- code }()
@@ -617,31 +612,18 @@ func TestQueueFull(t *testing.T) {
 	}); err != nil {
 		t.Fatal("the second request never queued")
 	}
-	for _, stream := range []bool{false, true} {
-		b := `{"prompt":"x","max_tokens":2,"stream":` + fmt.Sprint(stream) + `}`
-		resp, err := http.Post(g.http.URL+"/v1/completions", "application/json", strings.NewReader(b))
-		if err != nil {
-			t.Fatal(err)
-		}
-		var v struct{ Error struct{ Code, Type string } }
-		_ = json.NewDecoder(resp.Body).Decode(&v)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusTooManyRequests || resp.Header.Get("Retry-After") == "" || v.Error.Code != "queue_full" {
-			t.Errorf("stream=%v: got %d Retry-After=%q %+v, want 429 queue_full with Retry-After", stream, resp.StatusCode, resp.Header.Get("Retry-After"), v.Error)
-		}
-	}
-	close(g.gate.release)
-	for range 2 {
-		select {
-		case code := <-done:
-			if code != 200 {
-				t.Errorf("status %d", code)
+	return func() {
+		t.Helper()
+		close(g.gate.release)
+		for range 2 {
+			select {
+			case code := <-done:
+				if code != 200 {
+					t.Errorf("status %d", code)
+				}
+			case <-time.After(20 * time.Second):
+				t.Fatal("requests not answered")
 			}
-		case <-time.After(20 * time.Second):
-			t.Fatal("requests not answered")
 		}
-	}
-	if code, v := post(t, g.http.URL, `{"prompt":"ok","max_tokens":2}`); code != 200 {
-		t.Errorf("after the queue drained: %d %v", code, v)
 	}
 }
