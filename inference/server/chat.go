@@ -89,7 +89,7 @@ func parseChat(body io.Reader) (GenRequest, chatRequest, error) {
 	if err := decodeBody(body, &req); err != nil {
 		return GenRequest{}, req, err
 	}
-	g := GenRequest{MaxTokens: 16, Temperature: 1, TopP: 1}
+	g := newGenRequest()
 	if len(req.Messages) == 0 {
 		return g, req, &badRequest{"messages", "messages is required and must not be empty"}
 	}

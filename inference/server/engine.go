@@ -132,12 +132,13 @@ func NewEngine(shard *model.Shard, comm collective.Comm, tok model.Tokenizer, m 
 
 // QueueFull reports whether a new request would be refused with
 // ErrQueueFull now (a stream checks before it commits to status 200).
-func (e *Engine) QueueFull() bool {
-	limit := int64(e.MaxQueued)
-	if limit <= 0 {
-		limit = DefaultMaxQueued
+func (e *Engine) QueueFull() bool { return e.queued.Load() >= e.maxQueued() }
+
+func (e *Engine) maxQueued() int64 {
+	if e.MaxQueued <= 0 {
+		return DefaultMaxQueued
 	}
-	return e.queued.Load() >= limit
+	return int64(e.MaxQueued)
 }
 
 // Ready reports whether requests can be served.
@@ -327,6 +328,9 @@ func (e *Engine) RunWorker(ctx context.Context) error {
 	}
 }
 
+// newGenRequest has OpenAI's defaults for what a request leaves out.
+func newGenRequest() GenRequest { return GenRequest{MaxTokens: 16, Temperature: 1, TopP: 1} }
+
 // GenRequest is one completion.
 type GenRequest struct {
 	Prompt      string
@@ -378,11 +382,7 @@ func (e *Engine) Generate(ctx context.Context, req GenRequest, emit func(string)
 		}
 		return GenResult{}, ErrNotReady
 	}
-	limit := int64(e.MaxQueued)
-	if limit <= 0 {
-		limit = DefaultMaxQueued
-	}
-	if e.queued.Add(1) > limit {
+	if e.queued.Add(1) > e.maxQueued() {
 		e.queued.Add(-1)
 		return GenResult{}, ErrQueueFull
 	}

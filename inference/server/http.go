@@ -253,7 +253,7 @@ func parseCompletion(body io.Reader) (GenRequest, completionRequest, error) {
 	if err := decodeBody(body, &req); err != nil {
 		return GenRequest{}, req, err
 	}
-	g := GenRequest{MaxTokens: 16, Temperature: 1, TopP: 1}
+	g := newGenRequest()
 	prompts, err := stringOrList(req.Prompt, "prompt")
 	if err != nil {
 		return g, req, err
