@@ -17,57 +17,115 @@ type Collective interface {
 }
 
 // Shard runs one rank's part of the forward pass and owns its KV cache.
-// It is not safe for concurrent use: one sequence at a time.
+//
+// The cache is a pool of slots, one sequence each (a whole context of keys
+// and values per layer), so StepBatch can advance many sequences in one
+// forward pass: every weight matrix is read once for the whole batch and
+// each layer needs one all-reduce for all of it. A Shard is not safe for
+// concurrent use; the engine drives it from one goroutine.
 type Shard struct {
 	W    *Weights
 	cfg  Config
 	plan Plan
 	comm Collective
 
-	keys, vals []float32 // [layer][pos][localKV*hs]
+	maxSlots int
+	kv       []slotKV // allocated on first use, up to maxSlots
 
-	x, xb, q, k, v, attOut, part, h1, h3, scores []float32
-	localLogits, logits                          []float32
-	cand, cands                                  []float32 // argmax candidates: this rank's, all (rank 0)
-	cos, sin                                     []float32
+	// Per-batch activations, grown to the largest batch seen: B rows of
+	// the width in the comment.
+	x, xb, part  []float32 // Dim
+	q, attOut    []float32 // local query width
+	k, v         []float32 // local KV width
+	h1, h3       []float32 // local hidden units
+	cos, sin     []float32 // head size / 2
+	headX        []float32 // Dim, the items that want a head
+	localLogits  []float32 // local vocab rows
+	logitsOut    []float32 // local vocab rows, the HeadLogits items only
+	gathered     []float32 // rank 0: every rank's logits, rank-major
+	logits       []float32 // rank 0: whole-vocab logits per HeadLogits item
+	cand, cands  []float32 // argmax candidates: this rank's, all (rank 0)
+	scores       []float32 // SeqLen, one item's attention weights
+	outs         []StepOutput
+	rowsOwnedBuf []float32 // Dim per item, the embedding rows built here
 
-	// LayerHook, when set, sees the residual stream after every layer
-	// (and after the embedding as layer -1); tests use it to compare ranks.
+	// LayerHook, when set, sees each item's residual stream after every
+	// layer (and after the embedding as layer -1); tests use it to compare
+	// ranks.
 	LayerHook func(layer int, x []float32)
 }
 
-// NewShard prepares w for inference; comm may be nil for a world of one.
+// slotKV is one sequence's cache: [layer][pos][local KV width].
+type slotKV struct{ keys, vals []float32 }
+
+// NewShard prepares w for inference with a KV cache of one slot; comm may
+// be nil for a world of one. SetKVSlots makes room for more sequences.
 func NewShard(w *Weights, comm Collective) (*Shard, error) {
 	c, p := w.Config, w.Plan
 	if p.World > 1 && comm == nil {
 		return nil, fmt.Errorf("world size %d needs a collective", p.World)
 	}
+	s := &Shard{W: w, cfg: c, plan: p, comm: comm, maxSlots: 1, scores: make([]float32, c.SeqLen)}
+	s.grow(1)
+	return s, nil
+}
+
+// KVSlotBytes is the memory one KV-cache slot (one sequence at full
+// context) takes on one rank of plan.
+func KVSlotBytes(c Config, p Plan) int64 {
+	localKV := int64(p.KVHi-p.KVLo) * int64(c.HeadSize())
+	return 2 * 4 * int64(c.Layers) * int64(c.SeqLen) * localKV
+}
+
+// SetKVSlots sets how many sequences the KV cache holds (the slot numbers a
+// batch may use are 0..n-1). Slots are allocated when first used, so the
+// bound costs nothing until sequences fill it.
+func (s *Shard) SetKVSlots(n int) error {
+	if n < 1 {
+		return fmt.Errorf("KV cache slots must be >= 1, got %d", n)
+	}
+	s.maxSlots = n
+	if len(s.kv) > n {
+		s.kv = s.kv[:n]
+	}
+	return nil
+}
+
+// KVSlots is the number of sequences the KV cache holds.
+func (s *Shard) KVSlots() int { return s.maxSlots }
+
+func (s *Shard) slot(i int) slotKV {
+	for len(s.kv) <= i {
+		s.kv = append(s.kv, slotKV{})
+	}
+	if s.kv[i].keys == nil {
+		n := KVSlotBytes(s.cfg, s.plan) / 8
+		s.kv[i] = slotKV{keys: make([]float32, n), vals: make([]float32, n)}
+	}
+	return s.kv[i]
+}
+
+// grow sizes the per-batch buffers for b items.
+func (s *Shard) grow(b int) {
+	c, p := s.cfg, s.plan
+	if len(s.outs) >= b {
+		return
+	}
 	hs := c.HeadSize()
 	localQ, localKV, localHid := (p.HeadHi-p.HeadLo)*hs, (p.KVHi-p.KVLo)*hs, p.HidHi-p.HidLo
-	s := &Shard{
-		W: w, cfg: c, plan: p, comm: comm,
-		keys:        make([]float32, c.Layers*c.SeqLen*localKV),
-		vals:        make([]float32, c.Layers*c.SeqLen*localKV),
-		x:           make([]float32, c.Dim),
-		xb:          make([]float32, c.Dim),
-		q:           make([]float32, localQ),
-		k:           make([]float32, localKV),
-		v:           make([]float32, localKV),
-		attOut:      make([]float32, localQ),
-		part:        make([]float32, c.Dim),
-		h1:          make([]float32, localHid),
-		h3:          make([]float32, localHid),
-		scores:      make([]float32, c.SeqLen),
-		localLogits: make([]float32, p.VocabHi-p.VocabLo),
-		cos:         make([]float32, hs/2),
-		sin:         make([]float32, hs/2),
-	}
-	s.cand = make([]float32, s.candidateLen())
+	s.x, s.xb, s.part = make([]float32, b*c.Dim), make([]float32, b*c.Dim), make([]float32, b*c.Dim)
+	s.headX, s.rowsOwnedBuf = make([]float32, b*c.Dim), make([]float32, b*c.Dim)
+	s.q, s.attOut = make([]float32, b*localQ), make([]float32, b*localQ)
+	s.k, s.v = make([]float32, b*localKV), make([]float32, b*localKV)
+	s.h1, s.h3 = make([]float32, b*localHid), make([]float32, b*localHid)
+	s.cos, s.sin = make([]float32, b*hs/2), make([]float32, b*hs/2)
+	s.localLogits, s.logitsOut = make([]float32, b*(p.VocabHi-p.VocabLo)), make([]float32, b*(p.VocabHi-p.VocabLo))
+	s.cand = make([]float32, b*s.candidateLen())
 	if p.Rank == 0 {
-		s.logits = make([]float32, c.Vocab)
-		s.cands = make([]float32, p.World*s.candidateLen())
+		s.gathered, s.logits = make([]float32, b*c.Vocab), make([]float32, b*c.Vocab)
+		s.cands = make([]float32, b*p.World*s.candidateLen())
 	}
-	return s, nil
+	s.outs = make([]StepOutput, b)
 }
 
 // Config returns the model configuration.
@@ -134,6 +192,15 @@ type StepOutput struct {
 	Row    []float32 // HeadArgmax, HeadSample: Token's embedding row
 }
 
+// BatchItem is one token of one sequence in a batched step.
+type BatchItem struct {
+	// Slot is the sequence's KV-cache slot; Pos indexes its context.
+	Slot int
+	StepInput
+	// Head is what this item computes after the last layer.
+	Head Head
+}
+
 // candidateLen is one rank's argmax candidate on the wire: its best score as
 // a float64 split into two float32 bit patterns (so ranks compare exactly
 // what one rank would), the token id (as float bits, exact), and that
@@ -152,182 +219,351 @@ func (s *Shard) Forward(token, pos int, wantLogits bool) ([]float32, error) {
 	return out.Logits, err
 }
 
-// Step runs one forward pass on this rank; all ranks must call it with the
-// same input and head.
+// Step runs one forward pass of one token in KV slot 0; all ranks must
+// call it with the same input and head. It is StepBatch with one item.
 func (s *Shard) Step(in StepInput, head Head) (StepOutput, error) {
+	outs, err := s.StepBatch([]BatchItem{{StepInput: in, Head: head}})
+	if err != nil {
+		return StepOutput{}, err
+	}
+	return outs[0], nil
+}
+
+// validate rejects a batch before any rank state changes, so a bad item
+// never leaves a half-written cache or a collective half-issued.
+func (s *Shard) validate(items []BatchItem) error {
+	c := s.cfg
+	if len(items) == 0 {
+		return fmt.Errorf("empty batch")
+	}
+	type key struct{ slot, pos int }
+	seen := make(map[key]struct{}, len(items))
+	for i, it := range items {
+		switch {
+		case it.Token < 0 || it.Token >= c.Vocab:
+			return fmt.Errorf("item %d: token %d outside vocab of %d", i, it.Token, c.Vocab)
+		case it.Pos < 0 || it.Pos >= c.SeqLen:
+			return fmt.Errorf("item %d: position %d outside context of %d", i, it.Pos, c.SeqLen)
+		case it.Slot < 0 || it.Slot >= s.maxSlots:
+			return fmt.Errorf("item %d: KV slot %d outside the cache's %d slots", i, it.Slot, s.maxSlots)
+		case it.Row != nil && len(it.Row) != c.Dim:
+			return fmt.Errorf("item %d: embedding row of %d values, want %d", i, len(it.Row), c.Dim)
+		case it.Head > HeadSample:
+			return fmt.Errorf("item %d: unknown head %d", i, it.Head)
+		case it.Head == HeadSample && !(it.Sample.Temperature > 0):
+			return fmt.Errorf("item %d: sampling temperature must be positive, got %v", i, it.Sample.Temperature)
+		}
+		k := key{it.Slot, it.Pos}
+		if _, dup := seen[k]; dup {
+			return fmt.Errorf("item %d: slot %d position %d appears twice in one batch", i, it.Slot, it.Pos)
+		}
+		seen[k] = struct{}{}
+	}
+	return nil
+}
+
+// StepBatch runs one forward pass over items on this rank; all ranks must
+// call it with the same items. Items of one slot may be consecutive
+// positions of a prompt: every item's keys and values are written before
+// any item attends, so position p sees p-1 from the same batch.
+//
+// Each item's arithmetic is the same whatever else is in the batch (every
+// output element is one dot product in a fixed order, and the all-reduce
+// adds element-wise in rank order), so a sequence decoded in a batch gets
+// bit-identical logits to the same sequence decoded alone.
+//
+// The outputs (one per item, zero for HeadNone) are valid until the next
+// step; other ranks than 0 get zero values.
+func (s *Shard) StepBatch(items []BatchItem) ([]StepOutput, error) {
+	if err := s.validate(items); err != nil {
+		return nil, err
+	}
 	c, p := s.cfg, s.plan
-	token, pos := in.Token, in.Pos
-	if token < 0 || token >= c.Vocab {
-		return StepOutput{}, fmt.Errorf("token %d outside vocab of %d", token, c.Vocab)
-	}
-	if pos < 0 || pos >= c.SeqLen {
-		return StepOutput{}, fmt.Errorf("position %d outside context of %d", pos, c.SeqLen)
-	}
-	if in.Row != nil && len(in.Row) != c.Dim {
-		return StepOutput{}, fmt.Errorf("embedding row of %d values, want %d", len(in.Row), c.Dim)
-	}
-	dim, hs := c.Dim, c.HeadSize()
-	x := s.x
+	B, dim, hs := len(items), c.Dim, c.HeadSize()
+	s.grow(B)
+	x := s.x[:B*dim]
 
-	switch {
-	case in.Row != nil:
-		copy(x, in.Row)
-	case p.World == 1:
-		copy(x, s.W.Emb[token*dim:(token+1)*dim])
-	default:
-		// Vocab-parallel embedding: the owner contributes the row, the
-		// others zeros, so the all-reduce reproduces the row exactly.
-		clear(x)
-		if token >= p.VocabLo && token < p.VocabHi {
-			copy(x, s.W.Emb[(token-p.VocabLo)*dim:])
-		}
-		if err := s.allReduce(x); err != nil {
-			return StepOutput{}, fmt.Errorf("embedding all-reduce: %w", err)
+	// Embedding rows: given, local (world of one), or built with one
+	// all-reduce for every item that lacks its row: the owner of a token
+	// contributes the row, the others zeros, so the sum is exact.
+	var build []int
+	for b, it := range items {
+		xr := x[b*dim : (b+1)*dim]
+		switch {
+		case it.Row != nil:
+			copy(xr, it.Row)
+		case p.World == 1:
+			copy(xr, s.W.Emb[it.Token*dim:(it.Token+1)*dim])
+		default:
+			build = append(build, b)
 		}
 	}
-	if s.LayerHook != nil {
-		s.LayerHook(-1, x)
+	if len(build) > 0 {
+		rows := s.rowsOwnedBuf[:len(build)*dim]
+		clear(rows)
+		for i, b := range build {
+			if t := items[b].Token; t >= p.VocabLo && t < p.VocabHi {
+				copy(rows[i*dim:(i+1)*dim], s.W.Emb[(t-p.VocabLo)*dim:])
+			}
+		}
+		if err := s.allReduce(rows); err != nil {
+			return nil, fmt.Errorf("embedding all-reduce: %w", err)
+		}
+		for i, b := range build {
+			copy(x[b*dim:(b+1)*dim], rows[i*dim:(i+1)*dim])
+		}
+	}
+	s.hook(-1, B)
+
+	half := hs / 2
+	for b, it := range items {
+		for i := 0; i < half; i++ {
+			freq := 1 / math.Pow(10000, float64(2*i)/float64(hs))
+			sn, cs := math.Sincos(float64(it.Pos) * freq)
+			s.cos[b*half+i], s.sin[b*half+i] = float32(cs), float32(sn)
+		}
 	}
 
-	for i := range s.cos {
-		freq := 1 / math.Pow(10000, float64(2*i)/float64(hs))
-		sn, cs := math.Sincos(float64(pos) * freq)
-		s.cos[i], s.sin[i] = float32(cs), float32(sn)
-	}
-
-	localKV := len(s.k)
-	group := c.Heads / c.KVHeads
-	scale := float32(1 / math.Sqrt(float64(hs)))
+	localQ, localKV, localHid := (p.HeadHi-p.HeadLo)*hs, (p.KVHi-p.KVLo)*hs, p.HidHi-p.HidLo
+	xb, part := s.xb[:B*dim], s.part[:B*dim]
+	q, k, v, att := s.q[:B*localQ], s.k[:B*localKV], s.v[:B*localKV], s.attOut[:B*localQ]
+	h1, h3 := s.h1[:B*localHid], s.h3[:B*localHid]
 	for l := range s.W.Layers {
 		L := &s.W.Layers[l]
-		rmsnorm(s.xb, x, L.RMSAtt)
-		matmul(s.q, L.WQ, s.xb)
-		matmul(s.k, L.WK, s.xb)
-		matmul(s.v, L.WV, s.xb)
-		s.rope(s.q)
-		s.rope(s.k)
-		cache := l * c.SeqLen * localKV
-		copy(s.keys[cache+pos*localKV:], s.k)
-		copy(s.vals[cache+pos*localKV:], s.v)
-
-		for h := 0; h < len(s.q)/hs; h++ {
-			q := s.q[h*hs : (h+1)*hs]
-			kvOff := (h / group) * hs
-			att := s.scores[:pos+1]
-			for t := range att {
-				base := cache + t*localKV + kvOff
-				att[t] = dot(q, s.keys[base:base+hs]) * scale
-			}
-			softmax(att)
-			out := s.attOut[h*hs : (h+1)*hs]
-			clear(out)
-			for t, a := range att {
-				base := cache + t*localKV + kvOff
-				vt := s.vals[base : base+hs]
-				for i := range out {
-					out[i] += a * vt[i]
-				}
-			}
+		for b := range B {
+			rmsnorm(xb[b*dim:(b+1)*dim], x[b*dim:(b+1)*dim], L.RMSAtt)
+		}
+		matmulBatch(q, L.WQ, xb, B)
+		matmulBatch(k, L.WK, xb, B)
+		matmulBatch(v, L.WV, xb, B)
+		for b, it := range items {
+			s.rope(q[b*localQ:(b+1)*localQ], b)
+			s.rope(k[b*localKV:(b+1)*localKV], b)
+			kv := s.slot(it.Slot)
+			off := (l*c.SeqLen + it.Pos) * localKV
+			copy(kv.keys[off:off+localKV], k[b*localKV:(b+1)*localKV])
+			copy(kv.vals[off:off+localKV], v[b*localKV:(b+1)*localKV])
+		}
+		for b, it := range items {
+			s.attend(att[b*localQ:(b+1)*localQ], q[b*localQ:(b+1)*localQ], s.slot(it.Slot), l, it.Pos)
 		}
 		// Row-parallel output projection: each rank holds a partial sum.
-		matmul(s.part, L.WO, s.attOut)
-		if err := s.allReduce(s.part); err != nil {
-			return StepOutput{}, fmt.Errorf("layer %d attention all-reduce: %w", l, err)
+		matmulBatch(part, L.WO, att, B)
+		if err := s.allReduce(part); err != nil {
+			return nil, fmt.Errorf("layer %d attention all-reduce: %w", l, err)
 		}
 		for i := range x {
-			x[i] += s.part[i]
+			x[i] += part[i]
 		}
 
-		rmsnorm(s.xb, x, L.RMSFFN)
-		matmul(s.h1, L.W1, s.xb)
-		matmul(s.h3, L.W3, s.xb)
-		for i, v := range s.h1 {
-			s.h1[i] = silu(v) * s.h3[i]
+		for b := range B {
+			rmsnorm(xb[b*dim:(b+1)*dim], x[b*dim:(b+1)*dim], L.RMSFFN)
 		}
-		matmul(s.part, L.W2, s.h1)
-		if err := s.allReduce(s.part); err != nil {
-			return StepOutput{}, fmt.Errorf("layer %d ffn all-reduce: %w", l, err)
+		matmulBatch(h1, L.W1, xb, B)
+		matmulBatch(h3, L.W3, xb, B)
+		for i, hv := range h1 {
+			h1[i] = silu(hv) * h3[i]
+		}
+		matmulBatch(part, L.W2, h1, B)
+		if err := s.allReduce(part); err != nil {
+			return nil, fmt.Errorf("layer %d ffn all-reduce: %w", l, err)
 		}
 		for i := range x {
-			x[i] += s.part[i]
+			x[i] += part[i]
 		}
-		if s.LayerHook != nil {
-			s.LayerHook(l, x)
-		}
+		s.hook(l, B)
 	}
-	if head == HeadNone {
-		return StepOutput{}, nil
+	return s.heads(items)
+}
+
+func (s *Shard) hook(layer, b int) {
+	if s.LayerHook == nil {
+		return
 	}
-	rmsnorm(s.xb, x, s.W.RMSFinal)
-	matmul(s.localLogits, s.W.Cls, s.xb)
-	switch head {
-	case HeadLogits:
-		if p.World == 1 {
-			return StepOutput{Logits: s.localLogits}, nil
-		}
-		if err := s.comm.Gather(s.localLogits, s.logits); err != nil {
-			return StepOutput{}, fmt.Errorf("logits gather: %w", err)
-		}
-		if p.Rank != 0 {
-			return StepOutput{}, nil
-		}
-		return StepOutput{Logits: s.logits}, nil
-	case HeadArgmax:
-		best := Argmax(s.localLogits)
-		return s.pickAcrossRanks(best, float64(s.localLogits[best]))
-	case HeadSample:
-		sp := in.Sample
-		if !(sp.Temperature > 0) {
-			return StepOutput{}, fmt.Errorf("sampling temperature must be positive, got %v", sp.Temperature)
-		}
-		inv := 1 / float64(sp.Temperature)
-		best, bestScore := 0, math.Inf(-1)
-		for i, l := range s.localLogits {
-			if v := float64(l)*inv + gumbel(sp.Seed, sp.Draw, p.VocabLo+i); v > bestScore {
-				best, bestScore = i, v
-			}
-		}
-		return s.pickAcrossRanks(best, bestScore)
-	default:
-		return StepOutput{}, fmt.Errorf("unknown head %d", head)
+	dim := s.cfg.Dim
+	for i := range b {
+		s.LayerHook(layer, s.x[i*dim:(i+1)*dim])
 	}
 }
 
-// pickAcrossRanks gathers every rank's best local candidate (its index in
-// this shard and its score) and that token's embedding row to rank 0, which
-// keeps the first highest in rank order. Ranks own ascending vocab ranges
-// and each keeps its lowest token id on ties, so the result is exactly the
-// argmax over the whole vocabulary, for a few hundred bytes per rank instead
-// of a whole vocab shard.
-func (s *Shard) pickAcrossRanks(best int, bestScore float64) (StepOutput, error) {
-	p, dim := s.plan, s.cfg.Dim
-	cand := s.cand[:s.candidateLen()]
-	bits := math.Float64bits(bestScore)
-	cand[0], cand[1] = math.Float32frombits(uint32(bits>>32)), math.Float32frombits(uint32(bits))
-	cand[2] = math.Float32frombits(uint32(p.VocabLo + best))
-	copy(cand[3:], s.W.Emb[best*dim:(best+1)*dim])
-	if p.World == 1 {
-		return StepOutput{Token: p.VocabLo + best, Row: cand[3:]}, nil
-	}
-	if err := s.comm.Gather(cand, s.cands); err != nil {
-		return StepOutput{}, fmt.Errorf("argmax gather: %w", err)
-	}
-	if p.Rank != 0 {
-		return StepOutput{}, nil
-	}
-	n := s.candidateLen()
-	scoreOf := func(r int) float64 {
-		c := s.cands[r*n:]
-		return math.Float64frombits(uint64(math.Float32bits(c[0]))<<32 | uint64(math.Float32bits(c[1])))
-	}
-	win := 0
-	for r := 1; r < p.World; r++ {
-		if scoreOf(r) > scoreOf(win) {
-			win = r
+// attend writes one item's attention output for layer l at position pos,
+// over its slot's keys and values at positions 0..pos.
+func (s *Shard) attend(out, q []float32, kv slotKV, l, pos int) {
+	c := s.cfg
+	hs := c.HeadSize()
+	localKV := (s.plan.KVHi - s.plan.KVLo) * hs
+	group := c.Heads / c.KVHeads
+	scale := float32(1 / math.Sqrt(float64(hs)))
+	cache := l * c.SeqLen * localKV
+	for h := 0; h < len(q)/hs; h++ {
+		qh := q[h*hs : (h+1)*hs]
+		kvOff := (h / group) * hs
+		att := s.scores[:pos+1]
+		for t := range att {
+			base := cache + t*localKV + kvOff
+			att[t] = dot(qh, kv.keys[base:base+hs]) * scale
+		}
+		softmax(att)
+		o := out[h*hs : (h+1)*hs]
+		clear(o)
+		for t, a := range att {
+			base := cache + t*localKV + kvOff
+			vt := kv.vals[base : base+hs]
+			for i := range o {
+				o[i] += a * vt[i]
+			}
 		}
 	}
-	c := s.cands[win*n : (win+1)*n]
-	return StepOutput{Token: int(math.Float32bits(c[2])), Row: c[3:]}, nil
+}
+
+// heads runs the classifier for the items that want a head: one gather of
+// logits for every HeadLogits item and one gather of candidates for every
+// argmax or sampling item, in that order on every rank.
+func (s *Shard) heads(items []BatchItem) ([]StepOutput, error) {
+	c, p := s.cfg, s.plan
+	dim, lv := c.Dim, p.VocabHi-p.VocabLo
+	outs := s.outs[:len(items)]
+	clear(outs)
+	var want []int
+	for b, it := range items {
+		if it.Head != HeadNone {
+			want = append(want, b)
+		}
+	}
+	if len(want) == 0 {
+		return outs, nil
+	}
+	hx := s.headX[:len(want)*dim]
+	for i, b := range want {
+		rmsnorm(hx[i*dim:(i+1)*dim], s.x[b*dim:(b+1)*dim], s.W.RMSFinal)
+	}
+	logits := s.localLogits[:len(want)*lv]
+	matmulBatch(logits, s.W.Cls, hx, len(want))
+
+	var full, picks []int // indices into want
+	for i, b := range want {
+		if items[b].Head == HeadLogits {
+			full = append(full, i)
+		} else {
+			picks = append(picks, i)
+		}
+	}
+	if len(full) > 0 {
+		if err := s.gatherLogits(want, full, logits, outs); err != nil {
+			return nil, err
+		}
+	}
+	if len(picks) > 0 {
+		if err := s.pickAcrossRanks(items, want, picks, logits, outs); err != nil {
+			return nil, err
+		}
+	}
+	return outs, nil
+}
+
+// gatherLogits hands rank 0 the whole vocabulary's logits of each
+// HeadLogits item. The gather is rank-major (each rank's rows for all
+// items), so rank 0 reassembles item by item.
+func (s *Shard) gatherLogits(want, full []int, logits []float32, outs []StepOutput) error {
+	c, p := s.cfg, s.plan
+	lv, n := p.VocabHi-p.VocabLo, len(full)
+	if p.World == 1 {
+		for _, i := range full {
+			outs[want[i]].Logits = logits[i*lv : (i+1)*lv]
+		}
+		return nil
+	}
+	local := s.logitsOut[:n*lv]
+	for j, i := range full {
+		copy(local[j*lv:(j+1)*lv], logits[i*lv:(i+1)*lv])
+	}
+	g := s.gathered[:0]
+	if p.Rank == 0 {
+		g = s.gathered[:n*c.Vocab]
+	}
+	if err := s.comm.Gather(local, g); err != nil {
+		return fmt.Errorf("logits gather: %w", err)
+	}
+	if p.Rank != 0 {
+		return nil
+	}
+	for r := 0; r < p.World; r++ {
+		lo, hi := Span(c.Vocab, p.World, r)
+		seg := g[n*lo : n*hi]
+		for j := range n {
+			copy(s.logits[j*c.Vocab+lo:j*c.Vocab+hi], seg[j*(hi-lo):(j+1)*(hi-lo)])
+		}
+	}
+	for j, i := range full {
+		outs[want[i]].Logits = s.logits[j*c.Vocab : (j+1)*c.Vocab]
+	}
+	return nil
+}
+
+// pickAcrossRanks finds, for each argmax or sampling item, every rank's
+// best local candidate (its score and token) with that token's embedding
+// row, gathers them to rank 0, which keeps the first highest in rank order.
+// Ranks own ascending vocab ranges and each keeps its lowest token id on
+// ties, so the result is exactly the argmax over the whole vocabulary, for
+// a few hundred bytes per rank and item instead of a whole vocab shard.
+func (s *Shard) pickAcrossRanks(items []BatchItem, want, picks []int, logits []float32, outs []StepOutput) error {
+	p, dim := s.plan, s.cfg.Dim
+	lv, n, cl := p.VocabHi-p.VocabLo, len(picks), s.candidateLen()
+	cand := s.cand[:n*cl]
+	for j, i := range picks {
+		it := items[want[i]]
+		row := logits[i*lv : (i+1)*lv]
+		var best int
+		var bestScore float64
+		if it.Head == HeadArgmax {
+			best = Argmax(row)
+			bestScore = float64(row[best])
+		} else {
+			inv := 1 / float64(it.Sample.Temperature)
+			bestScore = math.Inf(-1)
+			for t, l := range row {
+				if v := float64(l)*inv + gumbel(it.Sample.Seed, it.Sample.Draw, p.VocabLo+t); v > bestScore {
+					best, bestScore = t, v
+				}
+			}
+		}
+		cj := cand[j*cl : (j+1)*cl]
+		bits := math.Float64bits(bestScore)
+		cj[0], cj[1] = math.Float32frombits(uint32(bits>>32)), math.Float32frombits(uint32(bits))
+		cj[2] = math.Float32frombits(uint32(p.VocabLo + best))
+		copy(cj[3:], s.W.Emb[best*dim:(best+1)*dim])
+	}
+	if p.World == 1 {
+		for j, i := range picks {
+			cj := cand[j*cl : (j+1)*cl]
+			outs[want[i]] = StepOutput{Token: int(math.Float32bits(cj[2])), Row: cj[3:]}
+		}
+		return nil
+	}
+	all := s.cands[:0]
+	if p.Rank == 0 {
+		all = s.cands[:p.World*n*cl]
+	}
+	if err := s.comm.Gather(cand, all); err != nil {
+		return fmt.Errorf("argmax gather: %w", err)
+	}
+	if p.Rank != 0 {
+		return nil
+	}
+	scoreOf := func(c []float32) float64 {
+		return math.Float64frombits(uint64(math.Float32bits(c[0]))<<32 | uint64(math.Float32bits(c[1])))
+	}
+	for j, i := range picks {
+		at := func(r int) []float32 { return all[(r*n+j)*cl : (r*n+j+1)*cl] }
+		win := at(0)
+		for r := 1; r < p.World; r++ {
+			if c := at(r); scoreOf(c) > scoreOf(win) {
+				win = c
+			}
+		}
+		outs[want[i]] = StepOutput{Token: int(math.Float32bits(win[2])), Row: win[3:]}
+	}
+	return nil
 }
 
 // gumbel is standard Gumbel noise for one token of one draw, a pure
@@ -347,12 +583,15 @@ func mix64(z uint64) uint64 {
 	return z ^ z>>31
 }
 
-// rope rotates consecutive pairs within each head, as llama2.c does.
-func (s *Shard) rope(v []float32) {
+// rope rotates consecutive pairs within each head, as llama2.c does, with
+// the angles of batch item b.
+func (s *Shard) rope(v []float32, b int) {
 	hs := s.cfg.HeadSize()
+	half := hs / 2
+	cos, sin := s.cos[b*half:(b+1)*half], s.sin[b*half:(b+1)*half]
 	for h := 0; h+hs <= len(v); h += hs {
 		for i := 0; i < hs; i += 2 {
-			c, sn := s.cos[i/2], s.sin[i/2]
+			c, sn := cos[i/2], sin[i/2]
 			v0, v1 := v[h+i], v[h+i+1]
 			v[h+i] = v0*c - v1*sn
 			v[h+i+1] = v0*sn + v1*c

@@ -105,3 +105,78 @@ func softmax(x []float32) {
 }
 
 func silu(x float32) float32 { return x / (1 + float32(math.Exp(float64(-x)))) }
+
+// matmulBatch computes out[b] = W·x[b] for the b rows of x (out is B rows of
+// len(out)/B, x is B rows of len(x)/B columns). Each output element is the
+// same sequential dot product matmul forms, whatever B is or where the row
+// sits in the batch, so batching never changes a result; what it changes is
+// that each weight row is read from memory once for the whole batch.
+func matmulBatch(out, w, x []float32, B int) {
+	if B == 1 {
+		matmul(out, w, x)
+		return
+	}
+	rows, cols := len(out)/B, len(x)/B
+	procs := runtime.GOMAXPROCS(0)
+	if procs == 1 || rows*cols*B < parallelMinWork || rows < 8 {
+		matmulBatchRows(out, w, x, B, 0, rows)
+		return
+	}
+	procs = min(procs, rows/4)
+	var wg sync.WaitGroup
+	for p := 0; p < procs; p++ {
+		lo, hi := (rows*p/procs)&^3, (rows*(p+1)/procs)&^3
+		if p == procs-1 {
+			hi = rows
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			matmulBatchRows(out, w, x, B, lo, hi)
+		}()
+	}
+	wg.Wait()
+}
+
+// matmulBatchRows handles weight rows [lo, hi) for every batch row: two
+// weight rows by four inputs at a time, so each load feeds several
+// multiply-adds, then the leftovers one dot product each.
+func matmulBatchRows(out, w, x []float32, B, lo, hi int) {
+	rows, n := len(out)/B, len(x)/B
+	r := lo
+	for ; r+2 <= hi; r += 2 {
+		w0 := w[r*n : r*n+n]
+		w1 := w[(r+1)*n : (r+1)*n+n]
+		b := 0
+		for ; b+4 <= B; b += 4 {
+			x0 := x[b*n : b*n+n]
+			x1 := x[(b+1)*n : (b+1)*n+n]
+			x2 := x[(b+2)*n : (b+2)*n+n]
+			x3 := x[(b+3)*n : (b+3)*n+n]
+			var a0, a1, a2, a3, c0, c1, c2, c3 float32
+			for j := range w0 {
+				wa, wb := w0[j], w1[j]
+				a0 += wa * x0[j]
+				a1 += wa * x1[j]
+				a2 += wa * x2[j]
+				a3 += wa * x3[j]
+				c0 += wb * x0[j]
+				c1 += wb * x1[j]
+				c2 += wb * x2[j]
+				c3 += wb * x3[j]
+			}
+			out[b*rows+r], out[(b+1)*rows+r], out[(b+2)*rows+r], out[(b+3)*rows+r] = a0, a1, a2, a3
+			out[b*rows+r+1], out[(b+1)*rows+r+1], out[(b+2)*rows+r+1], out[(b+3)*rows+r+1] = c0, c1, c2, c3
+		}
+		for ; b < B; b++ {
+			xb := x[b*n : b*n+n]
+			out[b*rows+r], out[b*rows+r+1] = dot(w0, xb), dot(w1, xb)
+		}
+	}
+	for ; r < hi; r++ {
+		wr := w[r*n : r*n+n]
+		for b := range B {
+			out[b*rows+r] = dot(wr, x[b*n:b*n+n])
+		}
+	}
+}
