@@ -94,7 +94,7 @@ func TestBatchMatchesOneAtATime(t *testing.T) {
 					return err
 				}
 				rng := rand.New(rand.NewPCG(7, 8)) // the same schedule on every rank
-				next := make([]int, len(seqs))    // next position per sequence
+				next := make([]int, len(seqs))     // next position per sequence
 				slotOf := map[int]int{0: 0, 1: 1}
 				free := []int{2}
 				waiting := []int{2, 3}
