@@ -1,0 +1,827 @@
+package gang
+
+import (
+	"fmt"
+	"math"
+	"slices"
+	"sort"
+	"time"
+
+	"github.com/tessera-gpu/tessera/api"
+	"github.com/tessera-gpu/tessera/api/podspec"
+)
+
+// Victim search for preemption (issue 19): when a slice pod or a whole gang
+// fits nowhere, Ledger.Preempt finds the cheapest set of lower-priority
+// victims whose eviction lets the whole preemptor fit inside one domain of
+// its required topology. It decides nothing about the cluster: the caller
+// (the PostFilter adapter) evicts the victims and the preemptor is planned
+// again, by the same planner, once their slices are free.
+//
+// # Victims are whole
+//
+// A candidate is a VictimUnit: one pod, or one gang with every pod and every
+// planned slot the ledger holds for it. A unit is evicted whole or not at
+// all, so a member of a gang is only ever preempted with its whole gang.
+// Only units whose priority is strictly below the preemptor's are
+// candidates; the others are ignored.
+//
+// # The order (cheapest first)
+//
+// Victim sets are compared by VictimCost, lexicographically:
+//
+//  1. PDBViolations: fewest pods evicted beyond their PodDisruptionBudgets'
+//     allowed disruptions (Σ over budgets of max(0, covered victims −
+//     disruptionsAllowed)). As in kube-scheduler's default preemption,
+//     budgets are a preference, not a rule: a set that violates none beats
+//     every set that does, but when every set that helps violates one, the
+//     fewest violations win and the victims are still evicted.
+//  2. Pods: fewest victim pods. A gang of 4 counts 4; a single pod 1.
+//  3. MaxPriority: the lowest highest priority among the victims.
+//  4. PrioritySum: the lowest sum of the victims' priorities (one term per
+//     pod).
+//  5. WorkLost: the least work lost, in pod-seconds: per unit, its pods
+//     times how long it has run (Now − Started; 0 when not started).
+//  6. Units: the victims' keys, sorted, compared lexicographically; this
+//     only makes the answer deterministic.
+//
+// # The search and what it guarantees
+//
+// Placement is tested with the planner itself (planLocked, on a private
+// copy of the ledger), so the rules are exactly the planner's: one domain of
+// the required topology (every combination of the required label values;
+// the exclusive topology included), nodes the preemptor may run on, distinct
+// GPUs for ranks that share a node, slices per GPU. Each domain is searched
+// on its own, because a plan never uses two: one node per domain for a
+// preemptor of one member without an exclusive topology (a single pod), one
+// required-topology domain otherwise. The candidates of a domain are the
+// units holding slices on its nodes (or on nodes whose other exclusive gangs
+// keep it blocked). Per domain:
+//
+//  1. with every candidate gone: if the preemptor does not fit, the domain
+//     is given up. If no domain is left, nobody is evicted (an
+//     *UnschedulableError says so);
+//  2. greedy: candidates are removed cheapest first (the order above, unit by
+//     unit) in prefixes of 0, 1, 2, 4, ... units until the preemptor fits,
+//     then each removed unit, most expensive first, is put back if the
+//     preemptor still fits without evicting it. The set left is minimal by
+//     inclusion: sparing any one of its units makes the preemptor not fit
+//     (given that freeing slices never makes a plan fail, true for members
+//     of one request size). That costs O(log k + m) plans for k candidates
+//     and m units in the fitting prefix, each plan O(nodes of the domain);
+//  3. exact: when the domain has at most ExactUnits candidates, every subset
+//     cheaper than the best set found so far (this domain's greedy one, or
+//     another domain's) is tried in the order above; the first that fits is
+//     the cheapest of the domain. The plans of these searches together are
+//     bounded by MaxExactPlans.
+//
+// The cheapest set over all domains is returned. It is the minimum by the
+// order over every subset of the candidates (Preemption.Exact) when every
+// domain that fits with all its candidates gone was searched exactly within
+// the budget; otherwise it is the cheapest of the domains' inclusion-minimal
+// sets. A subset is only searched in a domain where the preemptor fits
+// with every candidate gone, so with mixed request sizes, where first-fit
+// can fail on more free slices, a smaller set could be missed; not with one
+// request size.
+
+// DefaultExactUnits is how many candidate units a domain may have for its
+// victim search to try every subset (2^10 cost evaluations, and plans only
+// for subsets cheaper than the best found).
+const DefaultExactUnits = 10
+
+// MaxExactUnits caps PreemptRequest.ExactUnits (2^16 subsets).
+const MaxExactUnits = 16
+
+// DefaultMaxExactPlans bounds the plans the exact searches of one Preempt
+// call make together.
+const DefaultMaxExactPlans = 2048
+
+// VictimUnit is one thing preemption may evict, always whole: a single pod,
+// or one gang.
+type VictimUnit struct {
+	// Key names the unit in results and breaks the last ties: the gang key
+	// for a gang, the pod's namespace/name for a single pod. Unique among
+	// the candidates.
+	Key string
+	// Gang is the gang key of a gang unit, "" for a single pod. Every holder
+	// the ledger keeps for Gang (its pods and its planned slots alike) goes
+	// with the unit, listed in Pods or not.
+	Gang string
+	// Pods are the pods the eviction deletes, by ledger holder ID (the pod
+	// UID); at least one. A pod the ledger does not know holds no slices but
+	// still counts as a victim. A pod the ledger knows as a member of a gang
+	// other than Gang is an error: a gang is never evicted in part.
+	Pods []string
+	// Priority of the unit's pods (a gang's pods share its priority).
+	Priority int32
+	// Started is when the unit started running, zero if it has not: its
+	// work lost is len(Pods) × (Now − Started). For a gang, the start of
+	// the whole group (its last member to start) is the natural choice: a
+	// tensor-parallel group does nothing useful before.
+	Started time.Time
+	// PDBs counts, per PodDisruptionBudget (any name unique in the request,
+	// e.g. namespace/name), how many of Pods it covers.
+	PDBs map[string]int
+}
+
+// PreemptRequest is the input of Ledger.Preempt.
+type PreemptRequest struct {
+	// Spec is the preemptor as the planner takes it: a gang, or one pod as
+	// PodPreemptor builds it. Spec.Priority is the preemptor's priority. The
+	// ledger must hold nothing for Spec.Key (a whole gang is planned).
+	Spec GangSpec
+	// Never is preemptionPolicy: Never. Such a preemptor evicts nobody.
+	Never bool
+	// ExclusiveOthers and Eligible are as in PlanRequest (Eligible is called
+	// once per node, under the ledger's read lock).
+	ExclusiveOthers map[string]string
+	Eligible        func(node string) bool
+	// Candidates are the units preemption may evict. Units whose priority
+	// is not below Spec.Priority are ignored.
+	Candidates []VictimUnit
+	// PDBAllowed is status.disruptionsAllowed of each budget named in the
+	// candidates' PDBs; a budget missing here allows none.
+	PDBAllowed map[string]int
+	// Now is the time work lost is measured to.
+	Now time.Time
+	// ExactUnits: a domain with at most this many candidate units is
+	// searched exactly (see the package comment); 0 means DefaultExactUnits,
+	// negative never, above MaxExactUnits MaxExactUnits.
+	ExactUnits int
+	// MaxExactPlans bounds the plans of all exact searches together; 0
+	// means DefaultMaxExactPlans.
+	MaxExactPlans int
+}
+
+// PodPreemptor is the spec of a single pod of slices slices as a preemptor:
+// one member, no topology. Its key (namespace/pod:name) cannot name a gang,
+// since ':' is not valid in an object name.
+func PodPreemptor(namespace, name string, slices int, priority int32) GangSpec {
+	return GangSpec{Key: namespace + "/pod:" + name, MinMember: 1, Request: slices, Priority: priority}
+}
+
+// VictimCost is a victim set's place in the order (see the package
+// comment); Less compares two.
+type VictimCost struct {
+	PDBViolations int
+	Pods          int
+	// MaxPriority is math.MinInt32 for the empty set.
+	MaxPriority int32
+	PrioritySum int64
+	// WorkLost is in pod-seconds.
+	WorkLost int64
+	// Units are the victims' keys, sorted.
+	Units []string
+}
+
+// Less reports whether a is cheaper than b. It is a strict total order on
+// distinct victim sets.
+func (a VictimCost) Less(b VictimCost) bool { return compareCost(a, b) < 0 }
+
+func compareCost(a, b VictimCost) int {
+	switch {
+	case a.PDBViolations != b.PDBViolations:
+		return cmpInt(a.PDBViolations, b.PDBViolations)
+	case a.Pods != b.Pods:
+		return cmpInt(a.Pods, b.Pods)
+	case a.MaxPriority != b.MaxPriority:
+		return cmpInt(a.MaxPriority, b.MaxPriority)
+	case a.PrioritySum != b.PrioritySum:
+		return cmpInt(a.PrioritySum, b.PrioritySum)
+	case a.WorkLost != b.WorkLost:
+		return cmpInt(a.WorkLost, b.WorkLost)
+	}
+	return slices.Compare(a.Units, b.Units)
+}
+
+func cmpInt[T int | int32 | int64](a, b T) int {
+	if a < b {
+		return -1
+	}
+	if a > b {
+		return 1
+	}
+	return 0
+}
+
+// Preemption is Preempt's answer.
+type Preemption struct {
+	// Victims are the units to evict, sorted by Key; empty when the
+	// preemptor fits as the ledger stands (plan it again, evict nobody).
+	Victims []VictimUnit
+	Cost    VictimCost
+	// Domain and Slots are the preemptor's plan once the victims are gone,
+	// as Tx.Plan returns it. They say where it will go (the node to
+	// nominate for a single pod); the real plan is made again when it is
+	// scheduled after the evictions.
+	Domain string
+	Slots  []Slot
+	// Exact: Victims is the minimum by the order over every subset of the
+	// candidates (see the package comment); false when a domain was
+	// searched greedily only.
+	Exact bool
+	// Plans counts the planner runs the search made.
+	Plans int
+}
+
+// Preempt finds the cheapest set of lower-priority victim units whose
+// eviction lets the whole preemptor fit (see the package comment for the
+// order and the guarantees). It changes nothing: it holds the ledger's read
+// lock only while it copies the nodes it searches, and plans on private
+// copies.
+//
+// Errors: an *UnschedulableError when no preemption helps (preemptionPolicy
+// Never, or the preemptor does not fit in any domain even with every
+// candidate gone): evict nobody. Any other error is an invalid request.
+func (l *Ledger) Preempt(req *PreemptRequest) (Preemption, error) {
+	spec := req.Spec
+	spec.MemberRequests = slices.Clone(spec.MemberRequests)
+	if err := spec.Validate(); err != nil {
+		return Preemption{}, fmt.Errorf("preempt: %w", err)
+	}
+	if req.Never {
+		return Preemption{}, unschedulable(spec.Key, "%s: preemptionPolicy is Never", spec.Key)
+	}
+	ps := &preemptSearch{req: req, spec: &spec, now: req.Now}
+	ps.exactUnits = req.ExactUnits
+	switch {
+	case ps.exactUnits == 0:
+		ps.exactUnits = DefaultExactUnits
+	case ps.exactUnits > MaxExactUnits:
+		ps.exactUnits = MaxExactUnits
+	}
+	ps.budget = req.MaxExactPlans
+	if ps.budget <= 0 {
+		ps.budget = DefaultMaxExactPlans
+	}
+	if err := ps.units(); err != nil {
+		return Preemption{}, err
+	}
+	doms, err := l.copyDomains(ps)
+	if err != nil {
+		return Preemption{}, err
+	}
+	ps.exact = true
+	for _, d := range doms {
+		ps.searchDomain(d)
+		if ps.best != nil && ps.best.cost.Pods == 0 {
+			break // nothing is cheaper than no victim
+		}
+	}
+	if ps.best == nil {
+		keys := spec.requiredKeys()
+		where := "in any " + levelName(keys)
+		if len(keys) == 0 {
+			where = "anywhere"
+			if spec.MinMember == 1 {
+				where = "on any node"
+			}
+		}
+		return Preemption{}, unschedulable(spec.Key, "%s: needs %s; does not fit %s even with all %d lower-priority units evicted (%d domains tried)",
+			spec.Key, spec.shapeString(), where, len(ps.cands), len(doms))
+	}
+	b := ps.best
+	out := Preemption{Cost: b.cost, Domain: b.domain, Slots: b.slots, Exact: ps.exact, Plans: ps.plans}
+	for _, ui := range b.units {
+		u := ps.cands[ui].unit
+		u.Pods = slices.Clone(u.Pods)
+		out.Victims = append(out.Victims, u)
+	}
+	sort.Slice(out.Victims, func(i, j int) bool { return out.Victims[i].Key < out.Victims[j].Key })
+	return out, nil
+}
+
+// preemptSearch is one Preempt call.
+type preemptSearch struct {
+	req        *PreemptRequest
+	spec       *GangSpec
+	now        time.Time
+	exactUnits int
+	budget     int // exact-search plans left
+	cands      []candUnit
+	byHolder   map[string]int // holder ID → index in cands (Pods only; gang holders are added per domain)
+	byGang     map[string]int
+	pdbNames   []string
+	pdbAllowed []int
+	plans      int
+	exact      bool
+	best       *victimSet
+}
+
+// candUnit is a candidate with its cost terms precomputed.
+type candUnit struct {
+	unit    VictimUnit
+	pods    int
+	prioSum int64
+	work    int64
+	pdb     []pdbUse
+	alone   VictimCost // the cost of evicting this unit alone
+}
+
+type pdbUse struct{ pdb, pods int }
+
+type victimSet struct {
+	units  []int // indices into cands, sorted by key
+	cost   VictimCost
+	domain string
+	slots  []Slot
+}
+
+// units filters and checks the candidates.
+func (ps *preemptSearch) units() error {
+	ps.byHolder = map[string]int{}
+	ps.byGang = map[string]int{}
+	keys := map[string]bool{}
+	pdbIdx := map[string]int{}
+	for _, u := range ps.req.Candidates {
+		if u.Priority >= ps.spec.Priority {
+			continue
+		}
+		if u.Key == "" {
+			return fmt.Errorf("preempt: a candidate unit without a key")
+		}
+		if keys[u.Key] {
+			return fmt.Errorf("preempt: candidate unit %s listed twice", u.Key)
+		}
+		keys[u.Key] = true
+		if len(u.Pods) == 0 {
+			return fmt.Errorf("preempt: candidate unit %s has no pods", u.Key)
+		}
+		if u.Gang != "" && u.Gang == ps.spec.Key {
+			return fmt.Errorf("preempt: candidate unit %s is the preemptor's own gang", u.Key)
+		}
+		ci := len(ps.cands)
+		if u.Gang != "" {
+			if _, dup := ps.byGang[u.Gang]; dup {
+				return fmt.Errorf("preempt: gang %s is in two candidate units", u.Gang)
+			}
+			ps.byGang[u.Gang] = ci
+		}
+		for _, id := range u.Pods {
+			if other, dup := ps.byHolder[id]; dup {
+				return fmt.Errorf("preempt: pod %s is in candidate units %s and %s", id, ps.cands[other].unit.Key, u.Key)
+			}
+			ps.byHolder[id] = ci
+		}
+		c := candUnit{unit: u, pods: len(u.Pods)}
+		c.prioSum = int64(u.Priority) * int64(c.pods)
+		if !u.Started.IsZero() && ps.now.After(u.Started) {
+			c.work = int64(c.pods) * int64(ps.now.Sub(u.Started)/time.Second)
+		}
+		names := make([]string, 0, len(u.PDBs))
+		for name, n := range u.PDBs {
+			if n < 0 {
+				return fmt.Errorf("preempt: candidate unit %s: budget %s covers %d pods", u.Key, name, n)
+			}
+			if n > 0 {
+				names = append(names, name)
+			}
+		}
+		sort.Strings(names)
+		for _, name := range names {
+			pi, ok := pdbIdx[name]
+			if !ok {
+				pi = len(ps.pdbNames)
+				pdbIdx[name] = pi
+				ps.pdbNames = append(ps.pdbNames, name)
+				ps.pdbAllowed = append(ps.pdbAllowed, max(0, ps.req.PDBAllowed[name]))
+			}
+			c.pdb = append(c.pdb, pdbUse{pi, u.PDBs[name]})
+		}
+		ps.cands = append(ps.cands, c)
+	}
+	// Units sorted by key, so index order is key order everywhere.
+	order := make([]int, len(ps.cands))
+	for i := range order {
+		order[i] = i
+	}
+	sort.Slice(order, func(a, b int) bool { return ps.cands[order[a]].unit.Key < ps.cands[order[b]].unit.Key })
+	sorted := make([]candUnit, len(ps.cands))
+	newIdx := make([]int, len(ps.cands))
+	for ni, oi := range order {
+		sorted[ni] = ps.cands[oi]
+		newIdx[oi] = ni
+	}
+	ps.cands = sorted
+	for id, ci := range ps.byHolder {
+		ps.byHolder[id] = newIdx[ci]
+	}
+	for g, ci := range ps.byGang {
+		ps.byGang[g] = newIdx[ci]
+	}
+	used := make([]int, len(ps.pdbNames))
+	for i := range ps.cands {
+		ps.cands[i].alone = ps.cost([]int{i}, used)
+	}
+	return nil
+}
+
+// cost computes the order's key of the units us (indices sorted by key).
+// used is scratch of len(pdbNames).
+func (ps *preemptSearch) cost(us []int, used []int) VictimCost {
+	c := VictimCost{MaxPriority: math.MinInt32}
+	clear(used)
+	for _, ui := range us {
+		u := &ps.cands[ui]
+		c.Pods += u.pods
+		c.MaxPriority = max(c.MaxPriority, u.unit.Priority)
+		c.PrioritySum += u.prioSum
+		c.WorkLost += u.work
+		for _, p := range u.pdb {
+			used[p.pdb] += p.pods
+		}
+		c.Units = append(c.Units, u.unit.Key)
+	}
+	for i, n := range used {
+		c.PDBViolations += max(0, n-ps.pdbAllowed[i])
+	}
+	return c
+}
+
+// holderCopy is one holder's applied claim, copied out of the live ledger.
+type holderCopy struct {
+	id, gang string
+	ids      []api.SliceID
+}
+
+// nodeCopy is one node as the search needs it.
+type nodeCopy struct {
+	name     string
+	labels   map[string]string
+	inv      api.Inventory
+	eligible bool
+	holders  []holderCopy
+}
+
+// searchDom is one domain to search: its nodes (eligible ones are where the
+// preemptor may go) plus the nodes holding other exclusive gangs that block
+// some of them.
+type searchDom struct {
+	name  string
+	nodes []*nodeCopy
+	own   int // nodes[:own] are the domain's; the rest only block
+}
+
+// copyDomains groups the ledger's nodes into the domains the search tries
+// and copies what it needs, under the read lock.
+func (l *Ledger) copyDomains(ps *preemptSearch) ([]searchDom, error) {
+	spec := ps.spec
+	keys := spec.requiredKeys()
+	reqs := spec.requests()
+	minReq := reqs[0]
+	for _, r := range reqs {
+		minReq = min(minReq, r)
+	}
+	perNode := len(reqs) == 1 && spec.ExclusiveTopology == ""
+
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	if len(l.gangs[spec.Key]) > 0 {
+		return nil, fmt.Errorf("preempt: gang %s already holds slices; preemption plans whole gangs only", spec.Key)
+	}
+	for id, ci := range ps.byHolder {
+		if h := l.holders[id]; h != nil && h.gang != ps.cands[ci].unit.Gang {
+			u := ps.cands[ci].unit
+			if u.Gang == "" {
+				return nil, fmt.Errorf("preempt: candidate unit %s names pod %s of gang %s; a gang member is evicted only with its whole gang", u.Key, id, h.gang)
+			}
+			return nil, fmt.Errorf("preempt: candidate unit %s (gang %s) names pod %s of gang %q", u.Key, u.Gang, id, h.gang)
+		}
+	}
+
+	names := make([]string, 0, len(l.nodes))
+	for name := range l.nodes {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	type group struct {
+		name  string
+		nodes []*nodeState
+		cap   int // ranks of minReq that fit with every slice free (eligible nodes)
+		elig  []bool
+	}
+	var groups []*group
+	byName := map[string]*group{}
+	for _, name := range names {
+		n := l.nodes[name]
+		dn, ok := domainName(n, keys)
+		if !ok {
+			continue
+		}
+		el := ps.req.Eligible == nil || ps.req.Eligible(name)
+		gk := dn
+		if perNode {
+			gk = name
+		}
+		g := byName[gk]
+		if g == nil {
+			g = &group{name: dn}
+			byName[gk] = g
+			groups = append(groups, g)
+		}
+		g.nodes = append(g.nodes, n)
+		g.elig = append(g.elig, el)
+		if el {
+			g.cap += emptyCapacity(n, minReq)
+		}
+	}
+	// Nodes holding other exclusive gangs, by (key, value) of the label
+	// whose domain they block (markBlockedLocked).
+	type kv struct{ k, v string }
+	blockers := map[kv][]*nodeState{}
+	for other, key := range ps.req.ExclusiveOthers {
+		if other == spec.Key {
+			continue
+		}
+		for _, h := range l.gangs[other] {
+			n := l.nodes[h.claimNode]
+			if n == nil {
+				continue
+			}
+			if v, ok := n.labels[key]; ok && !slices.Contains(blockers[kv{key, v}], n) {
+				blockers[kv{key, v}] = append(blockers[kv{key, v}], n)
+			}
+		}
+	}
+	copies := map[*nodeState]*nodeCopy{}
+	copyOf := func(n *nodeState) *nodeCopy {
+		if c := copies[n]; c != nil {
+			return c
+		}
+		c := &nodeCopy{name: n.name, labels: n.labels, inv: n.inv}
+		hs := make([]*holder, 0, len(n.holders))
+		for _, h := range n.holders {
+			hs = append(hs, h)
+		}
+		sort.Slice(hs, func(i, j int) bool { return hs[i].id < hs[j].id })
+		for _, h := range hs {
+			if len(h.applied) == 0 {
+				continue
+			}
+			hc := holderCopy{id: h.id, gang: h.gang, ids: make([]api.SliceID, len(h.applied))}
+			for i, r := range h.applied {
+				hc.ids[i] = api.SliceID{GPU: n.gpus[r.gpu].uuid, Index: int(r.slice)}
+			}
+			c.holders = append(c.holders, hc)
+		}
+		copies[n] = c
+		return c
+	}
+	var out []searchDom
+	for _, g := range groups {
+		if g.cap < len(reqs) {
+			continue // does not fit even on empty nodes
+		}
+		d := searchDom{name: g.name, own: len(g.nodes)}
+		in := map[*nodeState]bool{}
+		for i, n := range g.nodes {
+			c := copyOf(n)
+			c.eligible = g.elig[i] // a node is in one group only
+			d.nodes = append(d.nodes, c)
+			in[n] = true
+		}
+		for p, ns := range blockers {
+			hit := false
+			for _, n := range g.nodes {
+				if v, ok := n.labels[p.k]; ok && v == p.v {
+					hit = true
+					break
+				}
+			}
+			if !hit {
+				continue
+			}
+			for _, n := range ns {
+				if !in[n] {
+					in[n] = true
+					d.nodes = append(d.nodes, copyOf(n))
+				}
+			}
+		}
+		out = append(out, d)
+	}
+	return out, nil
+}
+
+// emptyCapacity is how many ranks of req slices n would take with every
+// slice free: the planner's capacity when nothing is held.
+func emptyCapacity(n *nodeState, req int) int {
+	k, err := podspec.Shape(req, n.sPer)
+	if err != nil {
+		return 0
+	}
+	c := 0
+	for i := range n.gpus {
+		g := &n.gpus[i]
+		switch {
+		case !g.healthy:
+		case k > 0 && g.slices == n.sPer:
+			c++
+		case k == 0 && g.slices >= req:
+			c++
+		}
+	}
+	if k > 0 {
+		return c / k
+	}
+	return c
+}
+
+// domScratch is one domain's private ledger and the units it can remove.
+type domScratch struct {
+	ps      *preemptSearch
+	l       *Ledger
+	pr      PlanRequest
+	name    string
+	units   []int       // candidate indices relevant here, sorted (key order)
+	holders [][]PodInfo // per units[i]: its holders in the scratch
+	removed []bool      // per units[i]
+	slots   []Slot      // of the last plan that fit
+	domain  string
+}
+
+// searchDom builds the scratch ledger of d and runs the three steps of the
+// package comment.
+func (ps *preemptSearch) searchDomain(d searchDom) {
+	s := &domScratch{ps: ps, l: NewLedger(LedgerOptions{}), name: d.name}
+	eligible := map[string]bool{}
+	rel := map[int][]PodInfo{}
+	for i, nc := range d.nodes {
+		inv := nc.inv
+		if err := s.l.UpsertNode(nc.name, nc.labels, &inv); err != nil {
+			continue // cannot happen: the live ledger accepted it
+		}
+		// Only the domain's own nodes may take members; the blocking
+		// nodes after them only carry their holders.
+		if nc.eligible && i < d.own {
+			eligible[nc.name] = true
+		}
+		for _, h := range nc.holders {
+			pi := PodInfo{UID: h.id, Gang: h.gang, Node: nc.name, Assignment: h.ids}
+			s.l.SetPod(pi)
+			ci, ok := ps.byHolder[h.id]
+			if !ok && h.gang != "" {
+				ci, ok = ps.byGang[h.gang]
+			}
+			if ok {
+				rel[ci] = append(rel[ci], pi)
+			}
+		}
+	}
+	for ci := range rel {
+		s.units = append(s.units, ci)
+	}
+	sort.Ints(s.units)
+	for _, ci := range s.units {
+		s.holders = append(s.holders, rel[ci])
+	}
+	s.removed = make([]bool, len(s.units))
+	s.pr = PlanRequest{Spec: ps.spec, ExclusiveOthers: ps.req.ExclusiveOthers,
+		Eligible: func(node string) bool { return eligible[node] }}
+
+	k := len(s.units)
+	// 1. Every candidate gone.
+	all := make([]bool, k)
+	for i := range all {
+		all[i] = true
+	}
+	s.set(all)
+	if !s.plan() {
+		return
+	}
+	allSlots, allDomain := s.slots, s.domain
+
+	// 2. Greedy: cheapest-first prefixes, then put back what is not needed.
+	add := make([]int, k) // positions in s.units
+	for i := range add {
+		add[i] = i
+	}
+	sort.SliceStable(add, func(a, b int) bool {
+		return compareCost(ps.cands[s.units[add[a]]].alone, ps.cands[s.units[add[b]]].alone) < 0
+	})
+	want := make([]bool, k)
+	p := 0
+	for {
+		clear(want)
+		for _, i := range add[:p] {
+			want[i] = true
+		}
+		s.set(want)
+		if p == k {
+			s.slots, s.domain = allSlots, allDomain
+			break
+		}
+		if s.plan() {
+			break
+		}
+		p = min(k, max(1, 2*p))
+	}
+	for j := p - 1; j >= 0; j-- {
+		i := add[j]
+		slots, domain := s.slots, s.domain
+		s.toggle(i, false)
+		if !s.plan() {
+			s.toggle(i, true)
+			s.slots, s.domain = slots, domain
+		}
+	}
+	var greedy []int
+	for i, r := range s.removed {
+		if r {
+			greedy = append(greedy, s.units[i])
+		}
+	}
+	used := make([]int, len(ps.pdbNames))
+	ps.offer(&victimSet{units: greedy, cost: ps.cost(greedy, used), domain: s.domain, slots: s.slots})
+
+	// 3. Exact: every subset cheaper than the best so far, cheapest first.
+	if k > ps.exactUnits {
+		ps.exact = false
+		return
+	}
+	type sub struct {
+		mask uint32
+		cost VictimCost
+	}
+	subs := make([]sub, 0, 1<<k)
+	us := make([]int, 0, k)
+	for mask := uint32(0); mask < 1<<k; mask++ {
+		us = us[:0]
+		for i := 0; i < k; i++ {
+			if mask&(1<<i) != 0 {
+				us = append(us, s.units[i])
+			}
+		}
+		c := ps.cost(us, used)
+		if compareCost(c, ps.best.cost) < 0 {
+			subs = append(subs, sub{mask, c})
+		}
+	}
+	sort.Slice(subs, func(a, b int) bool { return compareCost(subs[a].cost, subs[b].cost) < 0 })
+	for _, sb := range subs {
+		if compareCost(sb.cost, ps.best.cost) >= 0 {
+			break
+		}
+		if ps.budget <= 0 {
+			ps.exact = false
+			return
+		}
+		ps.budget--
+		for i := range want {
+			want[i] = sb.mask&(1<<i) != 0
+		}
+		s.set(want)
+		if s.plan() {
+			var units []int
+			for i := range want {
+				if want[i] {
+					units = append(units, s.units[i])
+				}
+			}
+			ps.offer(&victimSet{units: units, cost: sb.cost, domain: s.domain, slots: s.slots})
+			return
+		}
+	}
+}
+
+// offer keeps v if it is cheaper than the best so far.
+func (ps *preemptSearch) offer(v *victimSet) {
+	if ps.best == nil || compareCost(v.cost, ps.best.cost) < 0 {
+		ps.best = v
+	}
+}
+
+// set removes exactly the units marked in want.
+func (s *domScratch) set(want []bool) {
+	for i, w := range want {
+		s.toggle(i, w)
+	}
+}
+
+// toggle removes (rm) or restores unit i.
+func (s *domScratch) toggle(i int, rm bool) {
+	if s.removed[i] == rm {
+		return
+	}
+	s.removed[i] = rm
+	for _, pi := range s.holders[i] {
+		if rm {
+			s.l.RemovePod(pi.UID)
+		} else {
+			s.l.SetPod(pi)
+		}
+	}
+}
+
+// plan runs the planner on the scratch ledger; on success it keeps the plan.
+func (s *domScratch) plan() bool {
+	s.ps.plans++
+	s.l.mu.Lock()
+	domain, slots, err := s.l.planLocked(&s.pr)
+	s.l.mu.Unlock()
+	if err != nil {
+		return false
+	}
+	s.slots, s.domain = slots, domain
+	return true
+}

@@ -1,0 +1,482 @@
+package gang
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/google/go-cmp/cmp"
+	"github.com/tessera-gpu/tessera/api"
+)
+
+// tNow is the Now of every preemption test; a unit's ago is measured back
+// from it.
+var tNow = t0.Add(10 * time.Hour)
+
+// vpod is one pod (or planned slot) of a test unit: its node and slices.
+type vpod struct{ node, slices string }
+
+// vunit describes a victim candidate and what its pods hold. A gang key
+// "ns/g" gives pods uid-ns-g-<i> and slots slot:ns/g#1.<i>; a single pod
+// "d/a" is uid-d-a.
+type vunit struct {
+	key  string
+	gang bool
+	prio int32
+	ago  time.Duration // running for; 0: not started
+	pdbs map[string]int
+	pods []vpod
+	// slots are planned slots no pod has taken yet (a gang waiting at its
+	// barrier): ledger holders, not pods.
+	slots []vpod
+	// split lists each pod of the gang as a single unit (a wrong request).
+	split bool
+}
+
+func (u vunit) podUID(i int) string {
+	if !u.gang {
+		return "uid-" + strings.ReplaceAll(u.key, "/", "-")
+	}
+	return fmt.Sprintf("uid-%s-%d", strings.ReplaceAll(u.key, "/", "-"), i)
+}
+
+func (u vunit) slotID(i int) string { return fmt.Sprintf("slot:%s#1.%d", u.key, i) }
+
+// holderIDs are every ledger holder of the unit.
+func (u vunit) holderIDs() []string {
+	var out []string
+	for i := range u.pods {
+		out = append(out, u.podUID(i))
+	}
+	for i := range u.slots {
+		out = append(out, u.slotID(i))
+	}
+	return out
+}
+
+// load puts the unit's pods and slots into l.
+func (u vunit) load(t testing.TB, l *Ledger) {
+	t.Helper()
+	gang := ""
+	if u.gang {
+		gang = u.key
+	}
+	ns, name, _ := strings.Cut(u.key, "/")
+	for i, p := range u.pods {
+		l.SetPod(PodInfo{UID: u.podUID(i), Namespace: ns, Name: fmt.Sprintf("%s-%d", name, i), Gang: gang, Node: p.node, Assignment: ids(p.slices)})
+	}
+	for i, s := range u.slots {
+		if err := l.Assume(u.slotID(i), gang, s.node, ids(s.slices)); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// candidates are the units as Preempt takes them.
+func (u vunit) candidates() []VictimUnit {
+	v := VictimUnit{Key: u.key, Priority: u.prio, PDBs: u.pdbs}
+	if u.ago > 0 {
+		v.Started = tNow.Add(-u.ago)
+	}
+	if u.gang {
+		v.Gang = u.key
+	}
+	for i := range u.pods {
+		v.Pods = append(v.Pods, u.podUID(i))
+	}
+	if !u.split {
+		return []VictimUnit{v}
+	}
+	var out []VictimUnit
+	for i, p := range v.Pods {
+		w := v
+		w.Key, w.Gang, w.Pods = fmt.Sprintf("%s-%d", u.key, i), "", []string{p}
+		out = append(out, w)
+	}
+	return out
+}
+
+func slotStrings(ss []Slot) []string {
+	var out []string
+	for _, s := range ss {
+		out = append(out, api.FormatSliceList(s.Slices))
+	}
+	return out
+}
+
+// checkSlots verifies a preemptor's plan as the rules say it must be: one
+// domain of the required topology, distinct GPUs for ranks on one node,
+// every slice free in l (the victims already evicted), one rank per member.
+func checkSlots(l *Ledger, spec GangSpec, slots []Slot) error {
+	reqs := spec.requests()
+	if len(slots) != len(reqs) {
+		return fmt.Errorf("%d slots for %d members", len(slots), len(reqs))
+	}
+	snap := l.Snapshot()
+	labels := map[string]map[string]string{}
+	for _, n := range snap.Nodes {
+		labels[n.Name] = n.Labels
+	}
+	gpus := map[string]string{} // gpu uuid → member
+	dom := ""
+	for i, s := range slots {
+		if s.Index != i || s.Request != reqs[i] || len(s.Slices) != reqs[i] {
+			return fmt.Errorf("slot %d: %+v for request %d", i, s, reqs[i])
+		}
+		d := ""
+		for _, k := range spec.requiredKeys() {
+			v, ok := labels[s.Node][k]
+			if !ok {
+				return fmt.Errorf("slot %d on %s: no label %s", i, s.Node, k)
+			}
+			d += k + "=" + v + ","
+		}
+		if i > 0 && d != dom {
+			return fmt.Errorf("slots in two domains: %q and %q", dom, d)
+		}
+		dom = d
+		mine := map[string]bool{}
+		for _, id := range s.Slices {
+			if !strings.HasPrefix(id.GPU, s.Node+"-") {
+				return fmt.Errorf("slot %d on %s names %s", i, s.Node, id)
+			}
+			if other, ok := gpus[id.GPU]; ok && !mine[id.GPU] {
+				return fmt.Errorf("GPU %s shared by ranks %s and %d", id.GPU, other, i)
+			}
+			gpus[id.GPU], mine[id.GPU] = fmt.Sprint(i), true
+		}
+	}
+	var ok []string
+	defer func() {
+		for _, id := range ok {
+			l.Forget(id)
+		}
+	}()
+	for i, s := range slots {
+		id := fmt.Sprintf("check-%d", i)
+		if err := l.Assume(id, "", s.Node, s.Slices); err != nil {
+			return fmt.Errorf("slot %d: %w", i, err)
+		}
+		ok = append(ok, id)
+	}
+	return nil
+}
+
+// TestPreemptScenarios: nodes, victim candidates (their pods hold slices)
+// and a preemptor → the victims chosen, or why nobody is evicted; then the
+// victims are evicted and the preemptor is planned by the Manager, whole,
+// where the search said.
+func TestPreemptScenarios(t *testing.T) {
+	const hi = 10 // the preemptor's priority unless a case says otherwise
+	full := func(node string, gpu int) vpod { return vpod{node, rng(node, gpu, 0, 7)} }
+	half := func(node string, gpu, from int) vpod { return vpod{node, rng(node, gpu, from, from+3)} }
+	single := func(key string, prio int32, p vpod) vunit { return vunit{key: key, prio: prio, pods: []vpod{p}} }
+	one := func(slices int) GangSpec { return PodPreemptor("d", "new", slices, hi) }
+	tests := map[string]struct {
+		nodes      []tnode
+		units      []vunit
+		spec       GangSpec
+		never      bool
+		pdbAllowed map[string]int
+		exclusive  map[string]string // ExclusiveOthers
+		exactUnits int
+		// wantVictims are the chosen units' keys; wantCost the order's key
+		// without Units (it equals wantVictims).
+		wantVictims []string
+		wantCost    VictimCost
+		wantSlots   []string
+		wantInexact bool
+		wantErr     string
+	}{
+		"single pod: the lower-priority pod goes, the higher-priority one stays": {
+			nodes: []tnode{{name: "n1", gpus: 1}},
+			units: []vunit{single("d/lo", 1, half("n1", 0, 0)), single("d/hi", 20, half("n1", 0, 4))},
+			spec:  one(4), wantVictims: []string{"d/lo"},
+			wantCost:  VictimCost{Pods: 1, MaxPriority: 1, PrioritySum: 1},
+			wantSlots: []string{rng("n1", 0, 0, 3)},
+		},
+		"fits already: nobody is evicted": {
+			nodes: []tnode{{name: "n1", gpus: 2}},
+			units: []vunit{single("d/a", 1, full("n1", 0))},
+			spec:  one(8), wantVictims: nil,
+			wantCost:  VictimCost{MaxPriority: -1 << 31},
+			wantSlots: []string{rng("n1", 1, 0, 7)},
+		},
+		"fewest pods first: one pod of higher priority beats two of lower": {
+			nodes: []tnode{{name: "n1", gpus: 2}},
+			units: []vunit{single("d/a", 1, half("n1", 0, 0)), single("d/b", 1, half("n1", 0, 4)), single("d/c", 5, full("n1", 1))},
+			spec:  one(8), wantVictims: []string{"d/c"},
+			wantCost:  VictimCost{Pods: 1, MaxPriority: 5, PrioritySum: 5},
+			wantSlots: []string{rng("n1", 1, 0, 7)},
+		},
+		"greedy only (ExactUnits < 0): a set no victim can be spared from, not the minimum": {
+			nodes: []tnode{{name: "n1", gpus: 2}},
+			units: []vunit{single("d/a", 1, half("n1", 0, 0)), single("d/b", 1, half("n1", 0, 4)), single("d/c", 5, full("n1", 1))},
+			spec:  one(8), exactUnits: -1, wantVictims: []string{"d/a", "d/b"},
+			wantCost:  VictimCost{Pods: 2, MaxPriority: 1, PrioritySum: 2},
+			wantSlots: []string{rng("n1", 0, 0, 7)}, wantInexact: true,
+		},
+		"equal pods: the lowest highest priority": {
+			nodes: []tnode{{name: "n1", gpus: 2}},
+			units: []vunit{single("d/a", 3, full("n1", 0)), single("d/b", 2, full("n1", 1))},
+			spec:  one(8), wantVictims: []string{"d/b"},
+			wantCost:  VictimCost{Pods: 1, MaxPriority: 2, PrioritySum: 2},
+			wantSlots: []string{rng("n1", 1, 0, 7)},
+		},
+		"equal pods and priority: the least work lost": {
+			nodes: []tnode{{name: "n1", gpus: 3}},
+			units: []vunit{
+				{key: "d/a", prio: 1, ago: 2 * time.Hour, pods: []vpod{full("n1", 0)}},
+				{key: "d/b", prio: 1, ago: time.Hour, pods: []vpod{full("n1", 1)}},
+				{key: "d/c", prio: 1, ago: 3 * time.Hour, pods: []vpod{full("n1", 2)}},
+			},
+			spec: one(8), wantVictims: []string{"d/b"},
+			wantCost:  VictimCost{Pods: 1, MaxPriority: 1, PrioritySum: 1, WorkLost: 3600},
+			wantSlots: []string{rng("n1", 1, 0, 7)},
+		},
+		"a gang is evicted whole, every member, though one member's GPU would do": {
+			nodes: []tnode{{name: "n1", gpus: 1}, {name: "n2", gpus: 1}},
+			units: []vunit{{key: "ns/g", gang: true, prio: 1, pods: []vpod{full("n1", 0), full("n2", 0)}}},
+			spec:  one(8), wantVictims: []string{"ns/g"},
+			wantCost:  VictimCost{Pods: 2, MaxPriority: 1, PrioritySum: 2},
+			wantSlots: []string{rng("n1", 0, 0, 7)},
+		},
+		"two single pods beat a gang of three, though of higher priority": {
+			nodes: []tnode{{name: "n1", gpus: 1}, {name: "n2", gpus: 1}, {name: "n3", gpus: 1}, {name: "n4", gpus: 1}},
+			units: []vunit{
+				single("d/a", 2, half("n1", 0, 0)), single("d/b", 2, half("n1", 0, 4)),
+				{key: "ns/g", gang: true, prio: 1, pods: []vpod{full("n2", 0), full("n3", 0), full("n4", 0)}},
+			},
+			spec: one(8), wantVictims: []string{"d/a", "d/b"},
+			wantCost:  VictimCost{Pods: 2, MaxPriority: 2, PrioritySum: 4},
+			wantSlots: []string{rng("n1", 0, 0, 7)},
+		},
+		"a waiting gang's planned slots go with it, and only its pods count": {
+			nodes: []tnode{{name: "n1", gpus: 1}, {name: "n2", gpus: 1}},
+			units: []vunit{
+				{key: "ns/w", gang: true, prio: 1, pods: []vpod{half("n1", 0, 0)}, slots: []vpod{full("n2", 0)}},
+				single("d/a", 1, half("n1", 0, 4)),
+			},
+			spec: one(8), wantVictims: []string{"ns/w"},
+			wantCost:  VictimCost{Pods: 1, MaxPriority: 1, PrioritySum: 1},
+			wantSlots: []string{rng("n2", 0, 0, 7)},
+		},
+		"never equal or higher priority: nobody is evicted": {
+			nodes:   []tnode{{name: "n1", gpus: 1}},
+			units:   []vunit{single("d/eq", hi, full("n1", 0))},
+			spec:    one(8),
+			wantErr: "d/pod:new: needs 1×8 slices; does not fit on any node even with all 0 lower-priority units evicted (1 domains tried)",
+		},
+		"a higher-priority pod stays; the lower-priority one on another node goes": {
+			nodes: []tnode{{name: "n1", gpus: 1}, {name: "n2", gpus: 1}},
+			units: []vunit{single("d/hi", hi+1, full("n1", 0)), single("d/lo", 1, full("n2", 0))},
+			spec:  one(8), wantVictims: []string{"d/lo"},
+			wantCost:  VictimCost{Pods: 1, MaxPriority: 1, PrioritySum: 1},
+			wantSlots: []string{rng("n2", 0, 0, 7)},
+		},
+		"a gang that does not fit even with every lower-priority pod gone evicts nobody": {
+			nodes: cliques("c", 2, 2, 2),
+			units: []vunit{single("d/a", 1, full("c0-n0", 0)), single("d/b", 1, full("c1-n1", 1))},
+			spec:  GangSpec{Key: "ns/big", MinMember: 5, Request: 8, RequiredTopology: clique, Priority: hi},
+			// No clique has 5 GPUs: none is even searched.
+			wantErr: "ns/big: needs 5×8 slices; does not fit in any nvidia.com/gpu.clique even with all 2 lower-priority units evicted (0 domains tried)",
+		},
+		"higher-priority pods leave too little room: nobody is evicted": {
+			nodes:   []tnode{{name: "n1", gpus: 2}},
+			units:   []vunit{single("d/hi", hi+5, half("n1", 0, 0)), single("d/lo", 1, full("n1", 1))},
+			spec:    GangSpec{Key: "ns/tp2", MinMember: 2, Request: 8, Priority: hi},
+			wantErr: "ns/tp2: needs 2×8 slices; does not fit anywhere even with all 1 lower-priority units evicted (1 domains tried)",
+		},
+		"preemptionPolicy Never evicts nobody": {
+			nodes:   []tnode{{name: "n1", gpus: 1}},
+			units:   []vunit{single("d/lo", 1, full("n1", 0))},
+			spec:    one(8), never: true,
+			wantErr: "d/pod:new: preemptionPolicy is Never",
+		},
+		"the preemptor gang places whole in one clique, on distinct GPUs": {
+			nodes: cliques("c", 2, 2, 2), // 2 cliques × 2 nodes × 2 GPUs
+			units: []vunit{
+				single("d/a", 1, vpod{"c0-n0", rng("c0-n0", 0, 0, 0)}),
+				single("d/b", 1, vpod{"c0-n1", rng("c0-n1", 1, 0, 0)}),
+				single("d/c", 3, full("c1-n0", 0)),
+			},
+			spec:        GangSpec{Key: "ns/big", MinMember: 4, Request: 8, RequiredTopology: clique, Priority: hi},
+			wantVictims: []string{"d/c"},
+			wantCost:    VictimCost{Pods: 1, MaxPriority: 3, PrioritySum: 3},
+			wantSlots:   []string{rng("c1-n0", 0, 0, 7), rng("c1-n0", 1, 0, 7), rng("c1-n1", 0, 0, 7), rng("c1-n1", 1, 0, 7)},
+		},
+		"victims in two cliques are never combined": {
+			// Each clique has one free GPU; evicting one pod per clique
+			// frees two GPUs, but never two in one clique.
+			nodes: cliques("c", 2, 1, 2),
+			units: []vunit{
+				single("d/a", 1, full("c0-n0", 0)),
+				single("d/b", 1, full("c1-n0", 0)),
+				single("d/c", 2, full("c1-n0", 1)),
+			},
+			spec:        GangSpec{Key: "ns/tp2", MinMember: 2, Request: 8, RequiredTopology: clique, Priority: hi},
+			wantVictims: []string{"d/a"},
+			wantCost:    VictimCost{Pods: 1, MaxPriority: 1, PrioritySum: 1},
+			wantSlots:   []string{rng("c0-n0", 0, 0, 7), rng("c0-n0", 1, 0, 7)},
+		},
+		"PDB: a set within its budgets beats a smaller set that violates one": {
+			nodes: []tnode{{name: "n1", gpus: 2}},
+			units: []vunit{
+				{key: "d/a", prio: 1, pdbs: map[string]int{"d/pdb": 1}, pods: []vpod{full("n1", 0)}},
+				single("d/b", 1, half("n1", 1, 0)), single("d/c", 1, half("n1", 1, 4)),
+			},
+			spec: one(8), pdbAllowed: map[string]int{"d/pdb": 0},
+			wantVictims: []string{"d/b", "d/c"},
+			wantCost:    VictimCost{Pods: 2, MaxPriority: 1, PrioritySum: 2},
+			wantSlots:   []string{rng("n1", 1, 0, 7)},
+		},
+		"PDB: a budget allowing one disruption lets the one pod go": {
+			nodes: []tnode{{name: "n1", gpus: 2}},
+			units: []vunit{
+				{key: "d/a", prio: 1, pdbs: map[string]int{"d/pdb": 1}, pods: []vpod{full("n1", 0)}},
+				single("d/b", 1, half("n1", 1, 0)), single("d/c", 1, half("n1", 1, 4)),
+			},
+			spec: one(8), pdbAllowed: map[string]int{"d/pdb": 1},
+			wantVictims: []string{"d/a"},
+			wantCost:    VictimCost{Pods: 1, MaxPriority: 1, PrioritySum: 1},
+			wantSlots:   []string{rng("n1", 0, 0, 7)},
+		},
+		"PDB: when every set that helps violates, the fewest violations go anyway": {
+			nodes: []tnode{{name: "n1", gpus: 2}},
+			units: []vunit{
+				{key: "d/a", prio: 1, pdbs: map[string]int{"d/pdb": 1}, pods: []vpod{full("n1", 0)}},
+				{key: "ns/g", gang: true, prio: 1, pdbs: map[string]int{"ns/pdb": 2}, pods: []vpod{half("n1", 1, 0), {"n1", rng("n1", 1, 4, 4)}}},
+			},
+			spec:        one(8), // no budget allows a disruption
+			wantVictims: []string{"d/a"},
+			wantCost:    VictimCost{PDBViolations: 1, Pods: 1, MaxPriority: 1, PrioritySum: 1},
+			wantSlots:   []string{rng("n1", 0, 0, 7)},
+		},
+		"PDB: two units under one budget allowing one: evicting both violates it once": {
+			nodes: []tnode{{name: "n1", gpus: 2}},
+			units: []vunit{
+				{key: "d/a", prio: 1, pdbs: map[string]int{"d/pdb": 1}, pods: []vpod{full("n1", 0)}},
+				{key: "d/b", prio: 1, pdbs: map[string]int{"d/pdb": 1}, pods: []vpod{full("n1", 1)}},
+			},
+			spec: GangSpec{Key: "ns/tp2", MinMember: 2, Request: 8, Priority: hi}, pdbAllowed: map[string]int{"d/pdb": 1},
+			wantVictims: []string{"d/a", "d/b"},
+			wantCost:    VictimCost{PDBViolations: 1, Pods: 2, MaxPriority: 1, PrioritySum: 2},
+			wantSlots:   []string{rng("n1", 0, 0, 7), rng("n1", 1, 0, 7)},
+		},
+		"exclusive preemptor: another gang in the only rack is evicted whole, though there is room": {
+			nodes: []tnode{{name: "r1n", gpus: 4, labels: lbl("topology.kubernetes.io/rack=r1")}},
+			units: []vunit{{key: "ns/lws", gang: true, prio: 1, pods: []vpod{{"r1n", rng("r1n", 0, 0, 0)}}}},
+			spec:  GangSpec{Key: "ns/excl", MinMember: 2, Request: 1, ExclusiveTopology: api.LabelRack, Priority: hi},
+			// ns/lws holds the rack exclusively too.
+			exclusive:   map[string]string{"ns/lws": api.LabelRack},
+			wantVictims: []string{"ns/lws"},
+			wantCost:    VictimCost{Pods: 1, MaxPriority: 1, PrioritySum: 1},
+			wantSlots:   []string{rng("r1n", 0, 0, 0), rng("r1n", 1, 0, 0)},
+		},
+		"an exclusive gang in another clique whose rack blocks this clique's node is evicted": {
+			nodes: []tnode{
+				{name: "a1", gpus: 1, labels: lbl(clique+"=x", "topology.kubernetes.io/rack=r1")},
+				{name: "a2", gpus: 1, labels: lbl(clique+"=x", "topology.kubernetes.io/rack=r2")},
+				{name: "b1", gpus: 1, labels: lbl(clique+"=y", "topology.kubernetes.io/rack=r2")},
+			},
+			units:       []vunit{{key: "ns/lws", gang: true, prio: 1, pods: []vpod{{"b1", rng("b1", 0, 0, 0)}}}},
+			spec:        GangSpec{Key: "ns/tp2", MinMember: 2, Request: 8, RequiredTopology: clique, Priority: hi},
+			exclusive:   map[string]string{"ns/lws": api.LabelRack},
+			wantVictims: []string{"ns/lws"},
+			wantCost:    VictimCost{Pods: 1, MaxPriority: 1, PrioritySum: 1},
+			wantSlots:   []string{rng("a1", 0, 0, 7), rng("a2", 0, 0, 7)},
+		},
+		"a gang member offered as a single unit is refused": {
+			nodes:   []tnode{{name: "n1", gpus: 1}, {name: "n2", gpus: 1}},
+			units:   []vunit{{key: "ns/g", gang: true, prio: 1, split: true, pods: []vpod{full("n1", 0), full("n2", 0)}}},
+			spec:    one(8),
+			wantErr: "preempt: candidate unit ns/g-0 names pod uid-ns-g-0 of gang ns/g; a gang member is evicted only with its whole gang",
+		},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			f := newFixture(t, tc.nodes...)
+			var cands []VictimUnit
+			for _, u := range tc.units {
+				u.load(t, f.l)
+				cands = append(cands, u.candidates()...)
+			}
+			for g, key := range tc.exclusive {
+				// The Manager knows exclusive gangs from their specs.
+				if err := f.m.SetGang(GangSpec{Key: g, MinMember: 1, Request: 1, ExclusiveTopology: key}); err != nil {
+					t.Fatal(err)
+				}
+			}
+			before := f.l.Snapshot()
+			req := &PreemptRequest{Spec: tc.spec, Never: tc.never, Candidates: cands, PDBAllowed: tc.pdbAllowed,
+				ExclusiveOthers: tc.exclusive, Now: tNow, ExactUnits: tc.exactUnits}
+			got, err := f.l.Preempt(req)
+			if diff := cmp.Diff(before, f.l.Snapshot()); diff != "" {
+				t.Fatalf("Preempt changed the ledger (-before +after):\n%s", diff)
+			}
+			if tc.wantErr != "" {
+				if err == nil || err.Error() != tc.wantErr {
+					t.Fatalf("Preempt = %+v, %v; want error %q", got, err, tc.wantErr)
+				}
+				var ue *UnschedulableError
+				if isNoHelp := errors.As(err, &ue); isNoHelp == strings.HasPrefix(tc.wantErr, "preempt:") {
+					t.Errorf("error %v: *UnschedulableError = %v, want it only when no preemption helps", err, isNoHelp)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			var keys []string
+			for _, v := range got.Victims {
+				keys = append(keys, v.Key)
+				if v.Priority >= tc.spec.Priority {
+					t.Errorf("victim %s has priority %d, preemptor %d", v.Key, v.Priority, tc.spec.Priority)
+				}
+			}
+			if diff := cmp.Diff(tc.wantVictims, keys); diff != "" {
+				t.Errorf("victims (-want +got):\n%s", diff)
+			}
+			tc.wantCost.Units = tc.wantVictims
+			if diff := cmp.Diff(tc.wantCost, got.Cost); diff != "" {
+				t.Errorf("cost (-want +got):\n%s", diff)
+			}
+			if got.Exact == tc.wantInexact {
+				t.Errorf("Exact = %v", got.Exact)
+			}
+			if diff := cmp.Diff(tc.wantSlots, slotStrings(got.Slots)); diff != "" {
+				t.Errorf("preemptor's slots (-want +got):\n%s", diff)
+			}
+			// Evict the victims whole, then the preemptor plans whole
+			// where the search said.
+			for _, u := range tc.units {
+				if !keysHave(keys, u.key) {
+					continue
+				}
+				for _, id := range u.holderIDs() {
+					f.l.RemovePod(id)
+				}
+			}
+			if err := checkSlots(f.l, tc.spec, got.Slots); err != nil {
+				t.Fatal(err)
+			}
+			if diff := cmp.Diff(tc.wantSlots, f.plan(tc.spec)); diff != "" {
+				t.Errorf("plan after the evictions (-want +got):\n%s", diff)
+			}
+			if err := checkInvariants(f.l); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
+
+func keysHave(keys []string, k string) bool {
+	for _, x := range keys {
+		if x == k {
+			return true
+		}
+	}
+	return false
+}
