@@ -3,6 +3,8 @@ package gang
 import (
 	"errors"
 	"fmt"
+	"math/rand/v2"
+	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -479,4 +481,289 @@ func keysHave(keys []string, k string) bool {
 		}
 	}
 	return false
+}
+
+// preemptCase is a small random cluster, victim candidates and a preemptor.
+type preemptCase struct {
+	nodes      []tnode
+	units      []vunit
+	spec       GangSpec
+	pdbAllowed map[string]int
+	exclusive  map[string]string // ExclusiveOthers
+}
+
+func (c preemptCase) String() string {
+	var b strings.Builder
+	for _, n := range c.nodes {
+		fmt.Fprintf(&b, "node %s %d×%d %v\n", n.name, n.gpus, n.slices, n.labels)
+	}
+	for _, u := range c.units {
+		fmt.Fprintf(&b, "unit %s gang=%v prio=%d ago=%s pdbs=%v pods=%v\n", u.key, u.gang, u.prio, u.ago, u.pdbs, u.pods)
+	}
+	fmt.Fprintf(&b, "preemptor %s %s required=%q exclusive=%q prio=%d; budgets %v; exclusive others %v",
+		c.spec.Key, c.spec.shapeString(), c.spec.RequiredTopology, c.spec.ExclusiveTopology, c.spec.Priority, c.pdbAllowed, c.exclusive)
+	return b.String()
+}
+
+// ledger builds the case's ledger without the units in skip.
+func (c preemptCase) ledger(t testing.TB, skip map[string]bool) *Ledger {
+	l := NewLedger(LedgerOptions{})
+	for _, n := range c.nodes {
+		if err := l.UpsertNode(n.name, n.labels, n.inventory()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, u := range c.units {
+		if !skip[u.key] {
+			u.load(t, l)
+		}
+	}
+	return l
+}
+
+// randomPreemptCase draws 1-2 cliques of 1-2 nodes (sometimes a node
+// without the clique label), up to 8 units placed by the planner (singles
+// and gangs, random priorities, start times and budgets) and a preemptor of
+// one request size.
+func randomPreemptCase(t testing.TB, r *rand.Rand) preemptCase {
+	var c preemptCase
+	sPer := []int{2, 4}[r.IntN(2)]
+	nvl := []string{"", "all"}[r.IntN(2)]
+	for ci := range 1 + r.IntN(2) {
+		for ni := range 1 + r.IntN(2) {
+			c.nodes = append(c.nodes, tnode{name: fmt.Sprintf("c%d-n%d", ci, ni), gpus: 1 + r.IntN(3), slices: sPer, nvlink: nvl,
+				labels: lbl(fmt.Sprintf("%s=c%d", clique, ci), fmt.Sprintf("%s=r%d", api.LabelRack, ni))})
+		}
+	}
+	if r.IntN(4) == 0 {
+		c.nodes = append(c.nodes, tnode{name: "free-n0", gpus: 1 + r.IntN(2), slices: sPer, nvlink: nvl})
+	}
+	reqs := []int{1, sPer / 2, sPer, sPer, 2 * sPer}
+	l := c.ledger(t, nil)
+	for ui := range 2 + r.IntN(7) {
+		u := vunit{prio: int32(r.IntN(4)), ago: time.Duration(r.IntN(4)) * time.Hour}
+		spec := GangSpec{MinMember: 1, Request: reqs[r.IntN(len(reqs))]}
+		if r.IntN(3) == 0 {
+			u.gang, u.key = true, fmt.Sprintf("ns/g%d", ui)
+			spec.MinMember = 2 + r.IntN(2)
+			if r.IntN(2) == 0 {
+				spec.RequiredTopology = clique
+			}
+		} else {
+			u.key = fmt.Sprintf("d/p%d", ui)
+		}
+		spec.Key = u.key
+		var slots []Slot
+		if _, err := l.Update(func(tx *Tx) error {
+			var err error
+			_, slots, err = tx.Plan(&PlanRequest{Spec: &spec})
+			return err
+		}); err != nil {
+			continue // full
+		}
+		for _, s := range slots {
+			u.pods = append(u.pods, vpod{s.Node, api.FormatSliceList(s.Slices)})
+		}
+		if p := r.IntN(6); p < 2 {
+			u.pdbs = map[string]int{[]string{"pA", "pB"}[p]: len(u.pods)}
+		}
+		u.load(t, l)
+		c.units = append(c.units, u)
+	}
+	c.pdbAllowed = map[string]int{"pA": 1, "pB": 0}
+	// Sometimes the first gang holds its clique or rack exclusively (racks
+	// cross cliques: c0-n0 and c1-n0 share r0).
+	for _, u := range c.units {
+		if u.gang && r.IntN(3) == 0 {
+			c.exclusive = map[string]string{u.key: []string{clique, api.LabelRack}[r.IntN(2)]}
+		}
+		if u.gang {
+			break
+		}
+	}
+	c.spec = GangSpec{Key: "ns/pre", MinMember: 1 + r.IntN(3), Request: reqs[r.IntN(len(reqs))], Priority: int32(1 + r.IntN(4))}
+	if r.IntN(2) == 0 {
+		c.spec.RequiredTopology = clique
+	}
+	switch {
+	case c.spec.MinMember == 1 && r.IntN(2) == 0:
+		c.spec = PodPreemptor("d", "pre", c.spec.Request, c.spec.Priority)
+	case r.IntN(6) == 0:
+		c.spec.ExclusiveTopology = []string{clique, api.LabelRack}[r.IntN(2)]
+	}
+	return c
+}
+
+// bruteCost is the documented order, written out again for the oracle:
+// PDB violations, pods, highest priority, priority sum, work lost, keys.
+type bruteCost struct {
+	viol, pods int
+	maxPrio    int32
+	prioSum    int64
+	work       int64
+	keys       []string
+}
+
+func (a bruteCost) less(b bruteCost) bool {
+	ta := []int64{int64(a.viol), int64(a.pods), int64(a.maxPrio), a.prioSum, a.work}
+	tb := []int64{int64(b.viol), int64(b.pods), int64(b.maxPrio), b.prioSum, b.work}
+	for i := range ta {
+		if ta[i] != tb[i] {
+			return ta[i] < tb[i]
+		}
+	}
+	for i := 0; i < len(a.keys) && i < len(b.keys); i++ {
+		if a.keys[i] != b.keys[i] {
+			return a.keys[i] < b.keys[i]
+		}
+	}
+	return len(a.keys) < len(b.keys)
+}
+
+func (a bruteCost) victimCost() VictimCost {
+	return VictimCost{PDBViolations: a.viol, Pods: a.pods, MaxPriority: a.maxPrio, PrioritySum: a.prioSum, WorkLost: a.work, Units: a.keys}
+}
+
+// bruteForce tries every subset of the lower-priority units on a ledger
+// built without them and plans the preemptor on the whole cluster. It
+// returns the cheapest subset that fits (nil when even evicting every
+// candidate does not help) and, per subset (keys joined by ","), whether
+// it fits.
+func bruteForce(t testing.TB, c preemptCase) (*bruteCost, map[string]bool) {
+	var cands []vunit
+	for _, u := range c.units {
+		if u.prio < c.spec.Priority {
+			cands = append(cands, u)
+		}
+	}
+	sort.Slice(cands, func(i, j int) bool { return cands[i].key < cands[j].key })
+	fits := map[string]bool{}
+	var best *bruteCost
+	for mask := 0; mask < 1<<len(cands); mask++ {
+		skip := map[string]bool{}
+		bc := bruteCost{maxPrio: -1 << 31}
+		pdb := map[string]int{}
+		for i, u := range cands {
+			if mask&(1<<i) == 0 {
+				continue
+			}
+			skip[u.key] = true
+			bc.pods += len(u.pods)
+			bc.maxPrio = max(bc.maxPrio, u.prio)
+			bc.prioSum += int64(u.prio) * int64(len(u.pods))
+			bc.work += int64(len(u.pods)) * int64(u.ago/time.Second)
+			bc.keys = append(bc.keys, u.key)
+			for k, n := range u.pdbs {
+				pdb[k] += n
+			}
+		}
+		for k, n := range pdb {
+			bc.viol += max(0, n-c.pdbAllowed[k])
+		}
+		spec := c.spec
+		l := c.ledger(t, skip)
+		_, err := l.Update(func(tx *Tx) error {
+			_, _, err := tx.Plan(&PlanRequest{Spec: &spec, ExclusiveOthers: c.exclusive})
+			return err
+		})
+		fits[strings.Join(bc.keys, ",")] = err == nil
+		if err == nil && (best == nil || bc.less(*best)) {
+			best = &bc
+		}
+	}
+	if !fits[strings.Join(func() []string {
+		var all []string
+		for _, u := range cands {
+			all = append(all, u.key)
+		}
+		return all
+	}(), ",")] {
+		return nil, fits
+	}
+	return best, fits
+}
+
+// TestPreemptMatchesBruteForce: on small random clusters (fixed seeds) the
+// victims chosen are the cheapest subset of the candidates by the
+// documented order, as trying every subset with the planner finds; the
+// greedy search alone finds a set that fits, no cheaper than that; and
+// after evicting the victims the preemptor's plan is valid.
+func TestPreemptMatchesBruteForce(t *testing.T) {
+	const cases = 2000
+	var helped, none, violating, gangs, exclusive, greedyOptimal, greedyRuns int
+	for seed := range uint64(cases) {
+		r := rand.New(rand.NewPCG(seed, 19))
+		c := randomPreemptCase(t, r)
+		want, fits := bruteForce(t, c)
+		var cands []VictimUnit
+		for _, u := range c.units {
+			cands = append(cands, u.candidates()...)
+		}
+		l := c.ledger(t, nil)
+		for _, exact := range []int{0, -1} {
+			got, err := l.Preempt(&PreemptRequest{Spec: c.spec, Candidates: cands, PDBAllowed: c.pdbAllowed,
+				ExclusiveOthers: c.exclusive, Now: tNow, ExactUnits: exact})
+			if want == nil {
+				var ue *UnschedulableError
+				if !errors.As(err, &ue) {
+					t.Fatalf("seed %d exact=%d: Preempt = %+v, %v; brute force: nothing helps\n%s", seed, exact, got, err, c)
+				}
+				continue
+			}
+			if err != nil {
+				t.Fatalf("seed %d exact=%d: %v; brute force: %+v\n%s", seed, exact, err, *want, c)
+			}
+			var keys []string
+			skip := map[string]bool{}
+			for _, v := range got.Victims {
+				keys = append(keys, v.Key)
+				skip[v.Key] = true
+			}
+			if !fits[strings.Join(keys, ",")] {
+				t.Fatalf("seed %d exact=%d: victims %v do not let the preemptor fit\n%s", seed, exact, keys, c)
+			}
+			if err := checkSlots(c.ledger(t, skip), c.spec, got.Slots); err != nil {
+				t.Fatalf("seed %d exact=%d: victims %v: plan %v: %v\n%s", seed, exact, keys, slotStrings(got.Slots), err, c)
+			}
+			wc := want.victimCost()
+			if exact == 0 {
+				if diff := cmp.Diff(wc, got.Cost); diff != "" || !got.Exact {
+					t.Fatalf("seed %d: exact=%v, cost (-brute force +got):\n%s\n%s", seed, got.Exact, diff, c)
+				}
+				continue
+			}
+			greedyRuns++
+			if got.Cost.Less(wc) {
+				t.Fatalf("seed %d greedy: %+v is cheaper than the brute force's %+v\n%s", seed, got.Cost, wc, c)
+			}
+			if cmp.Equal(wc, got.Cost) {
+				greedyOptimal++
+			} else if got.Exact {
+				t.Fatalf("seed %d greedy: not the minimum but Exact\n%s", seed, c)
+			}
+		}
+		switch {
+		case want == nil:
+			none++
+		case want.pods > 0:
+			helped++
+			if want.viol > 0 {
+				violating++
+			}
+			for _, k := range want.keys {
+				if strings.HasPrefix(k, "ns/") {
+					gangs++
+					break
+				}
+			}
+			if c.exclusive != nil || c.spec.ExclusiveTopology != "" {
+				exclusive++
+			}
+		}
+	}
+	t.Logf("%d cases: %d need victims (%d violate a budget, %d evict a gang, %d exclusive), %d nothing helps; greedy alone found the minimum in %d of %d",
+		cases, helped, violating, gangs, exclusive, none, greedyOptimal, greedyRuns)
+	if helped < cases/4 || none < cases/20 || violating < cases/50 || gangs < cases/20 || exclusive < cases/50 {
+		t.Errorf("the random cases exercise too little")
+	}
 }
