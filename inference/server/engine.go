@@ -20,13 +20,16 @@ import (
 )
 
 // Rank 0 drives every step: it broadcasts a command, then all ranks run the
-// same forward pass in lock step.
+// same batched forward pass in lock step.
 //
-// A command is [op, token, pos, flags, temperature bits, draw] as
-// little-endian uint32s and a uint64 seed, followed by room for one
-// embedding row (Dim float32s), so every broadcast has the same length. The low byte of flags is the model.Head of a step; flagRow says
-// the row is filled in (rank 0 has it after an argmax step) and the ranks
-// skip the embedding all-reduce.
+// A command is two broadcasts. First a fixed header of four little-endian
+// uint32s: op, item count, row count, and an argument (ping: how many KV
+// slots rank 0 may use). Then, for a step, the body: per item 32 bytes
+// (slot, token, pos, flags, temperature bits, draw as uint32s and a uint64
+// seed), followed by one embedding row (Dim float32s) per item whose flags
+// have flagRow, in item order. The low byte of flags is the item's
+// model.Head; flagRow says rank 0 hands that item's row on (it has it after
+// an argmax or sampling step), so the ranks skip its embedding all-reduce.
 const (
 	opStep     uint32 = 1
 	opPing     uint32 = 2
@@ -35,51 +38,91 @@ const (
 	flagHeadMask uint32 = 0xff
 	flagRow      uint32 = 1 << 8
 
-	commandHeaderBytes = 32
+	headerBytes = 16
+	itemBytes   = 32
 )
 
-type command struct {
-	op, token, pos, flags uint32
-	sample                model.SampleParams
-	row                   []float32 // nil unless flags has flagRow
+type header struct{ op, count, rows, arg uint32 }
+
+func (h header) encode(b []byte) {
+	binary.LittleEndian.PutUint32(b[0:], h.op)
+	binary.LittleEndian.PutUint32(b[4:], h.count)
+	binary.LittleEndian.PutUint32(b[8:], h.rows)
+	binary.LittleEndian.PutUint32(b[12:], h.arg)
 }
 
-func commandBytes(dim int) int { return commandHeaderBytes + 4*dim }
-
-func (c command) encode(b []byte) {
-	binary.LittleEndian.PutUint32(b[0:], c.op)
-	binary.LittleEndian.PutUint32(b[4:], c.token)
-	binary.LittleEndian.PutUint32(b[8:], c.pos)
-	binary.LittleEndian.PutUint32(b[12:], c.flags)
-	binary.LittleEndian.PutUint32(b[16:], math.Float32bits(c.sample.Temperature))
-	binary.LittleEndian.PutUint32(b[20:], uint32(c.sample.Draw))
-	binary.LittleEndian.PutUint64(b[24:], c.sample.Seed)
-	for i, v := range c.row {
-		binary.LittleEndian.PutUint32(b[commandHeaderBytes+4*i:], math.Float32bits(v))
-	}
+func decodeHeader(b []byte) header {
+	return header{binary.LittleEndian.Uint32(b[0:]), binary.LittleEndian.Uint32(b[4:]),
+		binary.LittleEndian.Uint32(b[8:]), binary.LittleEndian.Uint32(b[12:])}
 }
 
-// decodeCommand reads b; a row, if flagged, is decoded into row.
-func decodeCommand(b []byte, row []float32) command {
-	c := command{
-		op: binary.LittleEndian.Uint32(b[0:]), token: binary.LittleEndian.Uint32(b[4:]),
-		pos: binary.LittleEndian.Uint32(b[8:]), flags: binary.LittleEndian.Uint32(b[12:]),
-		sample: model.SampleParams{
-			Temperature: math.Float32frombits(binary.LittleEndian.Uint32(b[16:])),
-			Draw:        uint64(binary.LittleEndian.Uint32(b[20:])),
-			Seed:        binary.LittleEndian.Uint64(b[24:]),
-		},
-	}
-	if c.flags&flagRow != 0 {
-		for i := range row {
-			row[i] = math.Float32frombits(binary.LittleEndian.Uint32(b[commandHeaderBytes+4*i:]))
+// bodyBytes is the size of a step's body.
+func bodyBytes(dim int, h header) int { return int(h.count)*itemBytes + int(h.rows)*4*dim }
+
+// encodeItems writes a step's body into b (sized by bodyBytes).
+func encodeItems(b []byte, items []model.BatchItem) {
+	rowAt := len(items) * itemBytes
+	for i, it := range items {
+		o := b[i*itemBytes:]
+		flags := uint32(it.Head)
+		if it.Row != nil {
+			flags |= flagRow
+			for _, v := range it.Row {
+				binary.LittleEndian.PutUint32(b[rowAt:], math.Float32bits(v))
+				rowAt += 4
+			}
 		}
-		c.row = row
+		binary.LittleEndian.PutUint32(o[0:], uint32(it.Slot))
+		binary.LittleEndian.PutUint32(o[4:], uint32(it.Token))
+		binary.LittleEndian.PutUint32(o[8:], uint32(it.Pos))
+		binary.LittleEndian.PutUint32(o[12:], flags)
+		binary.LittleEndian.PutUint32(o[16:], math.Float32bits(it.Sample.Temperature))
+		binary.LittleEndian.PutUint32(o[20:], uint32(it.Sample.Draw))
+		binary.LittleEndian.PutUint64(o[24:], it.Sample.Seed)
 	}
-	return c
 }
 
-// ErrNotReady means the group has not formed or warmed up yet.
+// decodeItems reads a step's body; rows are decoded into rows (h.rows·dim
+// values), which the items then alias.
+func decodeItems(b []byte, h header, dim int, rows []float32) ([]model.BatchItem, error) {
+	items := make([]model.BatchItem, h.count)
+	rowAt, used := int(h.count)*itemBytes, 0
+	for i := range items {
+		o := b[i*itemBytes:]
+		flags := binary.LittleEndian.Uint32(o[12:])
+		it := model.BatchItem{
+			Slot: int(binary.LittleEndian.Uint32(o[0:])), Head: model.Head(flags & flagHeadMask),
+			StepInput: model.StepInput{
+				Token: int(binary.LittleEndian.Uint32(o[4:])), Pos: int(binary.LittleEndian.Uint32(o[8:])),
+				Sample: model.SampleParams{
+					Temperature: math.Float32frombits(binary.LittleEndian.Uint32(o[16:])),
+					Draw:        uint64(binary.LittleEndian.Uint32(o[20:])),
+					Seed:        binary.LittleEndian.Uint64(o[24:]),
+				},
+			},
+		}
+		if flags&flagRow != 0 {
+			if used >= int(h.rows) {
+				return nil, fmt.Errorf("step command: item %d has a row beyond the %d announced", i, h.rows)
+			}
+			row := rows[used*dim : (used+1)*dim]
+			for j := range row {
+				row[j] = math.Float32frombits(binary.LittleEndian.Uint32(b[rowAt:]))
+				rowAt += 4
+			}
+			it.Row = row
+			used++
+		}
+		items[i] = it
+	}
+	if used != int(h.rows) {
+		return nil, fmt.Errorf("step command announced %d rows, items carry %d", h.rows, used)
+	}
+	return items, nil
+}
+
+// ErrNotReady means the group has not formed or warmed up yet, or is
+// shutting down.
 var ErrNotReady = errors.New("not ready")
 
 // ErrGroupLost means a rank was lost; the process must exit so the whole
@@ -90,12 +133,18 @@ var ErrGroupLost = errors.New("rank lost")
 // engine; the API answers 429 with Retry-After.
 var ErrQueueFull = errors.New("too many requests waiting")
 
-// DefaultMaxQueued bounds the requests waiting for the engine: beyond it a
-// request is refused at once rather than left to time out in a queue.
+// DefaultMaxQueued bounds the requests waiting for a KV-cache slot: beyond
+// it a request is refused at once rather than left to time out in a queue.
 const DefaultMaxQueued = 64
 
-// Engine runs one rank's shard. On rank 0 it also sequences requests: the
-// ranks share one KV cache, so generations run one at a time.
+// maxStepTokens bounds the tokens one batched step feeds (at least one per
+// decoding sequence, the rest prompt tokens), so a long prompt joining the
+// batch delays the others' next token by a bounded amount.
+const maxStepTokens = 64
+
+// Engine runs one rank's shard. On rank 0 it also schedules requests:
+// sequences hold a KV-cache slot each and decode together in batched steps
+// (continuous batching), joining between steps in arrival order.
 type Engine struct {
 	shard *model.Shard
 	comm  collective.Comm // nil for a world of one
@@ -103,21 +152,28 @@ type Engine struct {
 	log   *slog.Logger
 	m     *Metrics
 
-	sem chan struct{}
-	// MaxQueued is how many requests may wait for the engine (set before
-	// serving; <= 0 means DefaultMaxQueued).
+	// MaxQueued is how many requests may wait for a KV-cache slot (set
+	// before serving; <= 0 means DefaultMaxQueued).
 	MaxQueued int
-	queued    atomic.Int64
-	cmd       []byte
-	row       []float32 // the next token's embedding row after an argmax step
-	ready     atomic.Bool
+
+	// sem is the group's command channel: one user at a time (a batched
+	// step, warm-up, a heartbeat ping, shutdown).
+	sem   chan struct{}
+	hdr   []byte
+	body  []byte
+	ready atomic.Bool
 
 	failOnce sync.Once
 	failed   chan struct{}
 	failErr  error
+
+	sched scheduler
+	// beforeStep, when set (tests), sees every batch rank 0 is about to run.
+	beforeStep func(items []model.BatchItem)
 }
 
-// NewEngine wires a shard to its communicator (nil when alone).
+// NewEngine wires a shard to its communicator (nil when alone). The
+// shard's KV slots are how many sequences rank 0 decodes at once.
 func NewEngine(shard *model.Shard, comm collective.Comm, tok model.Tokenizer, m *Metrics, log *slog.Logger) *Engine {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
@@ -125,20 +181,11 @@ func NewEngine(shard *model.Shard, comm collective.Comm, tok model.Tokenizer, m 
 	if m == nil {
 		m = NewMetrics(nil)
 	}
-	dim := shard.Config().Dim
-	return &Engine{shard: shard, comm: comm, tok: tok, log: log, m: m, sem: make(chan struct{}, 1), failed: make(chan struct{}),
-		cmd: make([]byte, commandBytes(dim)), row: make([]float32, dim)}
-}
-
-// QueueFull reports whether a new request would be refused with
-// ErrQueueFull now (a stream checks before it commits to status 200).
-func (e *Engine) QueueFull() bool { return e.queued.Load() >= e.maxQueued() }
-
-func (e *Engine) maxQueued() int64 {
-	if e.MaxQueued <= 0 {
-		return DefaultMaxQueued
-	}
-	return int64(e.MaxQueued)
+	e := &Engine{shard: shard, comm: comm, tok: tok, log: log, m: m, sem: make(chan struct{}, 1), failed: make(chan struct{}),
+		hdr: make([]byte, headerBytes)}
+	e.sched.init()
+	m.KVSlots.Set(float64(shard.KVSlots()))
+	return e
 }
 
 // Ready reports whether requests can be served.
@@ -191,35 +238,52 @@ func (e *Engine) acquire(ctx context.Context) error {
 
 func (e *Engine) release() { <-e.sem }
 
-func (e *Engine) broadcast(c command) error {
+func (e *Engine) broadcastHeader(h header) error {
 	if e.comm == nil {
 		return nil
 	}
-	clear(e.cmd)
-	c.encode(e.cmd)
-	return e.comm.Broadcast(e.cmd)
+	h.encode(e.hdr)
+	return e.comm.Broadcast(e.hdr)
 }
 
-func (e *Engine) step(in model.StepInput, head model.Head) (model.StepOutput, error) {
-	flags := uint32(head)
-	if in.Row != nil {
-		flags |= flagRow
+// step broadcasts a batch to the workers and runs it here; the caller holds
+// sem.
+func (e *Engine) step(items []model.BatchItem) ([]model.StepOutput, error) {
+	if e.comm != nil {
+		h := header{op: opStep, count: uint32(len(items))}
+		for _, it := range items {
+			if it.Row != nil {
+				h.rows++
+			}
+		}
+		if err := e.broadcastHeader(h); err != nil {
+			return nil, e.fail(err)
+		}
+		n := bodyBytes(e.shard.Config().Dim, h)
+		if cap(e.body) < n {
+			e.body = make([]byte, n)
+		}
+		e.body = e.body[:n]
+		encodeItems(e.body, items)
+		if err := e.comm.Broadcast(e.body); err != nil {
+			return nil, e.fail(err)
+		}
 	}
-	if err := e.broadcast(command{op: opStep, token: uint32(in.Token), pos: uint32(in.Pos), flags: flags, sample: in.Sample, row: in.Row}); err != nil {
-		return model.StepOutput{}, e.fail(err)
-	}
-	out, err := e.shard.Step(in, head)
+	outs, err := e.shard.StepBatch(items)
 	if err != nil {
-		return model.StepOutput{}, e.fail(err)
+		return nil, e.fail(err)
 	}
-	return out, nil
+	return outs, nil
 }
 
+// ping checks every rank answers and tells the workers how many KV slots
+// rank 0 may use, so a worker whose memory holds fewer fails the group at
+// warm-up with a clear error instead of mid-request.
 func (e *Engine) ping() error {
 	if e.comm == nil {
 		return nil
 	}
-	if err := e.broadcast(command{op: opPing}); err != nil {
+	if err := e.broadcastHeader(header{op: opPing, arg: uint32(e.shard.KVSlots())}); err != nil {
 		return e.fail(err)
 	}
 	v := []float32{1}
@@ -241,11 +305,11 @@ func (e *Engine) Warmup(ctx context.Context) error {
 	if err := e.ping(); err != nil {
 		return err
 	}
-	out, err := e.step(model.StepInput{Token: model.TokenBOS}, model.HeadLogits)
+	outs, err := e.step([]model.BatchItem{{StepInput: model.StepInput{Token: model.TokenBOS}, Head: model.HeadLogits}})
 	if err != nil {
 		return err
 	}
-	for i, v := range out.Logits {
+	for i, v := range outs[0].Logits {
 		if math.IsNaN(float64(v)) || math.IsInf(float64(v), 0) {
 			return e.fail(fmt.Errorf("warm-up produced non-finite logit %v at %d", v, i))
 		}
@@ -271,7 +335,7 @@ func (e *Engine) Heartbeat(ctx context.Context, every time.Duration) {
 		select {
 		case e.sem <- struct{}{}:
 		default:
-			continue // a request is running, which checks the ranks anyway
+			continue // a step is running, which checks the ranks anyway
 		}
 		if e.Err() == nil {
 			_ = e.ping()
@@ -280,14 +344,18 @@ func (e *Engine) Heartbeat(ctx context.Context, every time.Duration) {
 	}
 }
 
-// Shutdown tells the workers to exit cleanly.
+// Shutdown stops taking requests, lets the running ones finish (until ctx
+// ends), answers the waiting ones ErrNotReady, and tells the workers to exit
+// cleanly.
 func (e *Engine) Shutdown(ctx context.Context) {
+	e.ready.Store(false)
+	e.m.Ready.Set(0)
+	e.drain(ctx)
 	if e.comm == nil || e.acquire(ctx) != nil {
 		return
 	}
 	defer e.release()
-	e.ready.Store(false)
-	_ = e.broadcast(command{op: opShutdown})
+	_ = e.broadcastHeader(header{op: opShutdown})
 }
 
 // RunWorker serves rank 0's commands until shutdown (nil) or a lost group.
@@ -299,22 +367,45 @@ func (e *Engine) RunWorker(ctx context.Context) error {
 	defer stop()
 	e.ready.Store(true)
 	e.m.Ready.Set(1)
-	buf := make([]byte, commandBytes(e.shard.Config().Dim))
+	dim := e.shard.Config().Dim
+	var body []byte
+	var rows []float32
 	for {
-		if err := e.comm.Broadcast(buf); err != nil {
+		if err := e.comm.Broadcast(e.hdr); err != nil {
 			if ctx.Err() != nil {
 				return nil
 			}
 			return e.fail(err)
 		}
-		c := decodeCommand(buf, e.row)
-		switch c.op {
+		h := decodeHeader(e.hdr)
+		switch h.op {
 		case opStep:
-			in := model.StepInput{Token: int(c.token), Pos: int(c.pos), Row: c.row, Sample: c.sample}
-			if _, err := e.shard.Step(in, model.Head(c.flags&flagHeadMask)); err != nil {
+			n := bodyBytes(dim, h)
+			if h.count == 0 || h.count > 1<<16 || h.rows > h.count {
+				return e.fail(fmt.Errorf("step command with %d items and %d rows", h.count, h.rows))
+			}
+			if cap(body) < n {
+				body = make([]byte, n)
+			}
+			body = body[:n]
+			if err := e.comm.Broadcast(body); err != nil {
+				return e.fail(err)
+			}
+			if need := int(h.rows) * dim; len(rows) < need {
+				rows = make([]float32, need)
+			}
+			items, err := decodeItems(body, h, dim, rows)
+			if err != nil {
+				return e.fail(err)
+			}
+			if _, err := e.shard.StepBatch(items); err != nil {
 				return e.fail(err)
 			}
 		case opPing:
+			if int(h.arg) > e.shard.KVSlots() {
+				return e.fail(fmt.Errorf("rank 0 decodes up to %d sequences at once but this rank's KV cache holds %d: give every rank the same memory (--kv-cache-mib or TESSERA_MEMORY_LIMIT_MIB) and --max-batch",
+					h.arg, e.shard.KVSlots()))
+			}
 			if err := e.comm.AllReduceSum([]float32{1}); err != nil {
 				return e.fail(err)
 			}
@@ -323,7 +414,7 @@ func (e *Engine) RunWorker(ctx context.Context) error {
 			e.ready.Store(false)
 			return nil
 		default:
-			return e.fail(fmt.Errorf("unknown command %d", c.op))
+			return e.fail(fmt.Errorf("unknown command %d", h.op))
 		}
 	}
 }
@@ -366,132 +457,6 @@ func (e *Engine) Encode(prompt string, maxTokens int) ([]int, error) {
 		return nil, &ContextError{Prompt: len(ids), Max: maxTokens, Limit: limit}
 	}
 	return ids, nil
-}
-
-// Generate runs a completion on rank 0. emit receives text deltas as they
-// become final (never splitting a UTF-8 sequence or a possible stop string);
-// an emit error aborts the generation.
-func (e *Engine) Generate(ctx context.Context, req GenRequest, emit func(string) error) (GenResult, error) {
-	ids, err := e.Encode(req.Prompt, req.MaxTokens)
-	if err != nil {
-		return GenResult{}, err
-	}
-	if !e.Ready() {
-		if err := e.Err(); err != nil {
-			return GenResult{}, err
-		}
-		return GenResult{}, ErrNotReady
-	}
-	if e.queued.Add(1) > e.maxQueued() {
-		e.queued.Add(-1)
-		return GenResult{}, ErrQueueFull
-	}
-	e.m.Queued.Inc()
-	err = e.acquire(ctx)
-	e.m.Queued.Dec()
-	e.queued.Add(-1)
-	if err != nil {
-		return GenResult{}, err
-	}
-	e.m.Running.Inc()
-	defer func() {
-		e.m.Running.Dec()
-		e.release()
-	}()
-
-	// Greedy decoding and plain temperature sampling are an argmax across
-	// the vocab shards (HeadSample adds Gumbel noise): the ranks find the
-	// token without gathering the logits, and rank 0 passes its embedding
-	// row on with the next step. Top-p needs the whole distribution on
-	// rank 0.
-	head := model.HeadLogits
-	switch {
-	case req.Temperature <= 0:
-		head = model.HeadArgmax
-	case req.TopP <= 0 || req.TopP >= 1:
-		head = model.HeadSample
-	}
-	distributed := head != model.HeadLogits
-	sample := model.SampleParams{Temperature: float32(req.Temperature), Seed: req.Seed}
-	res := GenResult{PromptTokens: len(ids), FinishReason: "length"}
-	var step model.StepOutput
-	for pos, id := range ids {
-		h := model.HeadNone
-		if pos == len(ids)-1 {
-			h = head
-		}
-		if step, err = e.step(model.StepInput{Token: id, Pos: pos, Sample: sample}, h); err != nil {
-			return res, err
-		}
-	}
-	e.m.Tokens.WithLabelValues("prompt").Add(float64(len(ids)))
-
-	sampler := model.NewSampler(req.Temperature, req.TopP, req.Seed)
-	maxStop := 0
-	for _, s := range req.Stop {
-		maxStop = max(maxStop, len(s))
-	}
-	var out []byte
-	sent := 0
-	prev := ids[len(ids)-1]
-	last := time.Now()
-	for n := 0; n < req.MaxTokens; n++ {
-		if err := ctx.Err(); err != nil {
-			return res, err
-		}
-		if n > 0 {
-			sample.Draw = uint64(n)
-			in := model.StepInput{Token: prev, Pos: len(ids) + n - 1, Sample: sample}
-			if distributed {
-				in.Row = e.row
-			}
-			if step, err = e.step(in, head); err != nil {
-				return res, err
-			}
-		}
-		var next int
-		if distributed {
-			next = step.Token
-			copy(e.row, step.Row)
-		} else {
-			next = sampler.Sample(step.Logits)
-		}
-		now := time.Now()
-		if n == 0 {
-			e.m.TTFT.Observe(now.Sub(req.Started).Seconds())
-		} else {
-			e.m.TokenLatency.Observe(now.Sub(last).Seconds())
-		}
-		last = now
-		if next == model.TokenEOS || next == model.TokenBOS {
-			res.FinishReason = "stop"
-			break
-		}
-		res.CompletionTokens++
-		e.m.Tokens.WithLabelValues("completion").Inc()
-		out = append(out, e.tok.Decode(prev, next)...)
-		prev = next
-
-		if i := findStop(out, req.Stop, max(0, sent-maxStop)); i >= 0 {
-			out = out[:i]
-			res.FinishReason = "stop"
-			break
-		}
-		safe := holdBack(out, sent, maxStop)
-		if safe > sent {
-			if err := emit(string(out[sent:safe])); err != nil {
-				return res, err
-			}
-			sent = safe
-		}
-	}
-	if len(out) > sent {
-		if err := emit(string(out[sent:])); err != nil {
-			return res, err
-		}
-	}
-	res.Text = string(out)
-	return res, nil
 }
 
 func findStop(out []byte, stops []string, from int) int {

@@ -469,8 +469,9 @@ func (s *Server) generateError(w http.ResponseWriter, r *http.Request, err error
 	case errors.As(err, &ce):
 		writeParamError(w, http.StatusBadRequest, "invalid_request_error", "context_length_exceeded", contextParam(ce), err.Error())
 	case errors.Is(err, ErrQueueFull):
-		// One generation at a time (no batching yet): a second's wait is
-		// a fair guess at when a slot frees up.
+		// Every KV-cache slot is taken and the line is at its bound: a
+		// second is a fair guess at when sequences finish and the line
+		// moves.
 		w.Header().Set("Retry-After", "1")
 		writeError(w, http.StatusTooManyRequests, "rate_limit_error", "queue_full", err.Error())
 	case errors.Is(err, ErrNotReady):

@@ -16,11 +16,17 @@ type Metrics struct {
 	TokenLatency prometheus.Histogram
 	AllReduce    prometheus.Histogram
 	Ready        prometheus.Gauge
-	// Queued are requests waiting for the engine; Running are sequences
-	// it is generating (one at a time until batching lands): what an
-	// autoscaler scales a server group on.
+	// Queued are requests waiting for a KV-cache slot; Running are
+	// sequences being generated together: what an autoscaler scales a
+	// server group on.
 	Queued  prometheus.Gauge
 	Running prometheus.Gauge
+	// KVSlots is the KV-cache pool (sequences it holds at full context);
+	// KVUsed the slots holding a sequence now.
+	KVSlots prometheus.Gauge
+	KVUsed  prometheus.Gauge
+	// BatchTokens is the tokens fed per batched step.
+	BatchTokens prometheus.Histogram
 }
 
 // NewMetrics creates the metric set; ranks reports how many ranks have
@@ -55,6 +61,16 @@ func NewMetrics(ranks func() int) *Metrics {
 		Running: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "tessera_inference_running_sequences", Help: "Sequences the engine is generating.",
 		}),
+		KVSlots: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "tessera_inference_kv_cache_slots", Help: "Sequences the KV-cache pool holds at full context.",
+		}),
+		KVUsed: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "tessera_inference_kv_cache_used_slots", Help: "KV-cache slots holding a sequence.",
+		}),
+		BatchTokens: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name: "tessera_inference_batch_tokens", Help: "Tokens fed per batched forward step (decode tokens plus prompt tokens).",
+			Buckets: prometheus.ExponentialBuckets(1, 2, 8),
+		}),
 	}
 	connected := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "tessera_inference_ranks_connected", Help: "Ranks in the group that have joined, this one included.",
@@ -64,7 +80,7 @@ func NewMetrics(ranks func() int) *Metrics {
 		}
 		return float64(ranks())
 	})
-	m.Registry.MustRegister(m.Requests, m.Tokens, m.TTFT, m.TokenLatency, m.AllReduce, m.Ready, m.Queued, m.Running, connected)
+	m.Registry.MustRegister(m.Requests, m.Tokens, m.TTFT, m.TokenLatency, m.AllReduce, m.Ready, m.Queued, m.Running, m.KVSlots, m.KVUsed, m.BatchTokens, connected)
 	return m
 }
 

@@ -71,6 +71,12 @@ type group struct {
 // httptest server. gateAt > 0 gates rank 1's gateAt-th all-reduce.
 func newGroup(t *testing.T, world int, gateAt int64, warm bool) *group {
 	t.Helper()
+	return newBatchGroup(t, world, gateAt, warm, 1)
+}
+
+// newBatchGroup is newGroup with a KV cache of slots sequences per rank.
+func newBatchGroup(t *testing.T, world int, gateAt int64, warm bool, slots int) *group {
+	t.Helper()
 	path := checkpoint(t)
 	tok := model.ByteTokenizer{Vocab: model.Shapes["tiny"].Vocab}
 	g := &group{done: make(chan error, world)}
@@ -90,6 +96,9 @@ func newGroup(t *testing.T, world int, gateAt int64, warm bool) *group {
 		t.Fatal(err)
 	}
 	shard, err := model.NewShard(w0, leaderComm)
+	if err == nil {
+		err = shard.SetKVSlots(slots)
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -113,6 +122,9 @@ func newGroup(t *testing.T, world int, gateAt int64, warm bool) *group {
 			t.Fatal(err)
 		}
 		s, err := model.NewShard(w, comm)
+		if err == nil {
+			err = s.SetKVSlots(slots)
+		}
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -555,7 +567,7 @@ func TestTopPSameForEveryWorldSize(t *testing.T) {
 // rank 1's gate) a second waits; the gauges say 1 running, 1 queued, and
 // both go back to 0 once the requests are answered.
 func TestQueueAndRunningGauges(t *testing.T) {
-	g := newGroup(t, 2, 40, true)
+	g := newGroup(t, 2, holdGate, true)
 	m := g.srv.Metrics
 	finish := holdOneQueueOne(t, g)
 	if q, r := testutil.ToFloat64(m.Queued), testutil.ToFloat64(m.Running); q != 1 || r != 1 {
@@ -571,7 +583,7 @@ func TestQueueAndRunningGauges(t *testing.T) {
 // the next request gets 429 with Retry-After, whole or streamed; once the
 // queue drains the server answers again.
 func TestQueueFull(t *testing.T) {
-	g := newGroup(t, 2, 40, true)
+	g := newGroup(t, 2, holdGate, true)
 	g.leader.MaxQueued = 1
 	finish := holdOneQueueOne(t, g)
 	for _, stream := range []bool{false, true} {
@@ -592,6 +604,12 @@ func TestQueueFull(t *testing.T) {
 		t.Errorf("after the queue drained: %d %v", code, v)
 	}
 }
+
+// holdGate is the all-reduce of rank 1 that holdOneQueueOne's first request
+// stops at: warm-up takes 6 (1 ping + 5), the request's prompt step 5 (its
+// embedding and 2 per layer) and each greedy decode step 4, so the 15th is
+// inside its second decode step.
+const holdGate = 15
 
 // holdOneQueueOne sends a request that stops at rank 1's gate mid-generation
 // and a second one, and waits until the second is queued behind it. finish
