@@ -45,8 +45,13 @@ type Options struct {
 	BusyPoll      time.Duration
 	Heartbeat     time.Duration
 	ShutdownGrace time.Duration
-	// MaxQueued bounds the requests waiting for the engine (429 beyond).
+	// MaxQueued bounds the requests waiting for a KV-cache slot (429
+	// beyond).
 	MaxQueued int
+	// MaxBatch bounds the sequences decoded together; KVCacheMiB, when
+	// set, is the memory for their KV cache (see planKVCache).
+	MaxBatch   int
+	KVCacheMiB int
 
 	// Getenv reads the environment (discovery and device plugin variables).
 	Getenv func(string) string
@@ -88,7 +93,9 @@ func ParseArgs(args []string, getenv func(string) string, out io.Writer) (Option
 	fs.DurationVar(&o.BusyPoll, "collective-busy-poll", collective.DefaultBusyPoll, "how long a rank polls its collective socket before sleeping; 0 sleeps at once (use 0 when ranks share CPU cores)")
 	fs.DurationVar(&o.Heartbeat, "heartbeat", 2*time.Second, "interval of idle liveness checks across ranks")
 	fs.DurationVar(&o.ShutdownGrace, "shutdown-grace", 10*time.Second, "time to finish in-flight requests on exit")
-	fs.IntVar(&o.MaxQueued, "max-queued", server.DefaultMaxQueued, "requests that may wait for the engine; more get 429 with Retry-After")
+	fs.IntVar(&o.MaxQueued, "max-queued", server.DefaultMaxQueued, "requests that may wait for a KV-cache slot; more get 429 with Retry-After")
+	fs.IntVar(&o.MaxBatch, "max-batch", DefaultMaxBatch, "most sequences decoded together (KV-cache slots), fewer if memory holds fewer")
+	fs.IntVar(&o.KVCacheMiB, "kv-cache-mib", 0, "memory for the KV cache on each rank (default: "+EnvMemoryLimitMiB+" less the rank's weights; unbounded without it)")
 	if err := fs.Parse(args); err != nil {
 		return o, &ConfigError{Err: err}
 	}
@@ -115,6 +122,12 @@ func ParseArgs(args []string, getenv func(string) string, out io.Writer) (Option
 	}
 	if o.BusyPoll < 0 || o.BusyPoll > time.Second {
 		return o, configErr("--collective-busy-poll must be between 0 and 1s, got %v", o.BusyPoll)
+	}
+	if o.MaxBatch < 1 || o.MaxBatch > 1024 {
+		return o, configErr("--max-batch must be between 1 and 1024, got %d", o.MaxBatch)
+	}
+	if o.KVCacheMiB < 0 {
+		return o, configErr("--kv-cache-mib must not be negative, got %d", o.KVCacheMiB)
 	}
 	if o.MaxQueued < 1 {
 		return o, configErr("--max-queued must be at least 1, got %d", o.MaxQueued)
@@ -231,10 +244,18 @@ func Run(ctx context.Context, o Options, log *slog.Logger) error {
 		comm = wk
 		log.Info("joined leader", "leader", place.LeaderAddr)
 	}
+	kv, err := planKVCache(o, w, o.Getenv)
+	if err != nil {
+		return err
+	}
 	shard, err := model.NewShard(w, comm)
 	if err != nil {
 		return err
 	}
+	if err := shard.SetKVSlots(kv.Slots); err != nil {
+		return &ConfigError{Err: err}
+	}
+	log.Info("KV cache", "sequences", kv.Slots, "slot_mib", float64(kv.SlotBytes)/(1<<20), "budget_mib", kv.BudgetMiB, "source", kv.Source)
 	engine := server.NewEngine(shard, comm, tok, metrics, log)
 	engine.MaxQueued = o.MaxQueued
 
