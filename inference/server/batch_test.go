@@ -277,3 +277,24 @@ func streamText(t *testing.T, events []string) string {
 	}
 	return b.String()
 }
+
+// TestWorkerWithSmallerKVCacheFailsWarmup: rank 0 may decode 4 sequences
+// but rank 1's memory holds 2: the group fails at warm-up, and the worker
+// says why, rather than failing the first time a fourth request arrives.
+func TestWorkerWithSmallerKVCacheFailsWarmup(t *testing.T) {
+	g := newBatchGroup(t, 2, 0, false, 2)
+	if err := g.leader.shard.SetKVSlots(4); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.leader.Warmup(context.Background()); err == nil {
+		t.Fatal("warm-up passed")
+	}
+	select {
+	case err := <-g.done:
+		if err == nil || !strings.Contains(err.Error(), "decodes up to 4 sequences at once but this rank's KV cache holds 2") {
+			t.Errorf("worker: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("worker did not stop")
+	}
+}
