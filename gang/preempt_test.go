@@ -184,6 +184,7 @@ func TestPreemptScenarios(t *testing.T) {
 		pdbAllowed map[string]int
 		exclusive  map[string]string // ExclusiveOthers
 		exactUnits int
+		maxDomains int
 		// wantVictims are the chosen units' keys; wantCost the order's key
 		// without Units (it equals wantVictims).
 		wantVictims []string
@@ -219,6 +220,54 @@ func TestPreemptScenarios(t *testing.T) {
 			spec:  one(8), exactUnits: -1, wantVictims: []string{"d/a", "d/b"},
 			wantCost:  VictimCost{Pods: 2, MaxPriority: 1, PrioritySum: 2},
 			wantSlots: []string{rng("n1", 0, 0, 7)}, wantInexact: true,
+		},
+		"MaxDomains bounds the search: the best of the domains searched, not the minimum": {
+			// n1 looks cheaper (one pod might do) and is searched first;
+			// it needs two pods, and n2, which needs one, is not searched.
+			nodes: []tnode{{name: "n1", gpus: 1}, {name: "n2", gpus: 1}},
+			units: []vunit{single("d/a", 1, half("n1", 0, 0)), single("d/b", 1, half("n1", 0, 4)), single("d/c", 2, full("n2", 0))},
+			spec:  one(8), maxDomains: 1, wantVictims: []string{"d/a", "d/b"},
+			wantCost:  VictimCost{Pods: 2, MaxPriority: 1, PrioritySum: 2},
+			wantSlots: []string{rng("n1", 0, 0, 7)}, wantInexact: true,
+		},
+		"MaxDomains counts once a set is found: a blocked node first, then the one that helps": {
+			// n1 has room by capacity, but a higher-priority gang holds its
+			// rack exclusively: searched first (its bound is 0), it does not
+			// fit, and the search goes on to n2.
+			nodes: []tnode{
+				{name: "n1", gpus: 2, labels: lbl("topology.kubernetes.io/rack=r1")},
+				{name: "n2", gpus: 1, labels: lbl("topology.kubernetes.io/rack=r2")},
+			},
+			units: []vunit{
+				{key: "ns/x", gang: true, prio: hi + 10, pods: []vpod{{"n1", rng("n1", 0, 0, 0)}}},
+				single("d/lo", 1, full("n2", 0)),
+			},
+			spec: one(8), maxDomains: 1, exclusive: map[string]string{"ns/x": api.LabelRack},
+			wantVictims: []string{"d/lo"},
+			wantCost:    VictimCost{Pods: 1, MaxPriority: 1, PrioritySum: 1},
+			wantSlots:   []string{rng("n2", 0, 0, 7)},
+		},
+		"without the bound, the other node's one pod": {
+			nodes: []tnode{{name: "n1", gpus: 1}, {name: "n2", gpus: 1}},
+			units: []vunit{single("d/a", 1, half("n1", 0, 0)), single("d/b", 1, half("n1", 0, 4)), single("d/c", 2, full("n2", 0))},
+			spec:  one(8), wantVictims: []string{"d/c"},
+			wantCost:  VictimCost{Pods: 1, MaxPriority: 2, PrioritySum: 2},
+			wantSlots: []string{rng("n2", 0, 0, 7)},
+		},
+		"mixed member requests: the planner's rules, the cheaper of two single victims": {
+			// Evicting d/a frees the NVLink pair 0-1 for the 2-GPU rank,
+			// evicting d/b frees GPUs 1 and 2 (no pair): equal cost, so the
+			// smaller key decides.
+			nodes: []tnode{{name: "n1", gpus: 4, nvlink: "pairs"}},
+			units: []vunit{
+				single("d/a", 1, vpod{"n1", rng("n1", 0, 0, 0)}),
+				single("d/b", 1, full("n1", 2)),
+				single("d/c", 2, vpod{"n1", rng("n1", 3, 0, 0)}),
+			},
+			spec:        GangSpec{Key: "ns/mix", MinMember: 2, MemberRequests: []int{16, 2}, Priority: hi},
+			wantVictims: []string{"d/a"},
+			wantCost:    VictimCost{Pods: 1, MaxPriority: 1, PrioritySum: 1},
+			wantSlots:   []string{join(rng("n1", 0, 0, 7), rng("n1", 1, 0, 7)), rng("n1", 3, 1, 2)},
 		},
 		"equal pods: the lowest highest priority": {
 			nodes: []tnode{{name: "n1", gpus: 2}},
@@ -269,7 +318,7 @@ func TestPreemptScenarios(t *testing.T) {
 			nodes:   []tnode{{name: "n1", gpus: 1}},
 			units:   []vunit{single("d/eq", hi, full("n1", 0))},
 			spec:    one(8),
-			wantErr: "d/pod:new: needs 1×8 slices; does not fit on any node even with all 0 lower-priority units evicted (1 domains tried)",
+			wantErr: "d/pod:new: needs 1×8 slices; does not fit on any node even with all 0 lower-priority units evicted",
 		},
 		"a higher-priority pod stays; the lower-priority one on another node goes": {
 			nodes: []tnode{{name: "n1", gpus: 1}, {name: "n2", gpus: 1}},
@@ -282,19 +331,19 @@ func TestPreemptScenarios(t *testing.T) {
 			nodes: cliques("c", 2, 2, 2),
 			units: []vunit{single("d/a", 1, full("c0-n0", 0)), single("d/b", 1, full("c1-n1", 1))},
 			spec:  GangSpec{Key: "ns/big", MinMember: 5, Request: 8, RequiredTopology: clique, Priority: hi},
-			// No clique has 5 GPUs: none is even searched.
-			wantErr: "ns/big: needs 5×8 slices; does not fit in any nvidia.com/gpu.clique even with all 2 lower-priority units evicted (0 domains tried)",
+			// No clique has 5 GPUs.
+			wantErr: "ns/big: needs 5×8 slices; does not fit in any nvidia.com/gpu.clique even with all 2 lower-priority units evicted",
 		},
 		"higher-priority pods leave too little room: nobody is evicted": {
 			nodes:   []tnode{{name: "n1", gpus: 2}},
 			units:   []vunit{single("d/hi", hi+5, half("n1", 0, 0)), single("d/lo", 1, full("n1", 1))},
 			spec:    GangSpec{Key: "ns/tp2", MinMember: 2, Request: 8, Priority: hi},
-			wantErr: "ns/tp2: needs 2×8 slices; does not fit anywhere even with all 1 lower-priority units evicted (1 domains tried)",
+			wantErr: "ns/tp2: needs 2×8 slices; does not fit anywhere even with all 1 lower-priority units evicted",
 		},
 		"preemptionPolicy Never evicts nobody": {
-			nodes:   []tnode{{name: "n1", gpus: 1}},
-			units:   []vunit{single("d/lo", 1, full("n1", 0))},
-			spec:    one(8), never: true,
+			nodes: []tnode{{name: "n1", gpus: 1}},
+			units: []vunit{single("d/lo", 1, full("n1", 0))},
+			spec:  one(8), never: true,
 			wantErr: "d/pod:new: preemptionPolicy is Never",
 		},
 		"the preemptor gang places whole in one clique, on distinct GPUs": {
@@ -413,7 +462,7 @@ func TestPreemptScenarios(t *testing.T) {
 			}
 			before := f.l.Snapshot()
 			req := &PreemptRequest{Spec: tc.spec, Never: tc.never, Candidates: cands, PDBAllowed: tc.pdbAllowed,
-				ExclusiveOthers: tc.exclusive, Now: tNow, ExactUnits: tc.exactUnits}
+				ExclusiveOthers: tc.exclusive, Now: tNow, ExactUnits: tc.exactUnits, MaxDomains: tc.maxDomains}
 			got, err := f.l.Preempt(req)
 			if diff := cmp.Diff(before, f.l.Snapshot()); diff != "" {
 				t.Fatalf("Preempt changed the ledger (-before +after):\n%s", diff)
@@ -765,5 +814,45 @@ func TestPreemptMatchesBruteForce(t *testing.T) {
 		cases, helped, violating, gangs, exclusive, none, greedyOptimal, greedyRuns)
 	if helped < cases/4 || none < cases/20 || violating < cases/50 || gangs < cases/20 || exclusive < cases/50 {
 		t.Errorf("the random cases exercise too little")
+	}
+}
+
+// BenchmarkPreempt: the 5000-node cluster of benchCluster with every GPU
+// held whole by a single pod of priority 0..2 (40 000 candidates); the
+// preemptor is a 4×8 gang that must fit in one clique, or one 8-slice pod.
+func BenchmarkPreempt(b *testing.B) {
+	l := NewLedger(LedgerOptions{})
+	var cands []VictimUnit
+	for c := 0; c < 625; c++ {
+		for i := 0; i < 8; i++ {
+			tn := tnode{name: fmt.Sprintf("c%03d-n%d", c, i), gpus: 8, nvlink: "all",
+				labels: lbl(fmt.Sprintf("%s=c%03d", clique, c))}
+			if err := l.UpsertNode(tn.name, tn.labels, tn.inventory()); err != nil {
+				b.Fatal(err)
+			}
+			for g := 0; g < 8; g++ {
+				uid := fmt.Sprintf("%s-p%d", tn.name, g)
+				l.SetPod(PodInfo{UID: uid, Node: tn.name, Assignment: ids(rng(tn.name, g, 0, 7))})
+				cands = append(cands, VictimUnit{Key: "d/" + uid, Pods: []string{uid}, Priority: int32((c + i + g) % 3),
+					Started: tNow.Add(-time.Duration(1+(c*7+i*3+g)%50) * time.Minute)})
+			}
+		}
+	}
+	for name, spec := range map[string]GangSpec{
+		"gang4x8-clique": {Key: "bench/llama", MinMember: 4, Request: 8, RequiredTopology: clique, Priority: 5},
+		"pod8":           PodPreemptor("bench", "p", 8, 5),
+	} {
+		b.Run(name, func(b *testing.B) {
+			var got Preemption
+			for b.Loop() {
+				var err error
+				got, err = l.Preempt(&PreemptRequest{Spec: spec, Candidates: cands, Now: tNow})
+				if err != nil {
+					b.Fatal(err)
+				}
+			}
+			b.ReportMetric(float64(got.Plans), "plans/op")
+			b.ReportMetric(float64(got.Cost.Pods), "victims")
+		})
 	}
 }
