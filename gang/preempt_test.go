@@ -856,3 +856,59 @@ func BenchmarkPreempt(b *testing.B) {
 		})
 	}
 }
+
+// TestPreemptRefusesBadRequests: candidate lists that would break a gang or
+// count a pod twice are errors, not answers (and not an
+// *UnschedulableError, which means "no preemption helps").
+func TestPreemptRefusesBadRequests(t *testing.T) {
+	g := vunit{key: "ns/g", gang: true, prio: 1, pods: []vpod{{"n1", rng("n1", 0, 0, 7)}, {"n2", rng("n2", 0, 0, 7)}}}
+	a := vunit{key: "d/a", prio: 1, pods: []vpod{{"n1", rng("n1", 1, 0, 7)}}}
+	tests := map[string]struct {
+		spec  GangSpec
+		cands []VictimUnit
+		want  string
+	}{
+		"a unit listed twice": {
+			spec: PodPreemptor("d", "p", 8, 5), cands: append(a.candidates(), a.candidates()...),
+			want: "preempt: candidate unit d/a listed twice",
+		},
+		"a pod in two units": {
+			spec:  PodPreemptor("d", "p", 8, 5),
+			cands: append(a.candidates(), VictimUnit{Key: "d/b", Pods: []string{"uid-d-a"}, Priority: 1}),
+			want:  "preempt: pod uid-d-a is in candidate units d/a and d/b",
+		},
+		"a unit without pods": {
+			spec: PodPreemptor("d", "p", 8, 5), cands: []VictimUnit{{Key: "d/none", Priority: 1}},
+			want: "preempt: candidate unit d/none has no pods",
+		},
+		"the preemptor's own gang": {
+			spec:  GangSpec{Key: "ns/g", MinMember: 1, Request: 8, Priority: 5},
+			cands: g.candidates(),
+			want:  "preempt: candidate unit ns/g is the preemptor's own gang",
+		},
+		"a preemptor gang that holds slices already": {
+			spec: GangSpec{Key: "ns/g", MinMember: 2, Request: 8, Priority: 5}, cands: a.candidates(),
+			want: "preempt: gang ns/g already holds slices; preemption plans whole gangs only",
+		},
+		"a gang unit naming another gang's pod": {
+			spec:  PodPreemptor("d", "p", 8, 5),
+			cands: []VictimUnit{{Key: "ns/h", Gang: "ns/h", Pods: []string{"uid-ns-g-0"}, Priority: 1}},
+			want:  `preempt: candidate unit ns/h (gang ns/h) names pod uid-ns-g-0 of gang "ns/g"`,
+		},
+		"an invalid preemptor": {
+			spec: GangSpec{Key: "nokey", MinMember: 1, Request: 8}, want: `preempt: gang key "nokey": want namespace/name`,
+		},
+	}
+	for name, tc := range tests {
+		t.Run(name, func(t *testing.T) {
+			f := newFixture(t, tnode{name: "n1", gpus: 2}, tnode{name: "n2", gpus: 1})
+			g.load(t, f.l)
+			a.load(t, f.l)
+			got, err := f.l.Preempt(&PreemptRequest{Spec: tc.spec, Candidates: tc.cands, Now: tNow})
+			var ue *UnschedulableError
+			if err == nil || err.Error() != tc.want || errors.As(err, &ue) {
+				t.Fatalf("Preempt = %+v, %v; want error %q", got, err, tc.want)
+			}
+		})
+	}
+}
