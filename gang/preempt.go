@@ -65,8 +65,9 @@ type PreemptRequest struct {
 	Spec GangSpec
 	// Never is preemptionPolicy: Never. Such a preemptor evicts nobody.
 	Never bool
-	// ExclusiveOthers and Eligible are as in PlanRequest (Eligible is called
-	// once per node, under the ledger's read lock).
+	// ExclusiveOthers and Eligible are as in PlanRequest. Eligible is called
+	// once per node under the ledger's read lock, so it must not call the
+	// ledger.
 	ExclusiveOthers map[string]string
 	Eligible        func(node string) bool
 	// Candidates are the units preemption may evict. Units whose priority
