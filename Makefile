@@ -26,7 +26,7 @@ CGO_CMDS := $(filter tessera-device-plugin,$(CMDS))
 TOOL_BINS := $(TOOLS)/etcd $(TOOLS)/kube-apiserver $(TOOLS)/kube-controller-manager \
 	$(TOOLS)/kube-scheduler $(TOOLS)/kubelet $(TOOLS)/kwok $(TOOLS)/kubectl $(TOOLS)/helm
 
-.PHONY: all build tools lint bench test test-unit test-repeat test-fuzz test-e2e reliability cluster-up cluster-down demo install manifests clean
+.PHONY: all build tools lint bench test test-unit test-repeat test-fuzz test-e2e reliability cluster-up cluster-down demo demo-model install manifests clean
 
 all: build
 
@@ -115,6 +115,13 @@ cluster-down:
 # The main job end to end; grows with the project (see README).
 demo: tools build
 	./hack/demo.sh
+
+# The demo's small model (inference/model/fortunes, served with
+# --model fortunes): trained from scratch on one core by hack/train over the
+# fortunes of Debian's fortunes package (apt-get install fortunes). About 20
+# minutes on the 2-CPU development VM; the seed fixes the result.
+demo-model:
+	GOMAXPROCS=1 $(GO) run ./hack/train -seed 1 -out inference/model/fortunes
 
 # Scheduler benchmarks (Tessera vs default kube-scheduler, native gang+TAS,
 # coscheduling) and device-plugin benchmarks -> bench/results/<date>.md + PNGs;
