@@ -22,6 +22,7 @@ import (
 	"github.com/tessera-gpu/tessera/inference/collective"
 	"github.com/tessera-gpu/tessera/inference/discovery"
 	"github.com/tessera-gpu/tessera/inference/model"
+	"github.com/tessera-gpu/tessera/inference/model/fortunes"
 	"github.com/tessera-gpu/tessera/inference/server"
 )
 
@@ -83,7 +84,7 @@ func ParseArgs(args []string, getenv func(string) string, out io.Writer) (Option
 	fs.IntVar(&o.CollectivePort, "collective-port", 29500, "collective port; rank 0 listens on it, workers use it when the leader address has none")
 	fs.StringVar(&o.CollectiveListen, "collective-listen", "", "rank 0's collective listen address (default :<collective-port>)")
 	fs.StringVar(&o.Listen, "listen", ":8000", "HTTP listen address; empty disables HTTP (workers serve only health and metrics)")
-	fs.StringVar(&o.Model, "model", "tiny", "generated model shape: "+strings.Join(model.ShapeNames(), "|")+" (ignored with --checkpoint)")
+	fs.StringVar(&o.Model, "model", "tiny", "generated model shape: "+strings.Join(model.ShapeNames(), "|")+", or "+fortunes.Name+" for the embedded demo model that answers in words (ignored with --checkpoint)")
 	fs.Uint64Var(&o.Seed, "seed", 1, "seed of the generated model's weights")
 	fs.StringVar(&o.Checkpoint, "checkpoint", "", "llama2.c checkpoint to serve instead of a generated model")
 	fs.StringVar(&o.Tokenizer, "tokenizer", "", "llama2.c tokenizer.bin for --checkpoint")
@@ -109,8 +110,8 @@ func ParseArgs(args []string, getenv func(string) string, out io.Writer) (Option
 		o.CollectiveListen = ":" + strconv.Itoa(o.CollectivePort)
 	}
 	if o.Checkpoint == "" {
-		if _, ok := model.Shapes[o.Model]; !ok {
-			return o, configErr("--model %q unknown; choose one of %s or pass --checkpoint", o.Model, strings.Join(model.ShapeNames(), ", "))
+		if _, ok := model.Shapes[o.Model]; !ok && o.Model != fortunes.Name {
+			return o, configErr("--model %q unknown; choose one of %s, %s or pass --checkpoint", o.Model, strings.Join(model.ShapeNames(), ", "), fortunes.Name)
 		}
 	} else if o.Tokenizer == "" {
 		return o, configErr("--checkpoint needs --tokenizer (the llama2.c tokenizer.bin)")
@@ -161,9 +162,22 @@ func Run(ctx context.Context, o Options, log *slog.Logger) error {
 	log = log.With("rank", place.Rank, "world_size", place.WorldSize)
 	log.Info("rank resolved", "source", place.Source, "leader", place.LeaderAddr)
 
-	ckpt, shape, name := o.Checkpoint, o.Model, o.ModelName
+	ckpt, tokPath, shape, name := o.Checkpoint, o.Tokenizer, o.Model, o.ModelName
 	var tok model.Tokenizer
-	if ckpt == "" {
+	switch {
+	case ckpt == "" && shape == fortunes.Name:
+		dir, err := os.MkdirTemp("", "tessera-model-")
+		if err != nil {
+			return err
+		}
+		defer os.RemoveAll(dir)
+		if ckpt, tokPath, err = fortunes.WriteFiles(dir); err != nil {
+			return err
+		}
+		if name == "" {
+			name = "tessera-" + shape
+		}
+	case ckpt == "":
 		dir, err := os.MkdirTemp("", "tessera-model-")
 		if err != nil {
 			return err
@@ -182,7 +196,7 @@ func Run(ctx context.Context, o Options, log *slog.Logger) error {
 		if name == "" {
 			name = "tessera-" + shape
 		}
-	} else {
+	default:
 		shape = "checkpoint"
 		if name == "" {
 			name = strings.TrimSuffix(filepath.Base(ckpt), filepath.Ext(ckpt))
@@ -193,11 +207,11 @@ func Run(ctx context.Context, o Options, log *slog.Logger) error {
 		return &ConfigError{Err: err}
 	}
 	if tok == nil {
-		if tok, err = model.LoadBPETokenizer(o.Tokenizer, w.Config.Vocab); err != nil {
+		if tok, err = model.LoadBPETokenizer(tokPath, w.Config.Vocab); err != nil {
 			return &ConfigError{Err: err}
 		}
 	}
-	hash, err := model.HashFiles(ckpt, o.Tokenizer)
+	hash, err := model.HashFiles(ckpt, tokPath)
 	if err != nil {
 		return err
 	}

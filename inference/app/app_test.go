@@ -2,13 +2,16 @@ package app
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
+	"unicode"
 )
 
 func TestParseArgs(t *testing.T) {
@@ -19,6 +22,7 @@ func TestParseArgs(t *testing.T) {
 	}{
 		"defaults":               {args: nil},
 		"unknown shape":          {args: []string{"--model", "huge"}, wantErr: `--model "huge" unknown`},
+		"demo model":             {args: []string{"--model", "fortunes"}},
 		"checkpoint w/o tokens":  {args: []string{"--checkpoint", "m.bin"}, wantErr: "--checkpoint needs --tokenizer"},
 		"unknown flag":           {args: []string{"--bogus"}, wantErr: "flag provided but not defined"},
 		"stray argument":         {args: []string{"extra"}, wantErr: "unexpected arguments"},
@@ -52,6 +56,7 @@ func TestRunConfigErrors(t *testing.T) {
 		wantErr string
 	}{
 		"world not dividing kv heads": {args: []string{"--rank", "0", "--world-size", "3"}, wantErr: "world size 3 must divide the model's 4 KV heads"},
+		"demo model on 3 ranks":       {args: []string{"--rank", "0", "--world-size", "3", "--model", "fortunes"}, wantErr: "world size 3 must divide the model's 4 KV heads"},
 		"bad env rank":                {env: map[string]string{"TESSERA_RANK": "x", "TESSERA_WORLD_SIZE": "2"}, wantErr: "TESSERA_RANK"},
 		"missing checkpoint":          {args: []string{"--checkpoint", "/nonexistent", "--tokenizer", "/nonexistent"}, wantErr: "no such file"},
 	}
@@ -174,3 +179,66 @@ func TestRankLossExits(t *testing.T) {
 		t.Errorf("leader Run = %v, want a rank-lost error", err)
 	}
 }
+
+// TestFortunesModel serves the embedded demo model (--model fortunes) on
+// two ranks and on one: the greedy answer is the same, and it is words.
+func TestFortunesModel(t *testing.T) {
+	answer := func(world int) (string, string) {
+		leader := start(t, []string{"--rank", "0", "--world-size", fmt.Sprint(world), "--model", "fortunes"}, nil)
+		base := "http://" + <-leader.http
+		coll := <-leader.coll
+		var worker *proc
+		if world == 2 {
+			worker = start(t, []string{"--rank", "1", "--world-size", "2", "--leader-addr", coll, "--model", "fortunes"}, nil)
+			<-worker.http
+		}
+		waitFor(t, "readiness", func() bool { return status(t, "GET", base+"/readyz", "") == 200 })
+		resp, err := http.Post(base+"/v1/completions", "application/json",
+			strings.NewReader(`{"prompt":"`+fortunesPrompt+`","max_tokens":24,"temperature":0}`))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		var out struct {
+			Model   string
+			Choices []struct{ Text string }
+		}
+		if err := json.NewDecoder(resp.Body).Decode(&out); err != nil || len(out.Choices) != 1 {
+			t.Fatalf("completion: %v, %+v", err, out)
+		}
+		leader.cancel()
+		if err := wait(t, leader); err != nil {
+			t.Errorf("leader exit: %v", err)
+		}
+		if worker != nil {
+			if err := wait(t, worker); err != nil {
+				t.Errorf("worker exit: %v", err)
+			}
+		}
+		return out.Model, out.Choices[0].Text
+	}
+	name, two := answer(2)
+	_, one := answer(1)
+	t.Logf("%s, %q -> %q", name, fortunesPrompt, two)
+	if name != "tessera-fortunes" {
+		t.Errorf("model = %q, want tessera-fortunes", name)
+	}
+	if one != two {
+		t.Errorf("greedy answer at N=1 %q differs from N=2 %q", one, two)
+	}
+	words := strings.Fields(two)
+	if len(words) < 5 {
+		t.Fatalf("answer %q has %d words, want at least 5", two, len(words))
+	}
+	for _, w := range words {
+		if strings.Trim(w, `.,;:!?"'()-`) == "" {
+			continue
+		}
+		if strings.TrimFunc(w, func(r rune) bool { return r < 128 && (unicode.IsLetter(r) || strings.ContainsRune(`.,;:!?"'()-`, r)) }) != "" {
+			t.Errorf("answer %q: %q is not a word", two, w)
+		}
+	}
+}
+
+// fortunesPrompt is the demo's prompt (e2e/scenario.RunDemo).
+const fortunesPrompt = "Life is"
