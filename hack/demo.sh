@@ -41,6 +41,6 @@ cat <<EOT
   kubectl tessera gangs -A         # gangs, their domain and status
   kubectl get pg -n tessera-demo   # PodGroups (scheduling.x-k8s.io; bare "podgroups" is the native kind)
   kubectl tessera explain -n tessera-demo llama-tp4-0
-  curl -s localhost:18000/v1/completions -d '{"prompt":"Hi","max_tokens":16}'
+  curl -s localhost:18000/v1/completions -d '{"prompt":"Love is","max_tokens":32,"temperature":0}'
 Stop it: make cluster-down
 EOT

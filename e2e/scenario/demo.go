@@ -52,8 +52,10 @@ func RunDemo(ctx context.Context, e *Env, out io.Writer, o DemoOptions) error {
 			return err
 		}
 	}
-	fmt.Fprintln(out, "creating: gang shard-tp2, 2 shard-server ranks x 2 slices on the real node (hostNetwork, 127.0.0.1)")
-	shard := ShardGang{Namespace: ns, Name: "shard-tp2", Ranks: 2, Slices: 2, HTTPPort: o.ShardHTTPPort, CollectivePort: o.ShardCollectivePort}
+	fmt.Fprintln(out, "creating: gang shard-tp2, 2 shard-server ranks x 2 slices on the real node (hostNetwork, 127.0.0.1), serving the demo model --model fortunes")
+	// The embedded demo model (inference/model/fortunes), trained on
+	// fortune cookies, so the answer is words.
+	shard := ShardGang{Namespace: ns, Name: "shard-tp2", Ranks: 2, Slices: 2, HTTPPort: o.ShardHTTPPort, CollectivePort: o.ShardCollectivePort, Model: "fortunes"}
 	if _, err := shard.Create(ctx, e); err != nil {
 		return err
 	}
@@ -66,7 +68,7 @@ func RunDemo(ctx context.Context, e *Env, out io.Writer, o DemoOptions) error {
 	}
 	prompt, n := o.Prompt, o.MaxTokens
 	if prompt == "" {
-		prompt = "Once upon a time"
+		prompt = "Life is"
 	}
 	if n == 0 {
 		n = 64
@@ -77,7 +79,7 @@ func RunDemo(ctx context.Context, e *Env, out io.Writer, o DemoOptions) error {
 	}
 	fmt.Fprintf(out, "\ncompletion from %s (rank 0 at %s, 2 ranks, tensor-parallel):\n  prompt: %q\n  answer: %q\n  %d tokens in %s = %.0f tokens/s\n",
 		shard.Name, shard.URL(), prompt, c.Text, c.CompletionTokens, c.Elapsed.Round(time.Millisecond), float64(c.CompletionTokens)/c.Elapsed.Seconds())
-	fmt.Fprintln(out, "(the generated demo model has random weights: the answer is arbitrary bytes, the same on every run and for any number of ranks)")
+	fmt.Fprintln(out, "(model tessera-fortunes: 0.4M parameters trained from scratch on Debian's fortune cookies by hack/train; greedy, so the same answer on every run and for any number of ranks)")
 	return nil
 }
 
