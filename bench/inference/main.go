@@ -9,6 +9,14 @@
 // parallelism turns extra cores into tokens/s after communication costs.
 //
 //	go run ./bench/inference -model stories15m -ranks 1,2,3,4 -tokens 128 -runs 5
+//
+// With -streams it measures continuous batching instead: for each world
+// size, C concurrent requests (C from -streams) each generate -tokens
+// sampled tokens through the engine's batch loop, and the table gives the
+// aggregate completion tokens/s, its ratio to one stream, and time to first
+// token and inter-token latency percentiles over every request of the runs:
+//
+//	go run ./bench/inference -model stories15m -ranks 1,2 -streams 1,2,4,8,16 -tokens 64 -runs 3
 package main
 
 import (
@@ -79,10 +87,11 @@ func main() {
 		world      = flag.Int("world", 1, "internal: world size")
 		leaderAddr = flag.String("leader", "", "internal: leader address")
 		ckpt       = flag.String("checkpoint", "", "internal: checkpoint path")
+		streams    = flag.String("streams", "", "concurrent streams to measure (e.g. 1,2,4,8,16); empty: single-stream decode table")
 	)
 	flag.Parse()
 	var err error
-	ro := rankOptions{tokens: *tokens, runs: *runs, traceDir: *traceDir, busyPoll: *busyPoll}
+	ro := rankOptions{tokens: *tokens, runs: *runs, traceDir: *traceDir, busyPoll: *busyPoll, streams: *streams}
 	if *role == "rank" {
 		err = runRank(*rank, *world, *leaderAddr, *ckpt, ro)
 	} else {
@@ -99,11 +108,12 @@ type rankOptions struct {
 	tokens, runs int
 	traceDir     string
 	busyPoll     time.Duration
+	streams      string
 }
 
 func (o rankOptions) args() []string {
 	return []string{"-tokens=" + strconv.Itoa(o.tokens), "-runs=" + strconv.Itoa(o.runs),
-		"-trace-dir=" + o.traceDir, "-busy-poll=" + o.busyPoll.String()}
+		"-trace-dir=" + o.traceDir, "-busy-poll=" + o.busyPoll.String(), "-streams=" + o.streams}
 }
 
 func runBench(shape, ranksFlag string, procs int, jsonOut bool, ro rankOptions) error {
@@ -143,6 +153,9 @@ func runBench(shape, ranksFlag string, procs int, jsonOut bool, ro rankOptions) 
 			continue
 		}
 		worlds = append(worlds, n)
+	}
+	if ro.streams != "" {
+		return runConcurrency(self, path, worlds, procs, jsonOut, ro)
 	}
 	// Runs are interleaved across world sizes (1,2,3,1,2,3,...) so that load
 	// from other processes on the machine hits every N alike.
@@ -196,6 +209,19 @@ func runBench(shape, ranksFlag string, procs int, jsonOut bool, ro rankOptions) 
 
 // measure starts n rank processes and returns rank 0's report.
 func measure(self, path string, n, procs int, ro rankOptions) (result, error) {
+	lines, err := runRanks(self, path, n, procs, ro)
+	if err != nil {
+		return result{}, err
+	}
+	if len(lines) != 1 {
+		return result{}, fmt.Errorf("rank 0 reported %d results, want 1", len(lines))
+	}
+	var res result
+	return res, json.Unmarshal([]byte(lines[0]), &res)
+}
+
+// runRanks starts n rank processes and returns rank 0's RESULT lines.
+func runRanks(self, path string, n, procs int, ro rankOptions) ([]string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
 	start := func(rank int, leader string) (*exec.Cmd, io.Reader, error) {
@@ -212,12 +238,12 @@ func measure(self, path string, n, procs int, ro rankOptions) (result, error) {
 	}
 	lead, out, err := start(0, "")
 	if err != nil {
-		return result{}, err
+		return nil, err
 	}
 	sc := bufio.NewScanner(out)
+	sc.Buffer(nil, 64<<20)
 	var workers []*exec.Cmd
-	var res result
-	var gotResult bool
+	var results []string
 	for sc.Scan() {
 		line := sc.Text()
 		switch {
@@ -225,15 +251,12 @@ func measure(self, path string, n, procs int, ro rankOptions) (result, error) {
 			for r := 1; r < n; r++ {
 				w, _, err := start(r, strings.TrimPrefix(line, "ADDR "))
 				if err != nil {
-					return result{}, err
+					return nil, err
 				}
 				workers = append(workers, w)
 			}
 		case strings.HasPrefix(line, "RESULT "):
-			if err := json.Unmarshal([]byte(strings.TrimPrefix(line, "RESULT ")), &res); err != nil {
-				return result{}, err
-			}
-			gotResult = true
+			results = append(results, strings.TrimPrefix(line, "RESULT "))
 		}
 	}
 	var errs []error
@@ -242,12 +265,12 @@ func measure(self, path string, n, procs int, ro rankOptions) (result, error) {
 		errs = append(errs, w.Wait())
 	}
 	if err := errors.Join(errs...); err != nil {
-		return result{}, err
+		return nil, err
 	}
-	if !gotResult {
-		return result{}, errors.New("rank 0 reported no result")
+	if len(results) == 0 {
+		return nil, errors.New("rank 0 reported no result")
 	}
-	return res, nil
+	return results, nil
 }
 
 func runRank(rank, world int, leaderAddr, path string, ro rankOptions) error {
@@ -301,6 +324,15 @@ func runRank(rank, world int, leaderAddr, path string, ro rankOptions) error {
 	if err != nil {
 		return err
 	}
+	streams, err := parseStreams(ro.streams)
+	if err != nil {
+		return err
+	}
+	if len(streams) > 0 {
+		if err := shard.SetKVSlots(slices.Max(streams)); err != nil {
+			return err
+		}
+	}
 	eng := server.NewEngine(shard, comm, model.ByteTokenizer{Vocab: w.Config.Vocab}, nil, slog.New(slog.DiscardHandler))
 	if rank != 0 {
 		// A worker cannot tell warm-up from timed runs; its trace covers all.
@@ -314,6 +346,9 @@ func runRank(rank, world int, leaderAddr, path string, ro rankOptions) error {
 	defer eng.Shutdown(ctx)
 	if err := eng.Warmup(ctx); err != nil {
 		return err
+	}
+	if len(streams) > 0 {
+		return concurrencyRank(ctx, eng, world, streams, ro)
 	}
 	req := server.GenRequest{Prompt: "A", MaxTokens: tokens, TopP: 1, Started: time.Now()}
 	if _, err := eng.Generate(ctx, req, func(string) error { return nil }); err != nil { // untimed: page in, warm caches

@@ -350,6 +350,9 @@ func (sq *sequence) advance(e *Engine, out model.StepOutput, now time.Time) bool
 		e.m.TokenLatency.Observe(now.Sub(sq.last).Seconds())
 	}
 	sq.last = now
+	if sq.req.OnToken != nil {
+		sq.req.OnToken(now)
+	}
 	if next == model.TokenEOS || next == model.TokenBOS {
 		sq.res.FinishReason = "stop"
 		return true

@@ -432,6 +432,9 @@ type GenRequest struct {
 	Stop        []string
 	// Started is when the request arrived, for time to first token.
 	Started time.Time
+	// OnToken, when set (benchmarks), is called on rank 0's batch loop
+	// with the time each token is sampled; it must not block.
+	OnToken func(time.Time)
 }
 
 // GenResult summarises a completion.
