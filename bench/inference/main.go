@@ -32,6 +32,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"runtime/pprof"
 	"runtime/trace"
 	"slices"
 	"strconv"
@@ -83,6 +84,7 @@ func main() {
 		jsonOut    = flag.Bool("json", false, "print results as JSON lines")
 		busyPoll   = flag.Duration("busy-poll", collective.DefaultBusyPoll, "how long ranks poll their collective socket before sleeping (0: sleep at once)")
 		traceDir   = flag.String("trace-dir", "", "write a Go execution trace of every rank's timed runs here (rank<R>-of<N>.trace; go tool trace)")
+		profDir    = flag.String("cpu-profile-dir", "", "write a CPU profile of every rank's whole life here (rank<R>-of<N>.pprof; go tool pprof)")
 		rank       = flag.Int("rank", 0, "internal: rank")
 		world      = flag.Int("world", 1, "internal: world size")
 		leaderAddr = flag.String("leader", "", "internal: leader address")
@@ -91,7 +93,7 @@ func main() {
 	)
 	flag.Parse()
 	var err error
-	ro := rankOptions{tokens: *tokens, runs: *runs, traceDir: *traceDir, busyPoll: *busyPoll, streams: *streams}
+	ro := rankOptions{tokens: *tokens, runs: *runs, traceDir: *traceDir, profDir: *profDir, busyPoll: *busyPoll, streams: *streams}
 	if *role == "rank" {
 		err = runRank(*rank, *world, *leaderAddr, *ckpt, ro)
 	} else {
@@ -107,13 +109,14 @@ func main() {
 type rankOptions struct {
 	tokens, runs int
 	traceDir     string
+	profDir      string
 	busyPoll     time.Duration
 	streams      string
 }
 
 func (o rankOptions) args() []string {
 	return []string{"-tokens=" + strconv.Itoa(o.tokens), "-runs=" + strconv.Itoa(o.runs),
-		"-trace-dir=" + o.traceDir, "-busy-poll=" + o.busyPoll.String(), "-streams=" + o.streams}
+		"-trace-dir=" + o.traceDir, "-cpu-profile-dir=" + o.profDir, "-busy-poll=" + o.busyPoll.String(), "-streams=" + o.streams}
 }
 
 func runBench(shape, ranksFlag string, procs int, jsonOut bool, ro rankOptions) error {
@@ -275,6 +278,17 @@ func runRanks(self, path string, n, procs int, ro rankOptions) ([]string, error)
 
 func runRank(rank, world int, leaderAddr, path string, ro rankOptions) error {
 	tokens, runs, traceDir := ro.tokens, ro.runs, ro.traceDir
+	if ro.profDir != "" {
+		f, err := os.Create(filepath.Join(ro.profDir, fmt.Sprintf("rank%d-of%d.pprof", rank, world)))
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			return err
+		}
+		defer pprof.StopCPUProfile()
+	}
 	w, err := model.LoadShard(path, rank, world)
 	if err != nil {
 		return err

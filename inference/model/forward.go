@@ -3,6 +3,7 @@ package model
 import (
 	"fmt"
 	"math"
+	"math/bits"
 )
 
 // Collective is what a shard needs from its group. Every rank must call the
@@ -399,9 +400,9 @@ func (s *Shard) attend(out, q []float32, kv slotKV, l, pos int) {
 		qh := q[h*hs : (h+1)*hs]
 		kvOff := (h / group) * hs
 		att := s.scores[:pos+1]
+		dotRows(att, kv.keys[cache+kvOff:], localKV, qh)
 		for t := range att {
-			base := cache + t*localKV + kvOff
-			att[t] = dot(qh, kv.keys[base:base+hs]) * scale
+			att[t] *= scale
 		}
 		softmax(att)
 		o := out[h*hs : (h+1)*hs]
@@ -519,13 +520,7 @@ func (s *Shard) pickAcrossRanks(items []BatchItem, want, picks []int, logits []f
 			best = Argmax(row)
 			bestScore = float64(row[best])
 		} else {
-			inv := 1 / float64(it.Sample.Temperature)
-			bestScore = math.Inf(-1)
-			for t, l := range row {
-				if v := float64(l)*inv + gumbel(it.Sample.Seed, it.Sample.Draw, p.VocabLo+t); v > bestScore {
-					best, bestScore = t, v
-				}
-			}
+			best, bestScore = gumbelMax(row, 1/float64(it.Sample.Temperature), it.Sample.Seed, it.Sample.Draw, p.VocabLo)
 		}
 		cj := cand[j*cl : (j+1)*cl]
 		bits := math.Float64bits(bestScore)
@@ -570,9 +565,62 @@ func (s *Shard) pickAcrossRanks(items []BatchItem, want, picks []int, logits []f
 // function of its arguments so every rank (and every world size) adds the
 // same noise to the same token.
 func gumbel(seed, draw uint64, token int) float64 {
-	h := mix64(seed ^ mix64(draw^mix64(uint64(token)+0x9e3779b97f4a7c15)))
-	u := (float64(h>>11) + 0.5) / (1 << 53) // (0, 1): both logs finite
+	return gumbelOf(gumbelHash(drawKey(seed, draw), token))
+}
+
+// drawKey mixes a request's seed and draw number once per draw; each
+// token's hash then costs one more mix.
+func drawKey(seed, draw uint64) uint64 {
+	return mix64(seed ^ mix64(draw+0x9e3779b97f4a7c15))
+}
+
+func gumbelHash(key uint64, token int) uint64 {
+	return mix64(key ^ (uint64(token)+1)*0xd1b54a32d192ed03)
+}
+
+func gumbelOf(h uint64) float64 {
+	u := (float64(h>>11) + 0.5) / (1 << 53) // (0, 1]: 1 only when h>>11 is 2^53-1
 	return -math.Log(-math.Log(u))
+}
+
+// gumbelBound[b] is at least gumbelOf(h) for every h whose m = 2^53 - h>>11
+// has bit length b. With e = 1-u ≥ (m-1)/2^53 ≥ 2^(b-55) for m ≥ 2 (u's
+// rounding moves it by half a step at most) and -log(u) ≥ e, the noise is at
+// most -log(e) ≤ (55-b)·ln 2; a small margin covers math.Log's rounding.
+// m = 1 can round u to 1 (infinite noise), so it has no bound.
+var gumbelBound = func() (t [55]float64) {
+	t[0], t[1] = math.Inf(1), math.Inf(1)
+	for b := 2; b < len(t); b++ {
+		t[b] = float64(55-b)*math.Ln2 + 1e-9
+	}
+	return t
+}()
+
+// gumbelMax returns the token of row (its index, tokens numbered from lo)
+// with the highest logit·inv + gumbel noise, the lowest index on equal
+// scores, and that score: an exact sample from softmax(logits·inv). It
+// takes the two logarithms only for tokens whose cheap upper bound on the
+// noise could still beat the best score so far, which in a vocabulary of
+// tens of thousands is a handful; skipping the rest cannot change the
+// result because rounding is monotonic: logit·inv + bound < best implies
+// logit·inv + noise < best.
+func gumbelMax(row []float32, inv float64, seed, draw uint64, lo int) (best int, bestScore float64) {
+	// Start from the highest logit, whose score is usually near the winner's
+	// and so prunes the most from the first token on.
+	best = Argmax(row)
+	bestScore = float64(row[best])*inv + gumbel(seed, draw, lo+best)
+	key := drawKey(seed, draw)
+	for t, l := range row {
+		a := float64(l) * inv
+		h := gumbelHash(key, lo+t)
+		if a+gumbelBound[bits.Len64((1<<53)-h>>11)] < bestScore {
+			continue
+		}
+		if v := a + gumbelOf(h); v > bestScore || (v == bestScore && t < best) {
+			best, bestScore = t, v
+		}
+	}
+	return best, bestScore
 }
 
 // mix64 is the splitmix64 finaliser: a bijection that spreads every input

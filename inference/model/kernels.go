@@ -11,8 +11,8 @@ import (
 const parallelMinWork = 1 << 15
 
 // matmul computes out = W·x for a row-major W of len(out) rows by len(x)
-// columns. The reduction order is fixed per row and independent of the
-// goroutine split, so results do not depend on GOMAXPROCS.
+// columns. Each element is the lane sum defined in lanes.go, fixed per row and
+// independent of the goroutine split, so results do not depend on GOMAXPROCS.
 func matmul(out, w, x []float32) {
 	rows, cols := len(out), len(x)
 	procs := runtime.GOMAXPROCS(0)
@@ -37,37 +37,24 @@ func matmul(out, w, x []float32) {
 	wg.Wait()
 }
 
-// matmulRows handles rows [lo, hi), four rows at a time so each load of x
-// feeds four multiply-adds.
+// matmulRows handles rows [lo, hi), four rows per kernel block so each
+// load of x feeds four rows; every element is the lane sum of lanes.go.
 func matmulRows(out, w, x []float32, lo, hi int) {
 	n := len(x)
-	r := lo
-	for ; r+4 <= hi; r += 4 {
-		w0 := w[r*n : r*n+n]
-		w1 := w[(r+1)*n : (r+1)*n+n]
-		w2 := w[(r+2)*n : (r+2)*n+n]
-		w3 := w[(r+3)*n : (r+3)*n+n]
-		var s0, s1, s2, s3 float32
-		for j, xv := range x {
-			s0 += w0[j] * xv
-			s1 += w1[j] * xv
-			s2 += w2[j] * xv
-			s3 += w3[j] * xv
+	n8 := n &^ (lanes - 1)
+	hi4 := lo + (hi-lo)&^3
+	if n8 == 0 {
+		hi4 = lo
+	}
+	gemv4x1(w[lo*n:], x, n, n8, (hi4-lo)/4, out[lo:])
+	if n8 < n {
+		for r := lo; r < hi4; r++ {
+			out[r] = tail(out[r], w[r*n:r*n+n], x, n8)
 		}
-		out[r], out[r+1], out[r+2], out[r+3] = s0, s1, s2, s3
 	}
-	for ; r < hi; r++ {
-		out[r] = dot(w[r*n:r*n+n], x)
+	for r := hi4; r < hi; r++ {
+		out[r] = laneDot(w[r*n:r*n+n], x)
 	}
-}
-
-func dot(a, b []float32) float32 {
-	b = b[:len(a)]
-	var s float32
-	for i, v := range a {
-		s += v * b[i]
-	}
-	return s
 }
 
 // rmsnorm writes w ⊙ x / rms(x) to out, with llama2.c's epsilon.
@@ -108,7 +95,7 @@ func silu(x float32) float32 { return x / (1 + float32(math.Exp(float64(-x)))) }
 
 // matmulBatch computes out[b] = W·x[b] for the b rows of x (out is B rows of
 // len(out)/B, x is B rows of len(x)/B columns). Each output element is the
-// same sequential dot product matmul forms, whatever B is or where the row
+// same lane sum matmul forms (lanes.go), whatever B is or where the row
 // sits in the batch, so batching never changes a result; what it changes is
 // that each weight row is read from memory once for the whole batch.
 func matmulBatch(out, w, x []float32, B int) {
@@ -138,45 +125,44 @@ func matmulBatch(out, w, x []float32, B int) {
 	wg.Wait()
 }
 
-// matmulBatchRows handles weight rows [lo, hi) for every batch row: two
-// weight rows by four inputs at a time, so each load feeds several
-// multiply-adds, then the leftovers one dot product each.
+// batchRowBlock is how many weight rows matmulBatchRows keeps hot in
+// cache while every input of the batch passes over them: 16 rows of a few
+// thousand columns fit in a core's L1 or L2.
+const batchRowBlock = 16
+
+// matmulBatchRows handles weight rows [lo, hi) for every batch row, a
+// block of rows at a time: two weight rows by four inputs per kernel step,
+// then any inputs left over four rows by one. Every element is the lane
+// sum of lanes.go, so which kernel computes it does not change it.
 func matmulBatchRows(out, w, x []float32, B, lo, hi int) {
 	rows, n := len(out)/B, len(x)/B
-	r := lo
-	for ; r+2 <= hi; r += 2 {
-		w0 := w[r*n : r*n+n]
-		w1 := w[(r+1)*n : (r+1)*n+n]
-		b := 0
-		for ; b+4 <= B; b += 4 {
-			x0 := x[b*n : b*n+n]
-			x1 := x[(b+1)*n : (b+1)*n+n]
-			x2 := x[(b+2)*n : (b+2)*n+n]
-			x3 := x[(b+3)*n : (b+3)*n+n]
-			var a0, a1, a2, a3, c0, c1, c2, c3 float32
-			for j := range w0 {
-				wa, wb := w0[j], w1[j]
-				a0 += wa * x0[j]
-				a1 += wa * x1[j]
-				a2 += wa * x2[j]
-				a3 += wa * x3[j]
-				c0 += wb * x0[j]
-				c1 += wb * x1[j]
-				c2 += wb * x2[j]
-				c3 += wb * x3[j]
-			}
-			out[b*rows+r], out[(b+1)*rows+r], out[(b+2)*rows+r], out[(b+3)*rows+r] = a0, a1, a2, a3
-			out[b*rows+r+1], out[(b+1)*rows+r+1], out[(b+2)*rows+r+1], out[(b+3)*rows+r+1] = c0, c1, c2, c3
+	n8 := n &^ (lanes - 1)
+	B4 := B &^ 3
+	hi4 := lo + (hi-lo)&^3
+	if n8 == 0 {
+		hi4 = lo
+	}
+	for rb := lo; rb < hi4; rb += batchRowBlock {
+		nr := min(batchRowBlock, hi4-rb)
+		for b := 0; b < B4; b += 4 {
+			gemv2x4(w[rb*n:], x[b*n:], n, n8, nr/2, out[b*rows+rb:], rows)
 		}
-		for ; b < B; b++ {
-			xb := x[b*n : b*n+n]
-			out[b*rows+r], out[b*rows+r+1] = dot(w0, xb), dot(w1, xb)
+		for b := B4; b < B; b++ {
+			gemv4x1(w[rb*n:], x[b*n:], n, n8, nr/4, out[b*rows+rb:])
 		}
 	}
-	for ; r < hi; r++ {
+	if n8 < n {
+		for b := range B {
+			xb := x[b*n : b*n+n]
+			for r := lo; r < hi4; r++ {
+				out[b*rows+r] = tail(out[b*rows+r], w[r*n:r*n+n], xb, n8)
+			}
+		}
+	}
+	for r := hi4; r < hi; r++ {
 		wr := w[r*n : r*n+n]
 		for b := range B {
-			out[b*rows+r] = dot(wr, x[b*n:b*n+n])
+			out[b*rows+r] = laneDot(wr, x[b*n:b*n+n])
 		}
 	}
 }

@@ -1,0 +1,18 @@
+//go:build !amd64
+
+package model
+
+// hasFMA is false: other architectures run the portable kernels.
+const hasFMA = false
+
+func gemv4x1FMA(w, x *float32, n, n8, blocks int, out *float32) {
+	panic("model: no vector kernels on this architecture")
+}
+
+func gemv2x4FMA(w, x *float32, n, n8, pairs int, out *float32, ostride int) {
+	panic("model: no vector kernels on this architecture")
+}
+
+func dot1FMA(w, x *float32, n8 int) float32 {
+	panic("model: no vector kernels on this architecture")
+}

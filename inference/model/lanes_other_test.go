@@ -1,0 +1,7 @@
+//go:build !amd64
+
+package model
+
+import "testing"
+
+func withoutFMA(t *testing.T, f func()) { f() }

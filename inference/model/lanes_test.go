@@ -1,0 +1,198 @@
+package model
+
+import (
+	"math"
+	"math/big"
+	"math/rand/v2"
+	"testing"
+)
+
+// randSlice fills n floats with values of mixed sign and magnitude, some
+// of them exact zeros and negative zeros, so rounding and signed-zero
+// differences between kernels would show.
+func randSlice(r *rand.Rand, n int) []float32 {
+	s := make([]float32, n)
+	for i := range s {
+		switch r.IntN(16) {
+		case 0:
+			s[i] = 0
+		case 1:
+			s[i] = float32(math.Copysign(0, -1))
+		default:
+			s[i] = float32(r.NormFloat64() * math.Pow(10, float64(r.IntN(7)-3)))
+		}
+	}
+	return s
+}
+
+// sameBits reports whether a and b are the same float32, bit for bit.
+func sameBits(a, b float32) bool { return math.Float32bits(a) == math.Float32bits(b) }
+
+// TestLaneKernelsMatchPortableGo checks the vector kernels (where this CPU
+// has them) against the portable Go bit for bit, for lengths around the
+// 8-lane edges and several block counts.
+func TestLaneKernelsMatchPortableGo(t *testing.T) {
+	if !hasFMA {
+		t.Skip("no AVX2/FMA on this CPU: the portable kernels are the ones in use, checked by TestMatmulElementsAreLaneDots")
+	}
+	r := rand.New(rand.NewPCG(1, 2))
+	for _, n := range []int{8, 9, 15, 16, 17, 24, 31, 64, 288, 290, 768} {
+		n8 := n &^ 7
+		for trial := range 20 {
+			blocks := 1 + trial%5
+			w := randSlice(r, 4*blocks*n)
+			x := randSlice(r, 4*n)
+			vec, port := make([]float32, 4*blocks), make([]float32, 4*blocks)
+			gemv4x1(w, x, n, n8, blocks, vec)
+			withoutFMA(t, func() { gemv4x1(w, x, n, n8, blocks, port) })
+			for i := range vec {
+				if !sameBits(vec[i], port[i]) {
+					t.Fatalf("4x1 n=%d blocks %d: out[%d] = %g, portable %g", n, blocks, i, vec[i], port[i])
+				}
+			}
+			pairs, ostride := 2*blocks, 4*blocks+trial%3
+			vec, port = make([]float32, 4*ostride), make([]float32, 4*ostride)
+			gemv2x4(w, x, n, n8, pairs, vec, ostride)
+			withoutFMA(t, func() { gemv2x4(w, x, n, n8, pairs, port, ostride) })
+			for i := range vec {
+				if !sameBits(vec[i], port[i]) {
+					t.Fatalf("2x4 n=%d pairs %d: out[%d] = %g, portable %g", n, pairs, i, vec[i], port[i])
+				}
+			}
+		}
+	}
+}
+
+// TestMatmulElementsAreLaneDots checks that matmul and matmulBatch give,
+// for every shape and batch size, each element exactly as laneDot defines
+// it, whichever block kernel or goroutine computed it, and that laneDot
+// agrees with a float64 dot product to float32 accuracy.
+func TestMatmulElementsAreLaneDots(t *testing.T) {
+	r := rand.New(rand.NewPCG(3, 4))
+	for _, sh := range [][2]int{{1, 1}, {3, 7}, {4, 8}, {5, 9}, {8, 16}, {13, 33}, {64, 288}, {130, 17}, {70, 64}} {
+		rows, n := sh[0], sh[1]
+		w := randSlice(r, rows*n)
+		for _, B := range []int{1, 2, 3, 4, 5, 7, 8, 9} {
+			x := randSlice(r, B*n)
+			out := make([]float32, B*rows)
+			matmulBatch(out, w, x, B)
+			for b := range B {
+				xb := x[b*n : (b+1)*n]
+				for i := range rows {
+					wr := w[i*n : (i+1)*n]
+					want := laneDot(wr, xb)
+					if got := out[b*rows+i]; !sameBits(got, want) {
+						t.Fatalf("rows %d n %d B %d: out[%d][%d] = %g, laneDot %g", rows, n, B, b, i, got, want)
+					}
+					var ref, mag float64
+					for j := range wr {
+						ref += float64(wr[j]) * float64(xb[j])
+						mag += math.Abs(float64(wr[j]) * float64(xb[j]))
+					}
+					if d := math.Abs(float64(want) - ref); d > 1e-6*mag*float64(n) {
+						t.Fatalf("rows %d n %d: laneDot %g, float64 %g (|Σ| %g)", rows, n, want, ref, mag)
+					}
+				}
+			}
+		}
+	}
+}
+
+// TestPortableLanesUsedWithoutFMA runs matmulBatch with the vector kernels
+// switched off and checks the results do not change.
+func TestPortableLanesUsedWithoutFMA(t *testing.T) {
+	if !hasFMA {
+		t.Skip("portable kernels are already the ones in use")
+	}
+	r := rand.New(rand.NewPCG(5, 6))
+	rows, n, B := 37, 290, 6
+	w, x := randSlice(r, rows*n), randSlice(r, B*n)
+	vec := make([]float32, B*rows)
+	matmulBatch(vec, w, x, B)
+	port := make([]float32, B*rows)
+	withoutFMA(t, func() { matmulBatch(port, w, x, B) })
+	for i := range vec {
+		if !sameBits(vec[i], port[i]) {
+			t.Fatalf("element %d: vector %g, portable %g", i, vec[i], port[i])
+		}
+	}
+}
+
+// TestFMA32RoundsOnce checks the portable fused multiply-add against exact
+// arithmetic (math/big) and, where the CPU has FMA, against the hardware,
+// on random operands and on sums built to land exactly halfway between two
+// float32s after the float64 rounding, where rounding twice goes wrong.
+func TestFMA32RoundsOnce(t *testing.T) {
+	exact := func(a, b, c float32) float32 {
+		x := new(big.Float).SetPrec(400).SetFloat64(float64(a))
+		x.Mul(x, new(big.Float).SetPrec(400).SetFloat64(float64(b)))
+		x.Add(x, new(big.Float).SetPrec(400).SetFloat64(float64(c)))
+		f, _ := x.Float32()
+		return f
+	}
+	hardware := func(a, b, c float32) float32 {
+		// Lane 0 takes c·1 then a·b; the other lanes stay zero, so the
+		// fold returns lane 0 unchanged.
+		w := []float32{c, 0, 0, 0, 0, 0, 0, 0, a, 0, 0, 0, 0, 0, 0, 0}
+		x := []float32{1, 0, 0, 0, 0, 0, 0, 0, b, 0, 0, 0, 0, 0, 0, 0}
+		return lanePart(w, x, 16)
+	}
+	check := func(a, b, c float32) {
+		t.Helper()
+		want := exact(a, b, c)
+		if got := fma32(a, b, c); !sameBits(got, want) && !(want == 0 && got == 0) {
+			t.Fatalf("fma32(%g, %g, %g) = %g, exact %g", a, b, c, got, want)
+		}
+		if hasFMA {
+			if hw := hardware(a, b, c); !sameBits(hw, fma32(a, b, c)) {
+				t.Fatalf("fma32(%g, %g, %g) = %g, hardware %g", a, b, c, fma32(a, b, c), hw)
+			}
+		}
+	}
+	// (1-2^-15)·2^-24 · (1+2^-15) = 2^-24 - 2^-54: added to 1+2^-23 the sum
+	// rounds in float64 to the midpoint 1+3·2^-24, which ties up to
+	// 1+2^-22, while the exact sum is below it: 1+2^-23.
+	a := float32((1 - math.Ldexp(1, -15)) * math.Ldexp(1, -24))
+	b := float32(1 + math.Ldexp(1, -15))
+	c := float32(1 + math.Ldexp(1, -23))
+	if naive := float32(float64(float64(a)*float64(b)) + float64(c)); naive == c {
+		t.Fatalf("the double-rounding case does not double-round (%v)", naive)
+	}
+	if got, want := fma32(a, b, c), c; got != want {
+		t.Fatalf("double-rounding case: fma32 = %v, want %v", got, want)
+	}
+	check(a, b, c)
+	check(-a, -b, -c)
+	check(a, -b, -c)
+	r := rand.New(rand.NewPCG(11, 12))
+	for range 200000 {
+		a := float32(math.Ldexp(r.Float64()*2-1, r.IntN(60)-30))
+		b := float32(math.Ldexp(r.Float64()*2-1, r.IntN(60)-30))
+		c := float32(math.Ldexp(r.Float64()*2-1, r.IntN(80)-40))
+		check(a, b, c)
+		// Near-cancellations and near-halfway sums.
+		check(a, b, -float32(float64(a)*float64(b)))
+		k := r.IntN(20) + 15
+		check(float32(1+math.Ldexp(float64(r.IntN(1<<10)), -k)), float32(math.Ldexp(1+math.Ldexp(float64(r.IntN(1<<10)), -k), -24)), float32(1+math.Ldexp(float64(r.IntN(1<<23)), -23)))
+	}
+}
+
+// TestDotRowsIsLaneDots checks the strided form attention uses: every score
+// is laneDot of its row, whatever block it fell in.
+func TestDotRowsIsLaneDots(t *testing.T) {
+	r := rand.New(rand.NewPCG(13, 14))
+	for _, n := range []int{1, 7, 8, 48, 50, 64} {
+		for _, rows := range []int{1, 3, 4, 5, 9, 66} {
+			stride := n + r.IntN(3)*n
+			w := randSlice(r, rows*stride)
+			x := randSlice(r, n)
+			out := make([]float32, rows)
+			dotRows(out, w, stride, x)
+			for i := range out {
+				if want := laneDot(w[i*stride:i*stride+n], x); !sameBits(out[i], want) {
+					t.Fatalf("n %d rows %d stride %d: out[%d] = %g, laneDot %g", n, rows, stride, i, out[i], want)
+				}
+			}
+		}
+	}
+}
