@@ -40,9 +40,16 @@ func planKVCache(o Options, w *model.Weights, getenv func(string) string) (kvPla
 		p.BudgetMiB, p.Source = int64(o.KVCacheMiB), "--kv-cache-mib"
 	case getenv != nil && strings.TrimSpace(getenv(EnvMemoryLimitMiB)) != "":
 		v := strings.TrimSpace(getenv(EnvMemoryLimitMiB))
-		limit, err := strconv.ParseInt(v, 10, 64)
-		if err != nil || limit <= 0 {
-			return p, configErr("%s=%q is not a positive number of MiB", EnvMemoryLimitMiB, v)
+		// One figure per visible device, comma-separated in
+		// NVIDIA_VISIBLE_DEVICES order: a rank holding slices of two GPUs
+		// has both memories.
+		var limit int64
+		for _, f := range strings.Split(v, ",") {
+			m, err := strconv.ParseInt(strings.TrimSpace(f), 10, 64)
+			if err != nil || m <= 0 {
+				return p, configErr("%s=%q is not a comma-separated list of positive MiB figures", EnvMemoryLimitMiB, v)
+			}
+			limit += m
 		}
 		p.BudgetMiB = limit - (weights+(1<<20)-1)>>20
 		p.Source = fmt.Sprintf("%s=%d less %d MiB of weights", EnvMemoryLimitMiB, limit, (weights+(1<<20)-1)>>20)

@@ -36,7 +36,10 @@ func TestPlanKVCache(t *testing.T) {
 			want: kvPlan{Slots: 4, SlotBytes: slot, BudgetMiB: 40942, Source: "TESSERA_MEMORY_LIMIT_MIB=40960 less 18 MiB of weights"}},
 		"weights fill the slice": {maxBatch: 16, env: "18", wantErr: "nothing is left for the KV cache"},
 		"too little for one":     {maxBatch: 16, kvMiB: 1, wantErr: "more than the 1 MiB budget"},
-		"bad env":                {maxBatch: 16, env: "lots", wantErr: `TESSERA_MEMORY_LIMIT_MIB="lots" is not a positive number`},
+		"bad env":                {maxBatch: 16, env: "lots", wantErr: `TESSERA_MEMORY_LIMIT_MIB="lots" is not a comma-separated list of positive MiB figures`},
+		"bad second device":      {maxBatch: 16, env: "12,0", wantErr: `TESSERA_MEMORY_LIMIT_MIB="12,0" is not`},
+		"two devices add up": {maxBatch: 16, env: "12, 12",
+			want: kvPlan{Slots: 3, SlotBytes: slot, BudgetMiB: 6, Source: "TESSERA_MEMORY_LIMIT_MIB=24 less 18 MiB of weights"}},
 	} {
 		t.Run(name, func(t *testing.T) {
 			getenv := func(k string) string {
