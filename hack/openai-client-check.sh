@@ -22,10 +22,12 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 http=$(free_port); coll=$(free_port)
 
 CGO_ENABLED=0 $GO build -o "$work/tessera-shard-server" ./cmd/tessera-shard-server
-"$work/tessera-shard-server" --rank 0 --world-size 2 --listen "127.0.0.1:$http" \
+# The demo model, so the answers are words and a sampled first token is
+# rarely the end of text (a random-weight model ends at once for some seeds).
+"$work/tessera-shard-server" --rank 0 --world-size 2 --model fortunes --listen "127.0.0.1:$http" \
   --collective-listen "127.0.0.1:$coll" --collective-busy-poll 0 >"$work/rank0.log" 2>&1 &
 pids+=($!)
-"$work/tessera-shard-server" --rank 1 --world-size 2 --leader-addr "127.0.0.1:$coll" --listen "" \
+"$work/tessera-shard-server" --rank 1 --world-size 2 --model fortunes --leader-addr "127.0.0.1:$coll" --listen "" \
   --collective-busy-poll 0 >"$work/rank1.log" 2>&1 &
 pids+=($!)
 
