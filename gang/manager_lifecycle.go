@@ -413,3 +413,38 @@ func (m *Manager) Run(ctx context.Context, interval time.Duration) {
 		}
 	}
 }
+
+// Preempted frees the plan of a gang that has no bound member, as a victim
+// of preemption: every planned slot goes back to the ledger at once, waiting
+// members are rejected (the adapter's OnReject), and the gang backs off. Its
+// pods stay, pending, and are planned again later like any gang. Nil when
+// the gang has no plan or a bound member (its pods must be deleted then).
+func (m *Manager) Preempted(key, reason string) *Rejection {
+	var fx effects
+	var rej *Rejection
+	m.mu.Lock()
+	if g := m.gangs[key]; g != nil && g.slots != nil {
+		bound := false
+		for _, s := range g.slots {
+			bound = bound || s.state == slotBound
+		}
+		if !bound {
+			r := m.reject(&fx, g, reason, true)
+			rej = &r
+		}
+	}
+	m.mu.Unlock()
+	m.deliver(&fx)
+	return rej
+}
+
+// Preempt runs the ledger's victim search (Ledger.Preempt) with the
+// exclusive topologies of the other gangs filled in, as PreFilter's plans
+// see them.
+func (m *Manager) Preempt(req *PreemptRequest) (Preemption, error) {
+	m.mu.Lock()
+	r := *req
+	r.ExclusiveOthers = m.exclusiveOthers(req.Spec.Key)
+	m.mu.Unlock()
+	return m.l.Preempt(&r)
+}

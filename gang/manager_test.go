@@ -533,3 +533,42 @@ func TestReplanAvoidsRefusedNode(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestPreemptedFreesAPlanWithoutBoundMembers: a gang preempted while only
+// planned loses every planned slot at once and backs off; a running gang
+// is not preempted in memory (its pods must be deleted).
+func TestPreemptedFreesAPlanWithoutBoundMembers(t *testing.T) {
+	f := newFixture(t, tnode{name: "n", gpus: 4, slices: 4})
+	planned := GangSpec{Key: "ns/planned", MinMember: 2, Request: 4, ScheduleTimeout: time.Minute}
+	if got := f.plan(planned); len(got) != 2 {
+		t.Fatalf("plan = %v", got)
+	}
+	running := GangSpec{Key: "ns/running", MinMember: 2, Request: 4, ScheduleTimeout: time.Minute}
+	f.plan(running)
+	f.runGang(running)
+	if f.l.Fits("n", 4) {
+		t.Fatal("the node has room before the preemption")
+	}
+	if rej := f.m.Preempted("ns/running", "preempted by ns/hi"); rej != nil {
+		t.Errorf("a running gang was preempted in memory: %+v", rej)
+	}
+	rej := f.m.Preempted("ns/planned", "gang ns/planned: plan preempted by ns/hi")
+	if rej == nil {
+		t.Fatal("the planned gang's plan was not freed")
+	}
+	if rej.Gang != "ns/planned" || rej.BackoffUntil.IsZero() {
+		t.Errorf("rejection %+v, want gang ns/planned with a backoff", rej)
+	}
+	if st, _ := f.m.Status("ns/planned"); len(st.Slots) != 0 {
+		t.Errorf("planned gang still holds %d slots", len(st.Slots))
+	}
+	if !f.l.Fits("n", 4) {
+		t.Error("the freed plan's GPUs are not free")
+	}
+	if rej := f.m.Preempted("ns/planned", "again"); rej != nil {
+		t.Errorf("a gang without a plan was preempted again: %+v", rej)
+	}
+	if err := checkInvariants(f.l); err != nil {
+		t.Error(err)
+	}
+}

@@ -227,12 +227,17 @@ type Preemption struct {
 //  2. greedy: candidates are removed cheapest first (the order above, unit by
 //     unit) in prefixes of 0, 1, 2, 4, ... units until the preemptor fits,
 //     then each removed unit, most expensive first, is put back if the
-//     preemptor still fits without evicting it. The set left is minimal by
+//     preemptor still fits without evicting it. This runs once over every
+//     candidate and once for each of the lowest priority levels (up to 7)
+//     over the candidates at or below it, and the cheapest set wins: since
+//     fewer pods come before lower priority, the pass over everything can
+//     settle for eight single pods of high priority where one gang of
+//     eight of lower priority would do. The set left is minimal by
 //     inclusion in the domain: sparing any one of its units makes the
 //     preemptor not fit there (given that freeing slices never makes a plan
-//     fail, true for members of one request size). That costs O(log k + m)
-//     plans for k candidates and m units in the fitting prefix, each plan
-//     O(nodes of the domain);
+//     fail, true for members of one request size). Each pass costs
+//     O(log k + m) plans for k candidates and m units in the fitting
+//     prefix, each plan O(nodes of the domain);
 //  3. exact: when the domain has at most ExactUnits candidates, every subset
 //     cheaper than the best set found so far (this domain's greedy one, or
 //     another domain's) is tried in the order above; the first that fits is
@@ -845,50 +850,27 @@ func (ps *preemptSearch) searchDomain(d *searchDom) {
 	}
 	allSlots, allDomain := s.slots, s.domain
 
-	// 2. Greedy: cheapest-first prefixes, then put back what is not needed.
-	add := make([]int, k) // positions in s.units
-	for i := range add {
-		add[i] = i
-	}
+	// 2. Greedy: cheapest-first prefixes, then put back what is not needed;
+	// once over all candidates, and once per priority level over the
+	// candidates at or below it (see greedyLevels).
 	used := make([]int, len(ps.pdbNames))
 	alone := make([]VictimCost, k) // each unit's cost if it were evicted alone
 	for i, ci := range s.units {
 		alone[i] = ps.cost([]int{ci}, used)
 	}
-	sort.SliceStable(add, func(a, b int) bool { return compareCost(alone[add[a]], alone[add[b]]) < 0 })
 	want := make([]bool, k)
-	p := 0
-	for {
-		clear(want)
-		for _, i := range add[:p] {
-			want[i] = true
+	for _, level := range ps.greedyLevels(s.units) {
+		var add []int // positions in s.units
+		for i, ci := range s.units {
+			if ps.cands[ci].unit.Priority <= level {
+				add = append(add, i)
+			}
 		}
-		s.set(want)
-		if p == k {
-			s.slots, s.domain = allSlots, allDomain
-			break
-		}
-		if s.plan() {
-			break
-		}
-		p = min(k, max(1, 2*p))
-	}
-	for j := p - 1; j >= 0; j-- {
-		i := add[j]
-		slots, domain := s.slots, s.domain
-		s.toggle(i, false)
-		if !s.plan() {
-			s.toggle(i, true)
-			s.slots, s.domain = slots, domain
+		sort.SliceStable(add, func(a, b int) bool { return compareCost(alone[add[a]], alone[add[b]]) < 0 })
+		if units, ok := s.greedy(add, want, allSlots, allDomain, len(add) == k); ok {
+			ps.offer(&victimSet{units: units, cost: ps.cost(units, used), domain: s.domain, slots: s.slots})
 		}
 	}
-	var greedy []int
-	for i, r := range s.removed {
-		if r {
-			greedy = append(greedy, s.units[i])
-		}
-	}
-	ps.offer(&victimSet{units: greedy, cost: ps.cost(greedy, used), domain: s.domain, slots: s.slots})
 
 	// 3. Exact: every subset cheaper than the best so far, cheapest first.
 	if k > ps.exactUnits {
@@ -938,6 +920,79 @@ func (ps *preemptSearch) searchDomain(d *searchDom) {
 			return
 		}
 	}
+}
+
+// maxGreedyLevels bounds the priority-restricted greedy passes of a domain.
+const maxGreedyLevels = 8
+
+// greedyLevels lists the priority bounds the greedy search runs with: the
+// lowest distinct priorities among units (at most maxGreedyLevels−1), then
+// every unit. The order puts fewer pods before lower priority, so the
+// cheapest-first greedy over all units can settle for a few pods of high
+// priority (eight single pods) where as many pods of lower priority (one
+// gang of eight) would do; a pass restricted to the low priorities finds
+// that set, and the cheaper of the passes' sets wins.
+func (ps *preemptSearch) greedyLevels(units []int) []int32 {
+	var prios []int32
+	for _, ci := range units {
+		prios = append(prios, ps.cands[ci].unit.Priority)
+	}
+	if len(prios) == 0 {
+		return []int32{math.MaxInt32} // one pass over no units: fits as is
+	}
+	slices.Sort(prios)
+	prios = slices.Compact(prios)
+	if len(prios) > maxGreedyLevels-1 {
+		prios = append(prios[:maxGreedyLevels-1], prios[len(prios)-1])
+	}
+	return prios
+}
+
+// greedy removes the units at positions add in prefixes of 0, 1, 2, 4, ...
+// until the preemptor fits, then puts back each removed unit, last first,
+// that is not needed. ok is false when even every unit of add gone is not
+// enough. all says add holds every unit (whose plan, allSlots in
+// allDomain, is known to fit). On return s.slots and s.domain are the
+// plan for the set.
+func (s *domScratch) greedy(add []int, want []bool, allSlots []Slot, allDomain string, all bool) (units []int, ok bool) {
+	k := len(add)
+	p := 0
+	for {
+		clear(want)
+		for _, i := range add[:p] {
+			want[i] = true
+		}
+		s.set(want)
+		if p == k {
+			if all {
+				s.slots, s.domain = allSlots, allDomain
+				break
+			}
+			if !s.plan() {
+				return nil, false
+			}
+			break
+		}
+		if s.plan() {
+			break
+		}
+		p = min(k, max(1, 2*p))
+	}
+	for j := p - 1; j >= 0; j-- {
+		i := add[j]
+		slots, domain := s.slots, s.domain
+		s.toggle(i, false)
+		if !s.plan() {
+			s.toggle(i, true)
+			s.slots, s.domain = slots, domain
+		}
+	}
+	for i, r := range s.removed {
+		if r {
+			units = append(units, s.units[i])
+		}
+	}
+	return units, true
 }
 
 // offer keeps v if it is cheaper than the best so far.

@@ -358,6 +358,24 @@ func TestPreemptScenarios(t *testing.T) {
 			wantCost:    VictimCost{Pods: 1, MaxPriority: 3, PrioritySum: 3},
 			wantSlots:   []string{rng("c1-n0", 0, 0, 7), rng("c1-n0", 1, 0, 7), rng("c1-n1", 0, 0, 7), rng("c1-n1", 1, 0, 7)},
 		},
+		"greedy: one gang of low priority beats as many single pods of higher priority": {
+			// Cheapest-first over all units removes the single pods (one
+			// pod each) until the gang fits; the pass over the lowest
+			// priority finds the gang, which is cheaper (same pods, lower
+			// highest priority).
+			nodes: cliques("c", 1, 2, 4),
+			units: []vunit{
+				{key: "ns/low", gang: true, prio: 1, pods: []vpod{full("c0-n0", 0), full("c0-n0", 1), full("c0-n0", 2), full("c0-n0", 3)}},
+				single("d/s0", 5, full("c0-n1", 0)), single("d/s1", 5, full("c0-n1", 1)),
+				single("d/s2", 5, full("c0-n1", 2)), single("d/s3", 5, full("c0-n1", 3)),
+			},
+			spec:        GangSpec{Key: "ns/tp4", MinMember: 4, Request: 8, RequiredTopology: clique, Priority: hi},
+			exactUnits:  -1,
+			wantVictims: []string{"ns/low"},
+			wantCost:    VictimCost{Pods: 4, MaxPriority: 1, PrioritySum: 4},
+			wantSlots:   []string{rng("c0-n0", 0, 0, 7), rng("c0-n0", 1, 0, 7), rng("c0-n0", 2, 0, 7), rng("c0-n0", 3, 0, 7)},
+			wantInexact: true,
+		},
 		"victims in two cliques are never combined": {
 			// Each clique has one free GPU; evicting one pod per clique
 			// frees two GPUs, but never two in one clique.

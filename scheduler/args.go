@@ -52,6 +52,15 @@ type Args struct {
 	// step 4) while its allocation is not confirmed: a node whose kubelet
 	// or device plugin is down does not stall for longer. Default 30.
 	HandoffConfirmTimeoutSeconds *int64 `json:"handoffConfirmTimeoutSeconds,omitempty"`
+	// Preemption turns whole-gang preemption for slice pods on or off
+	// (scheduler/preempt.go). Default true. Off, a slice pod or gang that
+	// fits nowhere waits, whatever its priority.
+	Preemption *bool `json:"preemption,omitempty"`
+	// NominationTimeoutSeconds bounds how long the room a preemption freed
+	// is kept for its preemptor (lower-priority slice pods stay off those
+	// nodes) when the preemptor is not placed: victims that never
+	// terminate, or a preemptor that no longer fits. Default 300.
+	NominationTimeoutSeconds *int64 `json:"nominationTimeoutSeconds,omitempty"`
 }
 
 // Defaults for Args.
@@ -62,6 +71,7 @@ const (
 	DefaultPreferredTopology            = "nvidia.com/gpu.clique"
 	DefaultDiscoveryIntervalSeconds     = 30
 	DefaultHandoffConfirmTimeoutSeconds = 30
+	DefaultNominationTimeoutSeconds     = 300
 )
 
 // DecodeArgs turns the profile's raw args into Args, strictly: unknown or
@@ -105,6 +115,7 @@ func SetDefaultsArgs(a *Args) {
 	setInt(&a.SweepIntervalMillis, DefaultSweepIntervalMillis)
 	setInt(&a.DiscoveryIntervalSeconds, DefaultDiscoveryIntervalSeconds)
 	setInt(&a.HandoffConfirmTimeoutSeconds, DefaultHandoffConfirmTimeoutSeconds)
+	setInt(&a.NominationTimeoutSeconds, DefaultNominationTimeoutSeconds)
 	if a.DefaultRequiredTopology == nil {
 		s := ""
 		a.DefaultRequiredTopology = &s
@@ -116,6 +127,10 @@ func SetDefaultsArgs(a *Args) {
 	if a.PodGroupStatus == nil {
 		b := true
 		a.PodGroupStatus = &b
+	}
+	if a.Preemption == nil {
+		b := true
+		a.Preemption = &b
 	}
 	if a.UnhealthyGangAction == nil {
 		s := UnhealthyGangEvent
@@ -140,6 +155,7 @@ func ValidateArgs(a *Args) error {
 	between("sweepIntervalMillis", a.SweepIntervalMillis, 10, 60000)
 	between("discoveryIntervalSeconds", a.DiscoveryIntervalSeconds, 1, 3600)
 	between("handoffConfirmTimeoutSeconds", a.HandoffConfirmTimeoutSeconds, 1, 3600)
+	between("nominationTimeoutSeconds", a.NominationTimeoutSeconds, 1, 24*3600)
 	labelKey := func(field string, p *string) {
 		if p == nil || *p == "" {
 			return
@@ -166,6 +182,10 @@ func (a *Args) sweepInterval() time.Duration {
 func (a *Args) handoffConfirmTimeout() time.Duration {
 	return time.Duration(*a.HandoffConfirmTimeoutSeconds) * time.Second
 }
+func (a *Args) nominationTimeout() time.Duration {
+	return time.Duration(*a.NominationTimeoutSeconds) * time.Second
+}
+func (a *Args) preemption() bool { return a.Preemption == nil || *a.Preemption }
 func (a *Args) discoveryInterval() time.Duration {
 	return time.Duration(*a.DiscoveryIntervalSeconds) * time.Second
 }
@@ -195,12 +215,17 @@ func (a *Args) DeepCopy() *Args {
 	out.SweepIntervalMillis = cp(a.SweepIntervalMillis)
 	out.DiscoveryIntervalSeconds = cp(a.DiscoveryIntervalSeconds)
 	out.HandoffConfirmTimeoutSeconds = cp(a.HandoffConfirmTimeoutSeconds)
+	out.NominationTimeoutSeconds = cp(a.NominationTimeoutSeconds)
 	out.DefaultRequiredTopology = cps(a.DefaultRequiredTopology)
 	out.DefaultPreferredTopology = cps(a.DefaultPreferredTopology)
 	out.UnhealthyGangAction = cps(a.UnhealthyGangAction)
 	if a.PodGroupStatus != nil {
 		v := *a.PodGroupStatus
 		out.PodGroupStatus = &v
+	}
+	if a.Preemption != nil {
+		v := *a.Preemption
+		out.Preemption = &v
 	}
 	return &out
 }

@@ -17,7 +17,9 @@ const (
 
 // Filter accepts a gang member only on its planned node, and a single pod
 // only where one GPU (or, for whole-GPU requests, enough whole GPUs) has the
-// slices free: per GPU, never by the node's total. O(1), no allocation.
+// slices free: per GPU, never by the node's total, and not on a node whose
+// room a higher-priority preemptor was nominated to (preempt.go). O(1) while
+// no nomination is held, no allocation.
 func (pl *Tessera) Filter(_ context.Context, cs fwk.CycleState, pod *v1.Pod, ni fwk.NodeInfo) *fwk.Status {
 	s, ok := getState(cs)
 	if !ok {
@@ -32,6 +34,11 @@ func (pl *Tessera) Filter(_ context.Context, cs fwk.CycleState, pod *v1.Pod, ni 
 			return nil
 		}
 		return fwk.NewStatus(fwk.UnschedulableAndUnresolvable, reasonNotPlanned)
+	}
+	if !pl.nominated.empty() {
+		if who, ok := pl.nominated.reservedFor(node.Name, preemptorKey(s.pod), podPriority(pod), pl.clock.Now()); ok {
+			return fwk.NewStatus(fwk.UnschedulableAndUnresolvable, fmt.Sprintf("room on this node is kept for %s, which preempted pods for it", who))
+		}
 	}
 	if pl.ledger.Fits(node.Name, s.pod.Slices) {
 		return nil

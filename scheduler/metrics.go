@@ -47,6 +47,18 @@ var (
 		Help:           "Whole-gang placement plans attempted, by result.",
 		StabilityLevel: metrics.ALPHA,
 	}, []string{"result"})
+	preemptionAttempts = metrics.NewCounterVec(&metrics.CounterOpts{
+		Subsystem:      metricsSubsystem,
+		Name:           "preemption_attempts_total",
+		Help:           "Preemption attempts for slice pods and gangs that fit nowhere, by result (preempted, fits, no_victims, waiting, never, not_eligible, not_ready, disabled, error).",
+		StabilityLevel: metrics.ALPHA,
+	}, []string{"result"})
+	preemptionVictims = metrics.NewCounter(&metrics.CounterOpts{
+		Subsystem:      metricsSubsystem,
+		Name:           "preemption_victims_total",
+		Help:           "Pods evicted (deleted, or sent back to the queue from the gang barrier) by Tessera's preemption.",
+		StabilityLevel: metrics.ALPHA,
+	})
 	gangsAligned = metrics.NewCounter(&metrics.CounterOpts{
 		Subsystem:      metricsSubsystem,
 		Name:           "gangs_topology_aligned_total",
@@ -100,7 +112,8 @@ var (
 func registerMetrics() {
 	registerOnce.Do(func() {
 		legacyregistry.MustRegister(gangTimeToPlaced, handoffWait, gangsPlaced, gangsRejected, planAttempts, gangsAligned,
-			alignmentRatio, fragmentation, freeSlices, handoffMismatches, gangUnhealthyTotal, gangMembersEvictedTotal)
+			alignmentRatio, fragmentation, freeSlices, handoffMismatches, gangUnhealthyTotal, gangMembersEvictedTotal,
+			preemptionAttempts, preemptionVictims)
 	})
 }
 
@@ -135,6 +148,8 @@ func rejectCause(reason string) string {
 		return "removed"
 	case strings.Contains(reason, "spec changed"):
 		return "spec_changed"
+	case strings.Contains(reason, "preempted by"):
+		return "preempted"
 	}
 	return "other"
 }

@@ -73,6 +73,10 @@ type Tessera struct {
 	// sweep's last retry (retry.go).
 	retryGen uint64
 	retryAt  time.Time
+
+	// nominated is the room preemptions freed, kept for their preemptors
+	// (preempt.go).
+	nominated nominations
 }
 
 type nodeKey struct {
@@ -130,6 +134,9 @@ func New(ctx context.Context, obj runtime.Object, h fwk.Handle) (fwk.Plugin, err
 	if err != nil {
 		return nil, fmt.Errorf("%s: watching nodes: %w", Name, err)
 	}
+	// Preemption reads PodDisruptionBudgets (preempt.go); asking for the
+	// informer here registers it before the factory starts.
+	pdbs := h.SharedInformerFactory().Policy().V1().PodDisruptionBudgets().Informer()
 	pods := h.SharedInformerFactory().Core().V1().Pods().Informer()
 	preg, err := pods.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(obj any) { pl.podChanged(obj) },
@@ -139,7 +146,7 @@ func New(ctx context.Context, obj runtime.Object, h fwk.Handle) (fwk.Plugin, err
 	if err != nil {
 		return nil, fmt.Errorf("%s: watching pods: %w", Name, err)
 	}
-	pl.handlersSynced = []cache.InformerSynced{nreg.HasSynced, preg.HasSynced}
+	pl.handlersSynced = []cache.InformerSynced{nreg.HasSynced, preg.HasSynced, pdbs.HasSynced}
 
 	// The PodGroup status writer and the GPU-health controller run beside
 	// the plugin; it only feeds them. Without a kubeconfig (unit tests)
@@ -302,6 +309,10 @@ func (pl *Tessera) podDeleted(obj any) {
 	pl.forgetTurnedDown(pod.UID)
 	pl.handoff.Forget(string(pod.UID))
 	pl.mgr.PodDeleted(string(pod.UID))
+	if pod.Spec.NodeName == "" && !inGang {
+		// A single preemptor that went away leaves its nomination.
+		pl.releaseNomination(gang.PodPreemptor(pod.Namespace, pod.Name, 0, 0).Key)
+	}
 	if inGang {
 		pl.gangs.setMember(ref, string(pod.UID), nil)
 		pl.markGroupDirty(ref)
@@ -354,6 +365,10 @@ func (pl *Tessera) forgetGang(key string) {
 	delete(pl.planStart, key)
 	delete(pl.lastEvent, key)
 	pl.mu.Unlock()
+	// A preemptor gang that went away leaves its nomination (no retry
+	// here: this runs inside the gang registry's callbacks; the next
+	// ledger change or sweep retries the pods kept off its nodes).
+	pl.nominated.release(key)
 }
 
 // activateGang moves the gang's pending pods back to the active queue: their

@@ -51,22 +51,35 @@ func simulated(cs fwk.CycleState, s *preFilterState) bool {
 // PodGroupPostFilter runs when the core's pod-group cycle placed no member;
 // per-pod PostFilter does not run in that cycle, so this does its work for
 // the group's members: each slice pod is remembered for a retry once the
-// ledger gains room (retry.go), and a gang whose members had a plan but
-// were refused on their planned nodes by another plugin is rejected whole
-// and replanned elsewhere after its backoff. Tessera preempts nothing, so
-// the status is Unschedulable and other plugins (DefaultPreemption) may
-// still try.
+// ledger gains room (retry.go), a gang whose members had a plan but were
+// refused on their planned nodes by another plugin is rejected whole and
+// replanned elsewhere after its backoff, and a gang that could not be
+// planned at all may preempt lower-priority whole units (preempt.go), once
+// for the group. The status stays Unschedulable: the members are retried
+// when the victims' slices are free.
 func (pl *Tessera) PodGroupPostFilter(ctx context.Context, _ fwk.PodGroupCycleState, pg fwk.PodGroupInfo, _ fwk.PodGroupSchedulingFunc) (*fwk.PodGroupPostFilterResult, *fwk.Status) {
+	preempted := map[string]bool{}
+	var msgs []string
 	for _, pod := range pg.GetUnscheduledPods() {
 		pl.rememberTurnedDown(pod)
 		p, ok := pl.gangPod(pod)
-		if !ok || p.Gang == "" {
+		if !ok {
 			continue
 		}
-		if rej := pl.mgr.PostFilter(p); rej != nil {
-			klog.FromContext(ctx).V(2).Info("Pod group placed no member; gang rejected", "pod", klog.KObj(pod), "gang", p.Gang, "reason", rej.Reason)
-			return nil, fwk.NewStatus(fwk.Unschedulable, rej.Reason)
+		if p.Gang != "" {
+			if rej := pl.mgr.PostFilter(p); rej != nil {
+				klog.FromContext(ctx).V(2).Info("Pod group placed no member; gang rejected", "pod", klog.KObj(pod), "gang", p.Gang, "reason", rej.Reason)
+				return nil, fwk.NewStatus(fwk.Unschedulable, rej.Reason)
+			}
 		}
+		key := preemptorKey(p)
+		if preempted[key] {
+			continue
+		}
+		preempted[key] = true
+		out := pl.preempt(ctx, pod, p)
+		preemptionAttempts.WithLabelValues(out.result).Inc()
+		msgs = append(msgs, out.msg)
 	}
-	return nil, fwk.NewStatus(fwk.Unschedulable)
+	return nil, fwk.NewStatus(fwk.Unschedulable, msgs...)
 }

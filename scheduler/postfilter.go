@@ -6,25 +6,56 @@ import (
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/klog/v2"
 	fwk "k8s.io/kube-scheduler/framework"
+
+	"github.com/tessera-gpu/tessera/gang"
 )
 
 // PostFilter runs when no node passed Filter. For a gang member whose
 // planned node another plugin refused (CPU, taints, a node gone NotReady),
 // the whole gang is rejected before its barrier opens and its next plan
-// avoids that node.
+// avoids that node. A slice pod, or the whole gang of a member, that fits
+// nowhere may preempt lower-priority whole units (preempt.go); a single pod
+// is then nominated to the node the room was made on.
 //
 // Every slice pod that gets here is remembered and retried once the ledger
 // gains room (retry.go).
 func (pl *Tessera) PostFilter(ctx context.Context, cs fwk.CycleState, pod *v1.Pod, _ fwk.NodeToStatusReader) (*fwk.PostFilterResult, *fwk.Status) {
 	pl.rememberTurnedDown(pod)
 	s, ok := getState(cs)
-	if !ok || s.pod.Gang == "" || s.placement.Node == "" {
+	if !ok {
+		// PreFilter turned the pod down (its gang cannot be planned) or
+		// skipped it (no slices).
+		p, slicePod := pl.gangPod(pod)
+		if !slicePod {
+			return nil, fwk.NewStatus(fwk.Unschedulable)
+		}
+		return pl.postFilterPreempt(ctx, pod, p)
+	}
+	if s.pod.Gang != "" && s.placement.Node != "" {
+		if rej := pl.mgr.PostFilter(s.pod); rej != nil {
+			klog.FromContext(ctx).V(2).Info("Gang member refused on its planned node; gang rejected",
+				"pod", klog.KObj(pod), "gang", s.pod.Gang, "node", s.placement.Node)
+			return nil, fwk.NewStatus(fwk.Unschedulable, rej.Reason)
+		}
 		return nil, fwk.NewStatus(fwk.Unschedulable)
 	}
-	if rej := pl.mgr.PostFilter(s.pod); rej != nil {
-		klog.FromContext(ctx).V(2).Info("Gang member refused on its planned node; gang rejected",
-			"pod", klog.KObj(pod), "gang", s.pod.Gang, "node", s.placement.Node)
-		return nil, fwk.NewStatus(fwk.Unschedulable, rej.Reason)
+	return pl.postFilterPreempt(ctx, pod, s.pod)
+}
+
+// postFilterPreempt runs a preemption attempt for p and turns it into
+// PostFilter's answer: Success with the nominated node when room was made
+// (the pod itself is retried once the victims are gone), Unschedulable
+// with the reason otherwise.
+func (pl *Tessera) postFilterPreempt(ctx context.Context, pod *v1.Pod, p gang.Pod) (*fwk.PostFilterResult, *fwk.Status) {
+	out := pl.preempt(ctx, pod, p)
+	preemptionAttempts.WithLabelValues(out.result).Inc()
+	klog.FromContext(ctx).V(3).Info("Preemption attempt", "pod", klog.KObj(pod), "gang", p.Gang, "result", out.result, "reason", out.msg)
+	if !out.ok {
+		return nil, fwk.NewStatus(fwk.Unschedulable, out.msg)
 	}
-	return nil, fwk.NewStatus(fwk.Unschedulable)
+	if out.node != "" {
+		return &fwk.PostFilterResult{NominatingInfo: &fwk.NominatingInfo{NominatedNodeName: out.node, NominatingMode: fwk.ModeOverride}},
+			fwk.NewStatus(fwk.Success, out.msg)
+	}
+	return nil, fwk.NewStatus(fwk.Success, out.msg)
 }

@@ -66,7 +66,7 @@ func (pl *Tessera) PreFilter(ctx context.Context, cs fwk.CycleState, pod *v1.Pod
 	logger := klog.FromContext(ctx)
 	planning := false
 	if p.Gang != "" {
-		p.Eligible = eligibility(logger, pod, nodes)
+		p.Eligible = pl.unreserved(eligibility(logger, pod, nodes), p.Gang, podPriority(pod))
 		st, _ := pl.mgr.Status(p.Gang)
 		planning = len(st.Slots) == 0
 		if planning {
@@ -106,6 +106,7 @@ func (pl *Tessera) PreFilter(ctx context.Context, cs fwk.CycleState, pod *v1.Pod
 	}
 	if planning {
 		planAttempts.WithLabelValues("planned").Inc()
+		pl.releaseNomination(p.Gang)
 		logger.V(2).Info("Planned gang", "gang", p.Gang, "pod", klog.KObj(pod), "node", placement.Node)
 		// The rest of the gang has a reserved place now: bring its pending
 		// members back from the unschedulable queue.

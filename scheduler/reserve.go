@@ -37,6 +37,9 @@ func (pl *Tessera) Reserve(ctx context.Context, cs fwk.CycleState, pod *v1.Pod, 
 		return fwk.NewStatus(fwk.Unschedulable, err.Error())
 	}
 	pl.handoff.Reserve(nodeName, handoffPod(pod))
+	if s.pod.Gang == "" {
+		pl.releaseNomination(preemptorKey(s.pod))
+	}
 	klog.FromContext(ctx).V(4).Info("Reserved slices", "pod", klog.KObj(pod), "node", nodeName, "slices", api.FormatSliceList(ids))
 	return nil
 }

@@ -46,7 +46,10 @@ func TestTurnedDownPodRetriedAfterLedgerFreed(t *testing.T) {
 		t.Fatal(err)
 	}
 	mgr := gang.NewManager(ledger, gang.Options{})
-	args, _ := DecodeArgs(nil)
+	// This test is about the retry, not preemption (preempt_test.go): the
+	// fake handle has no snapshot for a victim search.
+	off := false
+	args, _ := DecodeArgs(&Args{Preemption: &off})
 	h := &activateHandle{ledger: ledger}
 	pl := &Tessera{handle: h, args: args, ledger: ledger, mgr: mgr, logger: klog.Background(),
 		planStart: map[string]time.Time{}, lastEvent: map[string]string{}}

@@ -118,6 +118,9 @@ func (s *Snapshot) Explain(namespace, name string) (*Explanation, error) {
 }
 
 func (s *Snapshot) explainBound(e *Explanation, p *corev1.Pod, ids []api.SliceID, from string, say func(string, ...any)) {
+	if preemptedByScheduler(p) {
+		say("It is being preempted: %s", oneLine(disruptionMessage(p)))
+	}
 	n, hasNode := s.NodeByName(p.Spec.NodeName)
 	where := p.Spec.NodeName
 	if hasNode {
@@ -224,6 +227,7 @@ func (s *Snapshot) explainPending(e *Explanation, p *corev1.Pod, say func(string
 			say("The scheduler's last word on the gang (%s ago): %s: %s", humanSeconds(s.now.Sub(g.LastEvent).Seconds()), g.LastReason, oneLine(g.LastMessage))
 		}
 	}
+	s.explainPreemption(e, p, say)
 	if e.Request == 0 {
 		return
 	}
@@ -423,4 +427,56 @@ func boolKeys(m map[string]int) map[string]bool {
 		out[k] = true
 	}
 	return out
+}
+
+// explainPreemption says whether the scheduler preempted pods for this
+// pending pod (its newest Preempting event, for the pod or its gang; the
+// node it was nominated to) and how many of the pods it preempted are still
+// terminating: the pod is placed once they are gone.
+func (s *Snapshot) explainPreemption(e *Explanation, p *corev1.Pod, say func(string, ...any)) {
+	var newest *EventLine
+	for i := range e.Events {
+		ev := &e.Events[i]
+		if ev.Reason == "Preempting" && (newest == nil || ev.Time.After(newest.Time)) {
+			newest = ev
+		}
+	}
+	if newest == nil && p.Status.NominatedNodeName == "" {
+		return
+	}
+	if newest != nil {
+		say("The scheduler preempted lower-priority pods for it (%s ago): %s.", humanSeconds(s.now.Sub(newest.Time).Seconds()), oneLine(newest.Message))
+	}
+	if n := p.Status.NominatedNodeName; n != "" {
+		say("It is nominated to node %s: the room there is kept for it while the preempted pods leave.", n)
+	}
+	leaving := 0
+	for _, q := range s.pods {
+		if q.DeletionTimestamp != nil && preemptedByScheduler(q) {
+			leaving++
+		}
+	}
+	if leaving > 0 {
+		say("%d preempted pods are still terminating; it is placed once their slices are free.", leaving)
+	}
+}
+
+// preemptedByScheduler reports whether q carries the DisruptionTarget
+// condition a scheduler's preemption sets.
+func preemptedByScheduler(q *corev1.Pod) bool {
+	for _, c := range q.Status.Conditions {
+		if c.Type == corev1.DisruptionTarget && c.Status == corev1.ConditionTrue && c.Reason == corev1.PodReasonPreemptionByScheduler {
+			return true
+		}
+	}
+	return false
+}
+
+func disruptionMessage(q *corev1.Pod) string {
+	for _, c := range q.Status.Conditions {
+		if c.Type == corev1.DisruptionTarget {
+			return c.Message
+		}
+	}
+	return ""
 }

@@ -1,0 +1,402 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	v1 "k8s.io/api/core/v1"
+	schedulingv1 "k8s.io/api/scheduling/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/wait"
+	"k8s.io/utils/ptr"
+
+	"github.com/tessera-gpu/tessera/api"
+)
+
+// TestPreemptionAtSaturation fills one clique (10 simulated nodes, 80 GPUs)
+// with lower-priority work owned by real controllers (8 StatefulSets of
+// 8-rank gangs at priority 100 and a ReplicaSet of 16 single pods at 200,
+// one GPU per pod), then submits a high-priority 8-rank gang that must fit
+// in one clique. Eight single pods or one gang would make room; the gang is
+// cheaper (its highest priority is lower). It checks that exactly one whole
+// gang is preempted and the preemptor placed whole; that the victims'
+// StatefulSet recreates them and the new pods wait, whole; that a pod of
+// the victims' priority then preempts nobody; and, sampled every 100 ms
+// throughout, that no gang ever runs partially.
+func TestPreemptionAtSaturation(t *testing.T) {
+	ensureScheduler(t)
+	ctx := context.Background()
+	ns := "preempt"
+	createNamespace(t, ctx, ns)
+	defer cleanupNamespace(t, ctx, ns)
+	for name, value := range map[string]int32{"tessera-it-low": 100, "tessera-it-mid": 200, "tessera-it-high": 10000} {
+		pc := &schedulingv1.PriorityClass{ObjectMeta: metav1.ObjectMeta{Name: name}, Value: value}
+		if _, err := env.client.SchedulingV1().PriorityClasses().Create(ctx, pc, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
+			t.Fatal(err)
+		}
+	}
+	clique := emptyClique(t, ctx)
+	onClique := map[string]string{api.LabelClique: clique}
+	const gangs, ranks, singles = 8, 8, 16
+	low := func(p *v1.Pod) {
+		p.Spec.PriorityClassName = "tessera-it-low"
+		p.Spec.NodeSelector = onClique
+	}
+
+	// Low-priority gangs: a PodGroup each, pods owned by a StatefulSet
+	// (Parallel, so all ranks exist at once; not a Job: kwok completes Job
+	// pods).
+	for g := range gangs {
+		name := fmt.Sprintf("low-%d", g)
+		createPodGroup(t, ctx, ns, name, ranks, 60, map[string]string{api.AnnotationTopologyRequired: api.LabelClique})
+		tmpl := gpuPod(ns, "", 4, map[string]string{api.LabelPodGroup: name, "unit": name})
+		low(tmpl)
+		tmpl.Namespace = ""
+		set := &appsv1.StatefulSet{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name},
+			Spec: appsv1.StatefulSetSpec{Replicas: ptr.To(int32(ranks)), ServiceName: name, PodManagementPolicy: appsv1.ParallelPodManagement,
+				Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"unit": name}},
+				Template: v1.PodTemplateSpec{ObjectMeta: tmpl.ObjectMeta, Spec: tmpl.Spec}}}
+		if _, err := env.client.AppsV1().StatefulSets(ns).Create(ctx, set, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Low-priority single pods, owned by a ReplicaSet.
+	tmpl := gpuPod(ns, "", 4, map[string]string{"unit": "singles"})
+	low(tmpl)
+	tmpl.Spec.PriorityClassName = "tessera-it-mid"
+	tmpl.Namespace = ""
+	rs := &appsv1.ReplicaSet{ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: "singles"},
+		Spec: appsv1.ReplicaSetSpec{Replicas: ptr.To(int32(singles)), Selector: &metav1.LabelSelector{MatchLabels: map[string]string{"unit": "singles"}},
+			Template: v1.PodTemplateSpec{ObjectMeta: tmpl.ObjectMeta, Spec: tmpl.Spec}}}
+	if _, err := env.client.AppsV1().ReplicaSets(ns).Create(ctx, rs, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitRunning(t, ctx, ns, "unit", gangs*ranks+singles, 90*time.Second)
+	if used := cliqueSlicesInUse(t, ctx, clique); used != 10*gpusPerNode*slicesPerGPU {
+		list, _ := env.client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
+		var odd []string
+		for _, p := range list.Items {
+			if _, ok := p.Annotations[api.AnnotationSliceAssignment]; !ok || podDone(&p) {
+				odd = append(odd, fmt.Sprintf("%s node=%s phase=%s", p.Name, p.Spec.NodeName, p.Status.Phase))
+			}
+		}
+		t.Fatalf("clique %s: %d slices in use after filling it, want all %d; pods without an assignment or done: %v", clique, used, 10*gpusPerNode*slicesPerGPU, head(odd, 10))
+	}
+
+	// Sample every 100 ms: no gang may run partially. A gang being torn
+	// down by preemption has every present member marked (DisruptionTarget)
+	// or terminating; that is not partial.
+	sampleCtx, stopSampling := context.WithCancel(ctx)
+	var samples int
+	var partial []string
+	var mu sync.Mutex
+	var sampling sync.WaitGroup
+	sampling.Add(1)
+	go func() {
+		defer sampling.Done()
+		_ = wait.PollUntilContextCancel(sampleCtx, 100*time.Millisecond, true, func(ctx context.Context) (bool, error) {
+			list, err := env.client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
+			if err != nil {
+				return false, nil
+			}
+			bad := partialGangs(list.Items, ranks)
+			mu.Lock()
+			samples++
+			partial = append(partial, bad...)
+			mu.Unlock()
+			return false, nil
+		})
+	}()
+
+	// The high-priority gang.
+	createPodGroup(t, ctx, ns, "high", ranks, 120, map[string]string{api.AnnotationTopologyRequired: api.LabelClique})
+	var names []string
+	for i := range ranks {
+		p := gpuPod(ns, fmt.Sprintf("high-%d", i), 4, map[string]string{api.LabelPodGroup: "high"})
+		p.Spec.PriorityClassName = "tessera-it-high"
+		p.Spec.NodeSelector = onClique
+		createPods(t, ctx, p)
+		names = append(names, p.Name)
+	}
+	start := time.Now()
+	pods := waitBound(t, ctx, ns, names, 90*time.Second)
+	t.Logf("high-priority gang placed %s after it was created", time.Since(start).Round(10*time.Millisecond))
+	var members []*v1.Pod
+	for _, n := range names {
+		members = append(members, pods[n])
+	}
+	if c, aligned := checkGang(t, ctx, "high", members, 4, map[string]string{}); !aligned || c != clique {
+		t.Errorf("high gang: clique %s (aligned %v), want all in %s", c, aligned, clique)
+	}
+
+	// The victims, from the scheduler's Preempted events.
+	victims := map[string]bool{}
+	err := wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+		evs, err := env.client.CoreV1().Events(ns).List(ctx, metav1.ListOptions{})
+		if err != nil {
+			return false, nil
+		}
+		clear(victims)
+		for _, ev := range evs.Items {
+			if ev.Reason == "Preempted" && ev.InvolvedObject.Kind == "Pod" {
+				victims[ev.InvolvedObject.Name] = true
+			}
+		}
+		return len(victims) >= ranks, nil
+	})
+	if err != nil {
+		t.Fatalf("Preempted events name %d pods, want at least %d", len(victims), ranks)
+	}
+	// Whole units only, and the fewest pods: one whole gang (8 pods) or 8
+	// single pods; never part of a gang.
+	byUnit := map[string]int{}
+	for v := range victims {
+		unit := "singles"
+		if strings.HasPrefix(v, "low-") {
+			unit = v[:strings.LastIndex(v, "-")]
+		}
+		byUnit[unit]++
+	}
+	if len(victims) != ranks || len(byUnit) != 1 || byUnit["singles"] != 0 {
+		t.Errorf("pods preempted by unit: %v; want one whole low-priority gang of %d (8 single pods would do too, but at a higher priority)", byUnit, ranks)
+	}
+	for unit, n := range byUnit {
+		if unit != "singles" && n != ranks {
+			t.Errorf("gang %s lost %d of its %d pods: a gang is preempted whole or not at all", unit, n, ranks)
+		}
+	}
+	for v := range victims {
+		if strings.HasPrefix(v, "high-") {
+			t.Errorf("a high-priority pod, %s, was preempted", v)
+		}
+	}
+
+	// The victims' controllers recreate them; the new pods wait (the clique
+	// is full and the room went to the higher priority), gangs whole.
+	waitPods(t, ctx, ns, "unit", gangs*ranks+singles, 30*time.Second)
+	time.Sleep(2 * time.Second) // let the recreated pods be tried and turned down at least once
+	stopSampling()
+	sampling.Wait()
+	list, err := env.client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "unit"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pending := map[string]int{}
+	for _, p := range list.Items {
+		if p.Spec.NodeName == "" {
+			pending[p.Labels["unit"]]++
+		}
+	}
+	for unit := range byUnit {
+		if pending[unit] != ranks || len(pending) != 1 {
+			t.Errorf("pending pods by unit after the preemption: %v, want the %d recreated pods of %s", pending, ranks, unit)
+		}
+	}
+
+	// A pod of the victims' own priority finds nobody strictly below it:
+	// it waits and evicts nobody.
+	same := gpuPod(ns, "same-priority", 4, map[string]string{"unit": "same"})
+	low(same)
+	createPods(t, ctx, same)
+	time.Sleep(2 * time.Second)
+	evs, err := env.client.CoreV1().Events(ns).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := 0
+	for _, ev := range evs.Items {
+		if ev.Reason == "Preempted" && ev.InvolvedObject.Kind == "Pod" {
+			n++
+		}
+	}
+	if n != len(victims) {
+		t.Errorf("%d Preempted events after a pod of the victims' priority came, want still %d", n, len(victims))
+	}
+	if p, err := env.client.CoreV1().Pods(ns).Get(ctx, "same-priority", metav1.GetOptions{}); err != nil || p.Spec.NodeName != "" {
+		t.Errorf("the pod of the victims' priority: err %v, node %q; want pending", err, p.Spec.NodeName)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if samples < 10 {
+		t.Errorf("only %d samples taken", samples)
+	}
+	if len(partial) > 0 {
+		t.Errorf("partial gangs seen in %d samples, e.g. %v", len(partial), head(partial, 5))
+	}
+	t.Logf("victims %v; %d samples, 0 partial gangs", byUnit, samples)
+	if t.Failed() {
+		for _, ev := range evs.Items {
+			if ev.Reason == "Preempting" {
+				t.Logf("event on %s/%s: %s", ev.InvolvedObject.Kind, ev.InvolvedObject.Name, ev.Message)
+			}
+		}
+	}
+}
+
+// partialGangs names the gangs (pods labelled with a PodGroup) of which
+// some but not all of min members run, while none of their present
+// members is being preempted.
+func partialGangs(pods []v1.Pod, min int) []string {
+	running := map[string]int{}
+	leaving := map[string]bool{}
+	for i := range pods {
+		p := &pods[i]
+		g := p.Labels[api.LabelPodGroup]
+		if g == "" {
+			continue
+		}
+		if p.DeletionTimestamp != nil || disrupted(p) {
+			leaving[g] = true
+			continue
+		}
+		if p.Spec.NodeName != "" {
+			running[g]++
+		}
+	}
+	var out []string
+	for g, n := range running {
+		if n < min && !leaving[g] {
+			out = append(out, fmt.Sprintf("%s: %d of %d", g, n, min))
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+func disrupted(p *v1.Pod) bool {
+	for _, c := range p.Status.Conditions {
+		if c.Type == v1.DisruptionTarget && c.Status == v1.ConditionTrue {
+			return true
+		}
+	}
+	return false
+}
+
+// emptyClique returns a clique on which no pod holds slices.
+func emptyClique(t *testing.T, ctx context.Context) string {
+	t.Helper()
+	nodes, err := env.client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cliques []string
+	seen := map[string]bool{}
+	for _, n := range nodes.Items {
+		if c := n.Labels[api.LabelClique]; c != "" && !seen[c] {
+			seen[c] = true
+			cliques = append(cliques, c)
+		}
+	}
+	sort.Strings(cliques)
+	for i := len(cliques) - 1; i >= 0; i-- {
+		if cliqueSlicesInUse(t, ctx, cliques[i]) == 0 {
+			return cliques[i]
+		}
+	}
+	t.Fatalf("no empty clique among %v", cliques)
+	return ""
+}
+
+// cliqueSlicesInUse sums the slices assigned to pods bound to clique's
+// nodes.
+func cliqueSlicesInUse(t *testing.T, ctx context.Context, clique string) int {
+	t.Helper()
+	list, err := env.client.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cache := map[string]string{}
+	n := 0
+	for i := range list.Items {
+		p := &list.Items[i]
+		if p.Spec.NodeName == "" || podDone(p) {
+			continue
+		}
+		v, ok := p.Annotations[api.AnnotationSliceAssignment]
+		if !ok || cliqueOf(t, ctx, p.Spec.NodeName, cache) != clique {
+			continue
+		}
+		ids, err := api.ParseSliceList(v)
+		if err != nil {
+			t.Fatal(err)
+		}
+		n += len(ids)
+	}
+	return n
+}
+
+func podDone(p *v1.Pod) bool {
+	return p.Status.Phase == v1.PodSucceeded || p.Status.Phase == v1.PodFailed
+}
+
+// waitRunning waits until want pods with label key exist in ns and all are
+// bound.
+func waitRunning(t *testing.T, ctx context.Context, ns, key string, want int, timeout time.Duration) {
+	t.Helper()
+	var bound, total int
+	err := wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
+		list, err := env.client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: key})
+		if err != nil {
+			return false, nil
+		}
+		bound, total = 0, len(list.Items)
+		for _, p := range list.Items {
+			if p.Spec.NodeName != "" {
+				bound++
+			}
+		}
+		return total == want && bound == want, nil
+	})
+	if err != nil {
+		t.Fatalf("%d pods with label %s in %s, %d bound, after %s; want %d bound", total, key, ns, bound, timeout, want)
+	}
+}
+
+// waitPods waits until want pods with label key exist in ns, none of them
+// terminating.
+func waitPods(t *testing.T, ctx context.Context, ns, key string, want int, timeout time.Duration) {
+	t.Helper()
+	var live int
+	err := wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
+		list, err := env.client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: key})
+		if err != nil {
+			return false, nil
+		}
+		live = 0
+		for _, p := range list.Items {
+			if p.DeletionTimestamp == nil && !podDone(&p) {
+				live++
+			}
+		}
+		return live == want, nil
+	})
+	if err != nil {
+		t.Fatalf("%d live pods with label %s in %s after %s, want %d", live, key, ns, timeout, want)
+	}
+}
+
+// cleanupNamespace deletes ns's workloads and pods and waits until the
+// scheduler's ledger holds nothing for them, so later tests find the
+// cluster as it was.
+func cleanupNamespace(t *testing.T, ctx context.Context, ns string) {
+	t.Helper()
+	bg := metav1.DeletePropagationBackground
+	_ = env.client.AppsV1().StatefulSets(ns).DeleteCollection(ctx, metav1.DeleteOptions{PropagationPolicy: &bg}, metav1.ListOptions{})
+	_ = env.client.AppsV1().ReplicaSets(ns).DeleteCollection(ctx, metav1.DeleteOptions{PropagationPolicy: &bg}, metav1.ListOptions{})
+	_ = env.client.CoreV1().Pods(ns).DeleteCollection(ctx, metav1.DeleteOptions{GracePeriodSeconds: ptr.To(int64(0))}, metav1.ListOptions{})
+	err := wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		list, err := env.client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
+		return err == nil && len(list.Items) == 0, nil
+	})
+	if err != nil {
+		t.Errorf("pods of %s still present a minute after the cleanup", ns)
+	}
+	waitNoLeak(t, ctx)
+}
