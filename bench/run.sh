@@ -6,6 +6,9 @@
 #   2. bench/baseline (own module, Kubernetes 1.34.4): scheduler-plugins
 #      coscheduling v0.34.7 on the same shapes;
 #   3. bench/deviceplugin: Allocate / GetPreferredAllocation latency;
+#      3b. preemption at saturation: time to place a high-priority gang on a
+#      full clique and victims per preemption (scheduler/integration, real
+#      API server and controllers, simulated nodes);
 #   4. bench/scheduler/report: bench/results/<date>.md + PNGs, and the latest
 #      table in bench/README.md.
 #
@@ -71,6 +74,13 @@ DPN=2000; [ "$MODE" = smoke ] && DPN=200
 $GO test ./bench/deviceplugin -run '^$' -bench . -benchtime ${DPN}x >"$WORK/deviceplugin.txt" 2>&1 || \
   echo "bench/deviceplugin failed, see its output" >>"$NOTES"
 
+echo ">> [3b/4] preemption at saturation (real API server, simulated nodes)"
+PRN=5; [ "$MODE" = full ] && PRN=10; [ "$MODE" = smoke ] && PRN=1
+TESSERA_TOOLS_DIR="$ROOT/.tools" $GO test ./scheduler/integration -run '^$' -bench PreemptionAtSaturation \
+    -benchtime ${PRN}x -timeout 30m >"$WORK/preemption.txt" 2>"$WORK/preemption.log" || \
+  { echo "the preemption benchmark failed; last lines:"; echo '```'; cat "$WORK/preemption.txt" "$WORK/preemption.log" | grep -E -- '--- FAIL|_test.go:[0-9]+:' | tail -10; echo '```'; } >>"$NOTES"
+grep -E '^BenchmarkPreemption' "$WORK/preemption.txt" | cut -c1-200
+
 echo ">> [4/4] report"
 MACHINE="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) CPUs, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM, $(uname -sr), $($GO version | cut -d' ' -f3)"
 OUTDIR=${BENCH_RESULTS:-bench/results}
@@ -80,5 +90,6 @@ README=bench/README.md
 $GO run ./bench/scheduler/report -mode "$MODE" -machine "$MACHINE" -name "${BENCH_NAME:-}" \
   -records "$WORK/tessera/records.jsonl,$WORK/baseline/records.jsonl" \
   -data-items "$WORK/tessera,$WORK/baseline" -deviceplugin "$WORK/deviceplugin.txt" \
+  -preemption "$WORK/preemption.txt" \
   -notes "$NOTES" -out "$OUTDIR" -readme "$README"
 echo ">> logs in $WORK"

@@ -102,7 +102,7 @@ type runningScheduler struct{ s *schedtest.Scheduler }
 
 // startScheduler builds the scheduler from the default tessera-scheduler
 // configuration, as cmd/tessera-scheduler does, and runs it until stop.
-func startScheduler(t *testing.T, argsYAML string) *runningScheduler {
+func startScheduler(t testing.TB, argsYAML string) *runningScheduler {
 	t.Helper()
 	s, err := schedtest.Start(context.Background(), schedtest.Options{
 		Kubeconfig: env.c.KubeconfigFor("kube-scheduler"), ArgsYAML: argsYAML, Dir: t.TempDir()})
@@ -131,7 +131,7 @@ func gpuPod(ns, name string, slices int, labels map[string]string) *v1.Pod {
 	}
 }
 
-func createNamespace(t *testing.T, ctx context.Context, name string) {
+func createNamespace(t testing.TB, ctx context.Context, name string) {
 	t.Helper()
 	if _, err := env.client.CoreV1().Namespaces().Create(ctx, &v1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: name}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		t.Fatal(err)

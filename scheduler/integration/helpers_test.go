@@ -19,7 +19,7 @@ import (
 
 var podGroupGVR = schema.GroupVersionResource{Group: "scheduling.x-k8s.io", Version: "v1alpha1", Resource: "podgroups"}
 
-func createPodGroup(t *testing.T, ctx context.Context, ns, name string, minMember, timeoutSeconds int, annotations map[string]string) {
+func createPodGroup(t testing.TB, ctx context.Context, ns, name string, minMember, timeoutSeconds int, annotations map[string]string) {
 	t.Helper()
 	pg := &unstructured.Unstructured{Object: map[string]any{
 		"apiVersion": "scheduling.x-k8s.io/v1alpha1", "kind": "PodGroup",
@@ -38,7 +38,7 @@ func createPodGroup(t *testing.T, ctx context.Context, ns, name string, minMembe
 	}
 }
 
-func createPods(t *testing.T, ctx context.Context, pods ...*v1.Pod) {
+func createPods(t testing.TB, ctx context.Context, pods ...*v1.Pod) {
 	t.Helper()
 	for _, p := range pods {
 		if _, err := env.client.CoreV1().Pods(p.Namespace).Create(ctx, p, metav1.CreateOptions{}); err != nil {
@@ -49,7 +49,7 @@ func createPods(t *testing.T, ctx context.Context, pods ...*v1.Pod) {
 
 // waitBound waits until every listed pod of ns has a node and returns them
 // by name.
-func waitBound(t *testing.T, ctx context.Context, ns string, names []string, timeout time.Duration) map[string]*v1.Pod {
+func waitBound(t testing.TB, ctx context.Context, ns string, names []string, timeout time.Duration) map[string]*v1.Pod {
 	t.Helper()
 	var got map[string]*v1.Pod
 	var missing []string
@@ -98,7 +98,7 @@ func podConditions(pods map[string]*v1.Pod, names []string) string {
 }
 
 // assignment parses the pod's slice assignment.
-func assignment(t *testing.T, p *v1.Pod) []api.SliceID {
+func assignment(t testing.TB, p *v1.Pod) []api.SliceID {
 	t.Helper()
 	v, ok := p.Annotations[api.AnnotationSliceAssignment]
 	if !ok {
@@ -119,7 +119,7 @@ func gpuNode(uuid string) string {
 
 // checkPlacement verifies one pod's assignment: the right count, on its own
 // node, and N ≤ slicesPerGPU served from one GPU.
-func checkPlacement(t *testing.T, p *v1.Pod, slices int) []api.SliceID {
+func checkPlacement(t testing.TB, p *v1.Pod, slices int) []api.SliceID {
 	t.Helper()
 	ids := assignment(t, p)
 	if len(ids) != slices {
@@ -137,7 +137,7 @@ func checkPlacement(t *testing.T, p *v1.Pod, slices int) []api.SliceID {
 }
 
 // cliqueOf returns the node's NVLink clique label.
-func cliqueOf(t *testing.T, ctx context.Context, node string, cache map[string]string) string {
+func cliqueOf(t testing.TB, ctx context.Context, node string, cache map[string]string) string {
 	if c, ok := cache[node]; ok {
 		return c
 	}
@@ -151,7 +151,7 @@ func cliqueOf(t *testing.T, ctx context.Context, node string, cache map[string]s
 
 // checkGang verifies a placed gang: one clique, and no GPU shared by two of
 // its ranks. It returns the clique.
-func checkGang(t *testing.T, ctx context.Context, name string, members []*v1.Pod, slices int, cliques map[string]string) (clique string, aligned bool) {
+func checkGang(t testing.TB, ctx context.Context, name string, members []*v1.Pod, slices int, cliques map[string]string) (clique string, aligned bool) {
 	t.Helper()
 	gpus := map[string]string{}
 	aligned = true
@@ -175,7 +175,7 @@ func checkGang(t *testing.T, ctx context.Context, name string, members []*v1.Pod
 
 // clusterSlicesInUse sums the slices assigned to pods that hold a node,
 // checking that no slice is assigned twice.
-func clusterSlicesInUse(t *testing.T, ctx context.Context) int {
+func clusterSlicesInUse(t testing.TB, ctx context.Context) int {
 	t.Helper()
 	list, err := env.client.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
 	if err != nil {
@@ -206,7 +206,7 @@ func clusterSlicesInUse(t *testing.T, ctx context.Context) int {
 }
 
 // gauge reads a Tessera gauge from the scheduler's legacy registry.
-func gauge(t *testing.T, name string) (float64, bool) {
+func gauge(t testing.TB, name string) (float64, bool) {
 	t.Helper()
 	v, ok, err := schedtest.Metric(name)
 	if err != nil {
@@ -218,14 +218,14 @@ func gauge(t *testing.T, name string) (float64, bool) {
 // waitNoLeak waits until the scheduler's free-slice gauge equals the
 // cluster's capacity minus every slice assigned to a bound pod: nothing is
 // held for a pod that does not exist or is not bound.
-func waitNoLeak(t *testing.T, ctx context.Context) {
+func waitNoLeak(t testing.TB, ctx context.Context) {
 	t.Helper()
 	waitFree(t, ctx, 0)
 }
 
 // waitFree is waitNoLeak with reserved slices legitimately held for a
 // planned gang whose members are not all bound yet.
-func waitFree(t *testing.T, ctx context.Context, reserved int) {
+func waitFree(t testing.TB, ctx context.Context, reserved int) {
 	t.Helper()
 	total := numNodes * gpusPerNode * slicesPerGPU
 	var free float64

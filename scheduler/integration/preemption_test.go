@@ -3,6 +3,7 @@ package integration
 import (
 	"context"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -29,11 +30,48 @@ import (
 // gang is preempted and the preemptor placed whole; that the victims'
 // StatefulSet recreates them and the new pods wait, whole; that a pod of
 // the victims' priority then preempts nobody; and, sampled every 100 ms
-// throughout, that no gang ever runs partially.
+// throughout, that no gang is ever partly bound for a second or more.
 func TestPreemptionAtSaturation(t *testing.T) {
 	ensureScheduler(t)
+	r := preemptionAtSaturation(t, "preempt")
+	t.Logf("high-priority gang placed %s after it was created; victims %v; %d samples, 0 partial gangs", r.placed.Round(10*time.Millisecond), r.byUnit, r.samples)
+}
+
+// preemptionResult is what one run of the scenario measured.
+type preemptionResult struct {
+	placed  time.Duration // from the preemptor's last pod created to all bound
+	victims int
+	byUnit  map[string]int
+	samples int
+}
+
+// BenchmarkPreemptionAtSaturation runs the scenario of
+// TestPreemptionAtSaturation b.N times (a fresh namespace each) and reports
+// the time to place the high-priority gang (median and max over the runs)
+// and the victim pods per preemption. make bench runs it (bench/run.sh).
+func BenchmarkPreemptionAtSaturation(b *testing.B) {
+	ensureScheduler(b)
+	var placed []time.Duration
+	victims := 0
+	for range b.N {
+		benchRuns++ // the framework calls this with b.N = 1 first, then more
+		r := preemptionAtSaturation(b, fmt.Sprintf("preempt-bench-%d", benchRuns))
+		placed = append(placed, r.placed)
+		victims += r.victims
+	}
+	slices.Sort(placed)
+	b.ReportMetric(placed[len(placed)/2].Seconds(), "p50-s-to-place")
+	b.ReportMetric(placed[len(placed)-1].Seconds(), "max-s-to-place")
+	b.ReportMetric(placed[0].Seconds(), "min-s-to-place")
+	b.ReportMetric(float64(victims)/float64(b.N), "victims/preemption")
+}
+
+var benchRuns int
+
+// preemptionAtSaturation is the scenario (see TestPreemptionAtSaturation)
+// in namespace ns; it fails t on any check and cleans up after itself.
+func preemptionAtSaturation(t testing.TB, ns string) preemptionResult {
 	ctx := context.Background()
-	ns := "preempt"
 	createNamespace(t, ctx, ns)
 	defer cleanupNamespace(t, ctx, ns)
 	for name, value := range map[string]int32{"tessera-it-low": 100, "tessera-it-mid": 200, "tessera-it-high": 10000} {
@@ -90,9 +128,11 @@ func TestPreemptionAtSaturation(t *testing.T) {
 		t.Fatalf("clique %s: %d slices in use after filling it, want all %d; pods without an assignment or done: %v", clique, used, 10*gpusPerNode*slicesPerGPU, head(odd, 10))
 	}
 
-	// Sample every 100 ms: no gang may run partially. A gang being torn
-	// down by preemption has every present member marked (DisruptionTarget)
-	// or terminating; that is not partial.
+	// Sample every 100 ms: no gang may run partially. A gang whose barrier
+	// opened is bound member by member within a few API calls, so a gang
+	// counts as partial when it is seen partly bound for a second or more
+	// (10 samples). A gang being torn down by preemption has every present
+	// member marked (DisruptionTarget) or terminating; that is not partial.
 	sampleCtx, stopSampling := context.WithCancel(ctx)
 	var samples int
 	var partial []string
@@ -101,16 +141,32 @@ func TestPreemptionAtSaturation(t *testing.T) {
 	sampling.Add(1)
 	go func() {
 		defer sampling.Done()
+		since := map[string]time.Time{}
 		_ = wait.PollUntilContextCancel(sampleCtx, 100*time.Millisecond, true, func(ctx context.Context) (bool, error) {
 			list, err := env.client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
 			if err != nil {
 				return false, nil
 			}
-			bad := partialGangs(list.Items, ranks)
+			now := time.Now()
+			seen := map[string]bool{}
 			mu.Lock()
+			defer mu.Unlock()
 			samples++
-			partial = append(partial, bad...)
-			mu.Unlock()
+			for _, g := range partialGangs(list.Items, ranks) {
+				name, _, _ := strings.Cut(g, ":")
+				seen[name] = true
+				if _, ok := since[name]; !ok {
+					since[name] = now
+				}
+				if now.Sub(since[name]) >= time.Second {
+					partial = append(partial, fmt.Sprintf("%s (for %s)", g, now.Sub(since[name]).Round(100*time.Millisecond)))
+				}
+			}
+			for name := range since {
+				if !seen[name] {
+					delete(since, name)
+				}
+			}
 			return false, nil
 		})
 	}()
@@ -127,7 +183,7 @@ func TestPreemptionAtSaturation(t *testing.T) {
 	}
 	start := time.Now()
 	pods := waitBound(t, ctx, ns, names, 90*time.Second)
-	t.Logf("high-priority gang placed %s after it was created", time.Since(start).Round(10*time.Millisecond))
+	placed := time.Since(start)
 	var members []*v1.Pod
 	for _, n := range names {
 		members = append(members, pods[n])
@@ -230,7 +286,6 @@ func TestPreemptionAtSaturation(t *testing.T) {
 	if len(partial) > 0 {
 		t.Errorf("partial gangs seen in %d samples, e.g. %v", len(partial), head(partial, 5))
 	}
-	t.Logf("victims %v; %d samples, 0 partial gangs", byUnit, samples)
 	if t.Failed() {
 		for _, ev := range evs.Items {
 			if ev.Reason == "Preempting" {
@@ -238,6 +293,7 @@ func TestPreemptionAtSaturation(t *testing.T) {
 			}
 		}
 	}
+	return preemptionResult{placed: placed, victims: len(victims), byUnit: byUnit, samples: samples}
 }
 
 // partialGangs names the gangs (pods labelled with a PodGroup) of which
@@ -280,7 +336,7 @@ func disrupted(p *v1.Pod) bool {
 }
 
 // emptyClique returns a clique on which no pod holds slices.
-func emptyClique(t *testing.T, ctx context.Context) string {
+func emptyClique(t testing.TB, ctx context.Context) string {
 	t.Helper()
 	nodes, err := env.client.CoreV1().Nodes().List(ctx, metav1.ListOptions{})
 	if err != nil {
@@ -306,7 +362,7 @@ func emptyClique(t *testing.T, ctx context.Context) string {
 
 // cliqueSlicesInUse sums the slices assigned to pods bound to clique's
 // nodes.
-func cliqueSlicesInUse(t *testing.T, ctx context.Context, clique string) int {
+func cliqueSlicesInUse(t testing.TB, ctx context.Context, clique string) int {
 	t.Helper()
 	list, err := env.client.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
 	if err != nil {
@@ -338,7 +394,7 @@ func podDone(p *v1.Pod) bool {
 
 // waitRunning waits until want pods with label key exist in ns and all are
 // bound.
-func waitRunning(t *testing.T, ctx context.Context, ns, key string, want int, timeout time.Duration) {
+func waitRunning(t testing.TB, ctx context.Context, ns, key string, want int, timeout time.Duration) {
 	t.Helper()
 	var bound, total int
 	err := wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
@@ -361,7 +417,7 @@ func waitRunning(t *testing.T, ctx context.Context, ns, key string, want int, ti
 
 // waitPods waits until want pods with label key exist in ns, none of them
 // terminating.
-func waitPods(t *testing.T, ctx context.Context, ns, key string, want int, timeout time.Duration) {
+func waitPods(t testing.TB, ctx context.Context, ns, key string, want int, timeout time.Duration) {
 	t.Helper()
 	var live int
 	err := wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
@@ -385,12 +441,13 @@ func waitPods(t *testing.T, ctx context.Context, ns, key string, want int, timeo
 // cleanupNamespace deletes ns's workloads and pods and waits until the
 // scheduler's ledger holds nothing for them, so later tests find the
 // cluster as it was.
-func cleanupNamespace(t *testing.T, ctx context.Context, ns string) {
+func cleanupNamespace(t testing.TB, ctx context.Context, ns string) {
 	t.Helper()
 	bg := metav1.DeletePropagationBackground
 	_ = env.client.AppsV1().StatefulSets(ns).DeleteCollection(ctx, metav1.DeleteOptions{PropagationPolicy: &bg}, metav1.ListOptions{})
 	_ = env.client.AppsV1().ReplicaSets(ns).DeleteCollection(ctx, metav1.DeleteOptions{PropagationPolicy: &bg}, metav1.ListOptions{})
 	_ = env.client.CoreV1().Pods(ns).DeleteCollection(ctx, metav1.DeleteOptions{GracePeriodSeconds: ptr.To(int64(0))}, metav1.ListOptions{})
+	_ = env.dyn.Resource(podGroupGVR).Namespace(ns).DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{})
 	err := wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
 		list, err := env.client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
 		return err == nil && len(list.Items) == 0, nil

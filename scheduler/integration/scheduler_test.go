@@ -31,7 +31,7 @@ var (
 )
 
 // ensureScheduler starts the package's scheduler once; tests share it.
-func ensureScheduler(t *testing.T) {
+func ensureScheduler(t testing.TB) {
 	currentMu.Lock()
 	defer currentMu.Unlock()
 	if current == nil {

@@ -33,6 +33,7 @@ func main() {
 	records := flag.String("records", "", "comma-separated JSON-lines record files")
 	itemsDirs := flag.String("data-items", "", "comma-separated scheduler_perf -data-items-dir directories")
 	dp := flag.String("deviceplugin", "", "go test -bench output of ./bench/deviceplugin")
+	pre := flag.String("preemption", "", "go test -bench output of BenchmarkPreemptionAtSaturation (./scheduler/integration)")
 	notes := flag.String("notes", "", "markdown file appended to the results (errors of a run, e.g. the baseline build)")
 	mode := flag.String("mode", "quick", "quick or full")
 	machine := flag.String("machine", "", "machine description")
@@ -74,6 +75,9 @@ func main() {
 	b.WriteString(accept)
 	if *dp != "" {
 		b.WriteString(devicePlugin(*dp))
+	}
+	if *pre != "" {
+		b.WriteString(preemption(*pre))
 	}
 	if *notes != "" {
 		if n, err := os.ReadFile(*notes); err == nil && len(strings.TrimSpace(string(n))) > 0 {
@@ -343,6 +347,31 @@ func devicePlugin(path string) string {
 		if m := benchLine.FindStringSubmatch(line); m != nil {
 			fmt.Fprintf(&b, "| %s | %s | %s |\n", m[1], m[3], m[4])
 		}
+	}
+	return b.String()
+}
+
+var preemptLine = regexp.MustCompile(`^BenchmarkPreemptionAtSaturation(?:-\d+)?\s+(\d+)\s+.*?([\d.]+) max-s-to-place\s+([\d.]+) min-s-to-place\s+([\d.]+) p50-s-to-place\s+([\d.]+) victims/preemption`)
+
+// preemption renders BenchmarkPreemptionAtSaturation's line: a high-priority
+// 8-rank gang placed on a clique full of lower-priority gangs and single
+// pods, on a real API server with simulated nodes.
+func preemption(path string) string {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return "\n## Preemption at saturation\n\nNot run: " + err.Error() + "\n"
+	}
+	var b strings.Builder
+	b.WriteString("\n## Preemption at saturation\n\n(`go test ./scheduler/integration -bench PreemptionAtSaturation`: a clique of 10 simulated nodes × 8 GPUs full of 8-rank gangs at priority 100 and single pods at 200, owned by StatefulSets and a ReplicaSet; a priority-10000 gang of 8 × 4 slices that must fit in one clique; time from its last pod created to all 8 bound, victims' deletion by the simulated kubelet included)\n\n| runs | time to place p50 | min | max | victim pods per preemption |\n|---|---|---|---|---|\n")
+	found := false
+	for _, line := range strings.Split(string(raw), "\n") {
+		if m := preemptLine.FindStringSubmatch(line); m != nil {
+			fmt.Fprintf(&b, "| %s | %s s | %s s | %s s | %s |\n", m[1], m[4], m[3], m[2], m[5])
+			found = true
+		}
+	}
+	if !found {
+		b.WriteString("| - | failed: see the run's log | | | |\n")
 	}
 	return b.String()
 }
