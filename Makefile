@@ -24,7 +24,8 @@ STATIC_CMDS := $(filter-out tessera-device-plugin,$(CMDS))
 CGO_CMDS := $(filter tessera-device-plugin,$(CMDS))
 
 TOOL_BINS := $(TOOLS)/etcd $(TOOLS)/kube-apiserver $(TOOLS)/kube-controller-manager \
-	$(TOOLS)/kube-scheduler $(TOOLS)/kubelet $(TOOLS)/kwok $(TOOLS)/kubectl $(TOOLS)/helm
+	$(TOOLS)/kube-scheduler $(TOOLS)/kubelet $(TOOLS)/kwok $(TOOLS)/kubectl $(TOOLS)/helm \
+	$(TOOLS)/kueue
 
 .PHONY: all build tools lint bench test test-unit test-repeat test-fuzz test-e2e reliability cluster-up cluster-down demo demo-model install manifests clean
 
@@ -54,6 +55,17 @@ $(TOOLS)/helm: hack/tools/helm/go.mod hack/tools/helm/go.sum
 	@mkdir -p $(TOOLS)
 	@echo ">> building helm"
 	cd hack/tools/helm && $(GO) build -ldflags "-s -w" -o $(abspath $(TOOLS))/helm helm.sh/helm/v4/cmd/helm
+# Kueue from its own module (hack/tools/kueue), with its CRDs and webhook
+# manifests from the same module zip (.tools/kueue-config).
+$(TOOLS)/kueue: hack/tools/kueue/go.mod hack/tools/kueue/go.sum
+	@mkdir -p $(TOOLS)
+	@echo ">> building kueue"
+	cd hack/tools/kueue && $(GO) build -ldflags "-s -w" -o $(abspath $(TOOLS))/kueue sigs.k8s.io/kueue/cmd/kueue
+	@dir=$$(cd hack/tools/kueue && $(GO) list -m -f '{{.Dir}}' sigs.k8s.io/kueue) && \
+	  rm -rf $(TOOLS)/kueue-config && mkdir -p $(TOOLS)/kueue-config/crds && \
+	  cp $$dir/config/components/crd/bases/*.yaml $(TOOLS)/kueue-config/crds/ && \
+	  cp $$dir/config/components/webhook/manifests.yaml $(TOOLS)/kueue-config/webhook.yaml && \
+	  chmod -R u+w $(TOOLS)/kueue-config
 $(TOOLS)/%: go.mod go.sum
 	@mkdir -p $(TOOLS)
 	@echo ">> building $*"
