@@ -196,6 +196,11 @@ func (pl *Tessera) preempt(ctx context.Context, pod *v1.Pod, p gang.Pod) preempt
 	if err != nil {
 		return preemptOutcome{result: "error", msg: err.Error()}
 	}
+	if len(cands) == 0 {
+		// Nothing of lower priority holds slices (the common case when
+		// every pod has the default priority): no search needed.
+		return preemptOutcome{result: "no_victims", msg: "preemption would not help: no lower-priority slice pods"}
+	}
 	req.Candidates = cands
 	req.PDBAllowed, err = pl.pdbBudgets(cands, pods)
 	if err != nil {

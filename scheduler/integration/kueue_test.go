@@ -28,8 +28,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
-	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/apimachinery/pkg/util/wait"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"sigs.k8s.io/yaml"
 
 	"github.com/tessera-gpu/tessera/api"
@@ -73,8 +73,6 @@ func TestKueueQuotas(t *testing.T) {
 	startKueue(t, ctx)
 	const ranks, slicesPerRank = 4, 4
 	quotas := map[string]int{"team-a": 32, "team-b": 16}
-	createUnstructured(t, ctx, resourceFlavorGVR, "", map[string]any{
-		"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "ResourceFlavor", "metadata": map[string]any{"name": "tessera-slices"}})
 	for ns, quota := range quotas {
 		nsObj := &v1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns, Labels: map[string]string{kueueNamespaceLabel: "true"}}}
 		if _, err := env.client.CoreV1().Namespaces().Create(ctx, nsObj, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
@@ -92,6 +90,9 @@ func TestKueueQuotas(t *testing.T) {
 			}
 			cleanupNamespace(t, ctx, ns)
 		})
+		if ns == "team-a" {
+			continue // from manifests/examples/kueue-quota.yaml, below
+		}
 		createUnstructured(t, ctx, clusterQueueGVR, "", map[string]any{
 			"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "ClusterQueue", "metadata": map[string]any{"name": "cq-" + ns},
 			"spec": map[string]any{
@@ -106,10 +107,16 @@ func TestKueueQuotas(t *testing.T) {
 			"apiVersion": "kueue.x-k8s.io/v1beta2", "kind": "LocalQueue", "metadata": map[string]any{"name": "lq", "namespace": ns},
 			"spec": map[string]any{"clusterQueue": "cq-" + ns}})
 	}
+	// team-a's flavor, queues and first gang, a1, exactly as the example
+	// an admin starts from.
+	applyExample(t, ctx, "../../manifests/examples/kueue-quota.yaml")
 	// Three gangs of 16 slices for team-a's 32, two for team-b's 16.
 	gangs := map[string][]string{"team-a": {"a1", "a2", "a3"}, "team-b": {"b1", "b2"}}
 	for ns, names := range gangs {
 		for _, g := range names {
+			if g == "a1" {
+				continue
+			}
 			createPodGroup(t, ctx, ns, g, ranks, 120, map[string]string{api.AnnotationTopologyRequired: api.LabelClique})
 			for i := range ranks {
 				p := gpuPod(ns, fmt.Sprintf("%s-%d", g, i), slicesPerRank, map[string]string{
@@ -276,6 +283,43 @@ func admitted(t *testing.T, ctx context.Context, ns, g string) bool {
 		}
 	}
 	return false
+}
+
+// applyExample creates every object of a multi-document manifest, as is
+// (an existing Namespace is kept), and deletes the cluster-scoped ones at
+// the end (the namespaced ones go with their namespace's cleanup).
+func applyExample(t *testing.T, ctx context.Context, path string) {
+	t.Helper()
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gvrs := map[string]schema.GroupVersionResource{
+		"Namespace":      {Version: "v1", Resource: "namespaces"},
+		"Pod":            {Version: "v1", Resource: "pods"},
+		"PodGroup":       podGroupGVR,
+		"ResourceFlavor": resourceFlavorGVR,
+		"ClusterQueue":   clusterQueueGVR,
+		"LocalQueue":     localQueueGVR,
+	}
+	dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(raw), 4096)
+	for {
+		var u unstructured.Unstructured
+		if err := dec.Decode(&u.Object); err != nil {
+			break
+		}
+		if len(u.Object) == 0 {
+			continue
+		}
+		gvr, ok := gvrs[u.GetKind()]
+		if !ok {
+			t.Fatalf("%s: unexpected kind %s", path, u.GetKind())
+		}
+		if u.GetKind() == "Namespace" {
+			continue // created by the test with the webhook label
+		}
+		createUnstructured(t, ctx, gvr, u.GetNamespace(), u.Object)
+	}
 }
 
 func createUnstructured(t *testing.T, ctx context.Context, gvr schema.GroupVersionResource, ns string, obj map[string]any) {
