@@ -422,6 +422,9 @@ func (pl *Tessera) evictUnit(ctx context.Context, u gang.VictimUnit, pods map[ty
 			pl.gangEvent(u.Gang, v1.EventTypeWarning, "Preempted", "plan freed: "+why, nil)
 			return len(u.Pods)
 		}
+		// Its plan went meanwhile (timed out, rejected): it holds nothing,
+		// and its pending pods are left alone.
+		return 0
 	}
 	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
