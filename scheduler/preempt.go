@@ -7,6 +7,7 @@ import (
 	"sort"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	v1 "k8s.io/api/core/v1"
@@ -64,6 +65,9 @@ type nomination struct {
 type nominations struct {
 	mu    sync.Mutex
 	byKey map[string]*nomination
+	// held mirrors len(byKey) so Filter, which runs per node and pod in
+	// parallel, checks for "none" without the lock.
+	held atomic.Int32
 }
 
 // get returns key's nomination; an expired one is dropped.
@@ -73,6 +77,7 @@ func (n *nominations) get(key string, now time.Time) *nomination {
 	nm := n.byKey[key]
 	if nm != nil && !now.Before(nm.expires) {
 		delete(n.byKey, key)
+		n.held.Store(int32(len(n.byKey)))
 		return nil
 	}
 	return nm
@@ -85,6 +90,7 @@ func (n *nominations) set(key string, nm *nomination) {
 		n.byKey = map[string]*nomination{}
 	}
 	n.byKey[key] = nm
+	n.held.Store(int32(len(n.byKey)))
 }
 
 // release drops key's nomination; true if there was one.
@@ -93,6 +99,7 @@ func (n *nominations) release(key string) bool {
 	defer n.mu.Unlock()
 	_, ok := n.byKey[key]
 	delete(n.byKey, key)
+	n.held.Store(int32(len(n.byKey)))
 	return ok
 }
 
@@ -104,6 +111,7 @@ func (n *nominations) reservedFor(node, self string, priority int32, now time.Ti
 	for key, nm := range n.byKey {
 		if !now.Before(nm.expires) {
 			delete(n.byKey, key)
+			n.held.Store(int32(len(n.byKey)))
 			continue
 		}
 		if key != self && nm.priority > priority && nm.nodes[node] {
@@ -113,12 +121,9 @@ func (n *nominations) reservedFor(node, self string, priority int32, now time.Ti
 	return "", false
 }
 
-// empty reports whether no nomination is held (a cheap check on hot paths).
-func (n *nominations) empty() bool {
-	n.mu.Lock()
-	defer n.mu.Unlock()
-	return len(n.byKey) == 0
-}
+// empty reports whether no nomination is held: one atomic load, for hot
+// paths.
+func (n *nominations) empty() bool { return n.held.Load() == 0 }
 
 // preemptorKey is the nomination key of pod p: its gang's key, or the
 // single-pod preemptor key (gang.PodPreemptor).

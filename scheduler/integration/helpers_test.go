@@ -176,6 +176,17 @@ func checkGang(t testing.TB, ctx context.Context, name string, members []*v1.Pod
 // clusterSlicesInUse sums the slices assigned to pods that hold a node,
 // checking that no slice is assigned twice.
 func clusterSlicesInUse(t testing.TB, ctx context.Context) int {
+	return slicesInUse(t, ctx, nil)
+}
+
+// podDone reports whether p has finished (its slices are free again).
+func podDone(p *v1.Pod) bool {
+	return p.Status.Phase == v1.PodSucceeded || p.Status.Phase == v1.PodFailed
+}
+
+// slicesInUse is clusterSlicesInUse over the bound pods keep accepts (all
+// when nil).
+func slicesInUse(t testing.TB, ctx context.Context, keep func(*v1.Pod) bool) int {
 	t.Helper()
 	list, err := env.client.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
 	if err != nil {
@@ -184,11 +195,11 @@ func clusterSlicesInUse(t testing.TB, ctx context.Context) int {
 	seen := map[api.SliceID]string{}
 	for i := range list.Items {
 		p := &list.Items[i]
-		if p.Spec.NodeName == "" || p.Status.Phase == v1.PodSucceeded || p.Status.Phase == v1.PodFailed {
+		if p.Spec.NodeName == "" || podDone(p) {
 			continue
 		}
 		v, ok := p.Annotations[api.AnnotationSliceAssignment]
-		if !ok {
+		if !ok || (keep != nil && !keep(p)) {
 			continue
 		}
 		ids, err := api.ParseSliceList(v)

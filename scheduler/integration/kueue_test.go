@@ -217,6 +217,10 @@ func waitKueueState(t *testing.T, ctx context.Context, gangs map[string][]string
 	if err != nil {
 		t.Fatalf("Kueue and Tessera did not settle in %s: %s", timeout, last)
 	}
+	// Then hold it: what must not happen (another gang admitted or placed,
+	// one partly bound) has no event to wait for, so the state is checked
+	// again every 250 ms for 2 s, which spans several of Kueue's and the
+	// scheduler's retry rounds (backoffSeconds 1 in testArgs).
 	for range 8 {
 		time.Sleep(250 * time.Millisecond)
 		if p, problem := check(); problem != "" || fmt.Sprint(p) != fmt.Sprint(placed) {
@@ -488,14 +492,26 @@ func registerKueueWebhooks(t *testing.T, ctx context.Context, path, url string, 
 	if err != nil {
 		t.Fatal(err)
 	}
-	keep := func(p *string) bool {
-		return p != nil && (strings.HasSuffix(*p, "-v1-pod") || strings.Contains(*p, "-kueue-x-k8s-io-"))
-	}
-	clientConfig := func(cc *admissionv1.WebhookClientConfig) {
-		u := url + *cc.Service.Path
-		cc.Service, cc.URL, cc.CABundle = nil, &u, caPEM
-	}
 	onlyLabelled := &metav1.LabelSelector{MatchLabels: map[string]string{kueueNamespaceLabel: "true"}}
+	// retarget keeps a webhook for pods or for Kueue's own objects, points
+	// it at url and limits a pod webhook to the labelled namespaces; false
+	// drops the webhook.
+	retarget := func(cc *admissionv1.WebhookClientConfig, nsSel **metav1.LabelSelector) bool {
+		if cc.Service == nil || cc.Service.Path == nil {
+			return false
+		}
+		path := *cc.Service.Path
+		pod := strings.HasSuffix(path, "-v1-pod")
+		if !pod && !strings.Contains(path, "-kueue-x-k8s-io-") {
+			return false
+		}
+		if pod {
+			*nsSel = onlyLabelled
+		}
+		u := url + path
+		cc.Service, cc.URL, cc.CABundle = nil, &u, caPEM
+		return true
+	}
 	dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(raw), 4096)
 	for {
 		var doc map[string]any
@@ -509,6 +525,7 @@ func registerKueueWebhooks(t *testing.T, ctx context.Context, path, url string, 
 		if err != nil {
 			t.Fatal(err)
 		}
+		hooks := env.client.AdmissionregistrationV1()
 		switch doc["kind"] {
 		case "MutatingWebhookConfiguration":
 			var c admissionv1.MutatingWebhookConfiguration
@@ -518,21 +535,16 @@ func registerKueueWebhooks(t *testing.T, ctx context.Context, path, url string, 
 			c.ObjectMeta = metav1.ObjectMeta{Name: "tessera-it-kueue-mutating"}
 			var ws []admissionv1.MutatingWebhook
 			for _, w := range c.Webhooks {
-				if w.ClientConfig.Service == nil || !keep(w.ClientConfig.Service.Path) {
-					continue
+				if retarget(&w.ClientConfig, &w.NamespaceSelector) {
+					ws = append(ws, w)
 				}
-				if strings.HasSuffix(*w.ClientConfig.Service.Path, "-v1-pod") {
-					w.NamespaceSelector = onlyLabelled
-				}
-				clientConfig(&w.ClientConfig)
-				ws = append(ws, w)
 			}
 			c.Webhooks = ws
-			if _, err := env.client.AdmissionregistrationV1().MutatingWebhookConfigurations().Create(ctx, &c, metav1.CreateOptions{}); err != nil {
+			if _, err := hooks.MutatingWebhookConfigurations().Create(ctx, &c, metav1.CreateOptions{}); err != nil {
 				t.Fatal(err)
 			}
 			t.Cleanup(func() {
-				_ = env.client.AdmissionregistrationV1().MutatingWebhookConfigurations().Delete(context.Background(), c.Name, metav1.DeleteOptions{})
+				_ = hooks.MutatingWebhookConfigurations().Delete(context.Background(), c.Name, metav1.DeleteOptions{})
 			})
 		case "ValidatingWebhookConfiguration":
 			var c admissionv1.ValidatingWebhookConfiguration
@@ -542,21 +554,16 @@ func registerKueueWebhooks(t *testing.T, ctx context.Context, path, url string, 
 			c.ObjectMeta = metav1.ObjectMeta{Name: "tessera-it-kueue-validating"}
 			var ws []admissionv1.ValidatingWebhook
 			for _, w := range c.Webhooks {
-				if w.ClientConfig.Service == nil || !keep(w.ClientConfig.Service.Path) {
-					continue
+				if retarget(&w.ClientConfig, &w.NamespaceSelector) {
+					ws = append(ws, w)
 				}
-				if strings.HasSuffix(*w.ClientConfig.Service.Path, "-v1-pod") {
-					w.NamespaceSelector = onlyLabelled
-				}
-				clientConfig(&w.ClientConfig)
-				ws = append(ws, w)
 			}
 			c.Webhooks = ws
-			if _, err := env.client.AdmissionregistrationV1().ValidatingWebhookConfigurations().Create(ctx, &c, metav1.CreateOptions{}); err != nil {
+			if _, err := hooks.ValidatingWebhookConfigurations().Create(ctx, &c, metav1.CreateOptions{}); err != nil {
 				t.Fatal(err)
 			}
 			t.Cleanup(func() {
-				_ = env.client.AdmissionregistrationV1().ValidatingWebhookConfigurations().Delete(context.Background(), c.Name, metav1.DeleteOptions{})
+				_ = hooks.ValidatingWebhookConfigurations().Delete(context.Background(), c.Name, metav1.DeleteOptions{})
 			})
 		}
 	}

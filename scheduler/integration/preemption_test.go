@@ -237,7 +237,7 @@ func preemptionAtSaturation(t testing.TB, ns string) preemptionResult {
 	// The victims' controllers recreate them; the new pods wait (the clique
 	// is full and the room went to the higher priority), gangs whole.
 	waitPods(t, ctx, ns, "unit", gangs*ranks+singles, 30*time.Second)
-	time.Sleep(2 * time.Second) // let the recreated pods be tried and turned down at least once
+	waitTurnedDown(t, ctx, ns, "unit", ranks, 30*time.Second)
 	stopSampling()
 	sampling.Wait()
 	list, err := env.client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "unit"})
@@ -261,7 +261,10 @@ func preemptionAtSaturation(t testing.TB, ns string) preemptionResult {
 	same := gpuPod(ns, "same-priority", 4, map[string]string{"unit": "same"})
 	low(same)
 	createPods(t, ctx, same)
-	time.Sleep(2 * time.Second)
+	// Once the scheduler turned it down, its PostFilter (the preemption
+	// attempt) has run and any eviction has been requested; the pod still
+	// pending below is the firm check, the event count a second one.
+	waitTurnedDown(t, ctx, ns, "unit=same", 1, 30*time.Second)
 	evs, err := env.client.CoreV1().Events(ns).List(ctx, metav1.ListOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -364,32 +367,8 @@ func emptyClique(t testing.TB, ctx context.Context) string {
 // nodes.
 func cliqueSlicesInUse(t testing.TB, ctx context.Context, clique string) int {
 	t.Helper()
-	list, err := env.client.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
 	cache := map[string]string{}
-	n := 0
-	for i := range list.Items {
-		p := &list.Items[i]
-		if p.Spec.NodeName == "" || podDone(p) {
-			continue
-		}
-		v, ok := p.Annotations[api.AnnotationSliceAssignment]
-		if !ok || cliqueOf(t, ctx, p.Spec.NodeName, cache) != clique {
-			continue
-		}
-		ids, err := api.ParseSliceList(v)
-		if err != nil {
-			t.Fatal(err)
-		}
-		n += len(ids)
-	}
-	return n
-}
-
-func podDone(p *v1.Pod) bool {
-	return p.Status.Phase == v1.PodSucceeded || p.Status.Phase == v1.PodFailed
+	return slicesInUse(t, ctx, func(p *v1.Pod) bool { return cliqueOf(t, ctx, p.Spec.NodeName, cache) == clique })
 }
 
 // waitRunning waits until want pods with label key exist in ns and all are
@@ -412,6 +391,34 @@ func waitRunning(t testing.TB, ctx context.Context, ns, key string, want int, ti
 	})
 	if err != nil {
 		t.Fatalf("%d pods with label %s in %s, %d bound, after %s; want %d bound", total, key, ns, bound, timeout, want)
+	}
+}
+
+// waitTurnedDown waits until want pods matching selector in ns are pending
+// with PodScheduled=False: the scheduler tried each and turned it down.
+func waitTurnedDown(t testing.TB, ctx context.Context, ns, selector string, want int, timeout time.Duration) {
+	t.Helper()
+	var n int
+	err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
+		list, err := env.client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: selector})
+		if err != nil {
+			return false, nil
+		}
+		n = 0
+		for _, p := range list.Items {
+			if p.Spec.NodeName != "" || p.DeletionTimestamp != nil {
+				continue
+			}
+			for _, c := range p.Status.Conditions {
+				if c.Type == v1.PodScheduled && c.Status == v1.ConditionFalse {
+					n++
+				}
+			}
+		}
+		return n >= want, nil
+	})
+	if err != nil {
+		t.Fatalf("%d pods (%s) in %s turned down by the scheduler after %s, want %d", n, selector, ns, timeout, want)
 	}
 }
 
