@@ -238,6 +238,13 @@ func preemptionAtSaturation(t testing.TB, ns string) preemptionResult {
 	// is full and the room went to the higher priority), gangs whole.
 	waitPods(t, ctx, ns, "unit", gangs*ranks+singles, 30*time.Second)
 	waitTurnedDown(t, ctx, ns, "unit", ranks, 30*time.Second)
+	// Sample for at least a second in all (the partial threshold), so a
+	// gang left partly bound after the preemption would be caught.
+	_ = wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, 10*time.Second, true, func(context.Context) (bool, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		return samples >= 10, nil
+	})
 	stopSampling()
 	sampling.Wait()
 	list, err := env.client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: "unit"})
