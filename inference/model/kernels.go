@@ -130,24 +130,53 @@ func matmulBatch(out, w, x []float32, B int) {
 // thousand columns fit in a core's L1 or L2.
 const batchRowBlock = 16
 
+// interleaved holds matmulBatchRows' buffers for the inputs laid out two
+// to a register: a few tens of kilobytes per call, reused rather than
+// allocated on every layer of every step.
+var interleaved = sync.Pool{New: func() any { return new([]float32) }}
+
 // matmulBatchRows handles weight rows [lo, hi) for every batch row, a
-// block of rows at a time: two weight rows by four inputs per kernel step,
-// then any inputs left over four rows by one. Every element is the lane
-// sum of lanes.go, so which kernel computes it does not change it.
+// block of rows at a time. Where the CPU has AVX-512, inputs go two to a
+// register (lanes.go's interleave), four rows by eight inputs, then by
+// four, per kernel step; otherwise, or for the inputs left over, two
+// weight rows by four inputs (AVX2), then four rows by one. Every element
+// is the lane sum of lanes.go, so which kernel computes it does not change
+// it.
 func matmulBatchRows(out, w, x []float32, B, lo, hi int) {
 	rows, n := len(out)/B, len(x)/B
 	n8 := n &^ (lanes - 1)
-	B4 := B &^ 3
 	hi4 := lo + (hi-lo)&^3
 	if n8 == 0 {
 		hi4 = lo
 	}
+	var xi []float32
+	Bz := 0 // inputs [0, Bz) go through the AVX-512 kernels
+	if hasAVX512 && hi4 > lo {
+		Bz = B &^ 3
+	}
+	if Bz > 0 {
+		buf := interleaved.Get().(*[]float32)
+		defer interleaved.Put(buf)
+		if cap(*buf) < Bz*n8 {
+			*buf = make([]float32, Bz*n8)
+		}
+		xi = (*buf)[:Bz*n8]
+		interleave(xi, x, n, n8, Bz/2)
+	}
 	for rb := lo; rb < hi4; rb += batchRowBlock {
 		nr := min(batchRowBlock, hi4-rb)
-		for b := 0; b < B4; b += 4 {
+		b := 0
+		for ; b+8 <= Bz; b += 8 {
+			gemvZ(w[rb*n:], xi[b*n8:], n, n8, nr/4, 4, out[b*rows+rb:], rows)
+		}
+		if b < Bz {
+			gemvZ(w[rb*n:], xi[b*n8:], n, n8, nr/4, 2, out[b*rows+rb:], rows)
+			b += 4
+		}
+		for ; b+4 <= B; b += 4 {
 			gemv2x4(w[rb*n:], x[b*n:], n, n8, nr/2, out[b*rows+rb:], rows)
 		}
-		for b := B4; b < B; b++ {
+		for ; b < B; b++ {
 			gemv4x1(w[rb*n:], x[b*n:], n, n8, nr/4, out[b*rows+rb:])
 		}
 	}

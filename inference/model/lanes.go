@@ -146,3 +146,41 @@ func gemv2x4(w, x []float32, n, n8, pairs int, out []float32, ostride int) {
 		}
 	}
 }
+
+// interleave lays inputs 0..2·pairs-1 of x (rows of n floats) out in xi
+// the way gemvZ's AVX-512 kernels read them, two inputs to a 16-float
+// register: pair q takes xi[2q·n8 : 2(q+1)·n8], in which column block c
+// (columns 8c..8c+7) is those columns of input 2q followed by the same
+// columns of input 2q+1. Only the lane columns [0, n8) are copied.
+func interleave(xi, x []float32, n, n8, pairs int) {
+	xi = xi[:2*pairs*n8]
+	for q := range pairs {
+		a := x[2*q*n : 2*q*n+n8]
+		b := x[(2*q+1)*n : (2*q+1)*n+n8]
+		d := xi[2*q*n8 : 2*(q+1)*n8]
+		for c := 0; c < n8; c += lanes {
+			copy(d[2*c:2*c+lanes], a[c:c+lanes])
+			copy(d[2*c+lanes:2*c+2*lanes], b[c:c+lanes])
+		}
+	}
+}
+
+// gemvZ sets out[k*ostride + r] to the lane part (columns [0, n8)) of row
+// r of w (rows n floats apart) times input k, for r < 4·blocks and k <
+// 2·pairs, the inputs given as interleave laid them out in xi; pairs is 2
+// or 4. Only the AVX-512 kernels take this form: callers check hasAVX512.
+func gemvZ(w, xi []float32, n, n8, blocks, pairs int, out []float32, ostride int) {
+	rows := 4 * blocks
+	if rows == 0 || n8 == 0 {
+		return
+	}
+	w, xi, out = w[:(rows-1)*n+n8], xi[:2*pairs*n8], out[:(2*pairs-1)*ostride+rows]
+	switch pairs {
+	case 4:
+		gemv4x8Z(&w[0], &xi[0], n, n8, blocks, &out[0], ostride)
+	case 2:
+		gemv4x4Z(&w[0], &xi[0], n, n8, blocks, &out[0], ostride)
+	default:
+		panic("model: gemvZ takes 2 or 4 input pairs")
+	}
+}

@@ -186,3 +186,245 @@ loop1:
 	VMOVSS X0, ret+24(FP)
 	VZEROUPPER
 	RET
+
+// The AVX-512 kernels below keep the same eight lanes per dot product but
+// pack two inputs into each ZMM register: the input vector xi is laid out
+// by pairs of inputs, each 64 bytes holding eight columns of input 2q in
+// the low half and the same eight columns of input 2q+1 in the high half,
+// and VBROADCASTF64X4 puts a row's eight weights into both halves. So one
+// VFMADD231PS is the AVX2 step for two inputs at once, each half rounding
+// exactly as the YMM lane would, and the lane sums are the ones lanes.go
+// defines. Only AVX512F instructions are used (no VL: the results leave
+// through VEXTRACTF32X4, not through X16-X31).
+//
+// FOLDZ reduces the accumulators of four rows (r0..r3) by two input pairs
+// (a: inputs k, k+1; b: inputs k+2, k+3) into F, whose 128-bit block i is
+// rows r0..r3 of input k+i, so each input's four sums store as one XMM.
+// Every addition is lanes.go's, first operand the lower lanes:
+//   1. VSHUFF32X4 gathers the low and high 128-bit halves of each input's
+//      eight lanes: (l0+l4, l1+l5, l2+l6, l3+l7), the four inputs of one
+//      row in one register;
+//   2. VSHUFPS 0x44/0xEE pairs rows r0,r1 (and r2,r3):
+//      e = (l0+l4)+(l2+l6) and o = (l1+l5)+(l3+l7) per row and input;
+//   3. VSHUFPS 0x88/0xDD takes e and o of all four rows: e + o.
+// Z24-Z31 are scratch.
+#define FOLDZ(a0, b0, a1, b1, a2, b2, a3, b3, F) \
+	VSHUFF32X4 $0x88, b0, a0, Z24; \
+	VSHUFF32X4 $0xDD, b0, a0, Z25; \
+	VADDPS Z25, Z24, Z24; \
+	VSHUFF32X4 $0x88, b1, a1, Z26; \
+	VSHUFF32X4 $0xDD, b1, a1, Z27; \
+	VADDPS Z27, Z26, Z26; \
+	VSHUFF32X4 $0x88, b2, a2, Z28; \
+	VSHUFF32X4 $0xDD, b2, a2, Z29; \
+	VADDPS Z29, Z28, Z28; \
+	VSHUFF32X4 $0x88, b3, a3, Z30; \
+	VSHUFF32X4 $0xDD, b3, a3, Z31; \
+	VADDPS Z31, Z30, Z30; \
+	VSHUFPS $0x44, Z26, Z24, Z25; \
+	VSHUFPS $0xEE, Z26, Z24, Z27; \
+	VADDPS Z27, Z25, Z24; \
+	VSHUFPS $0x44, Z30, Z28, Z29; \
+	VSHUFPS $0xEE, Z30, Z28, Z31; \
+	VADDPS Z31, Z29, Z28; \
+	VSHUFPS $0x88, Z28, Z24, Z25; \
+	VSHUFPS $0xDD, Z28, Z24, Z27; \
+	VADDPS Z27, Z25, F
+
+// STORE4Z writes F's four blocks to (P), (P)(AX*1), (P)(AX*2) and
+// (P)(AX*3), AX the output stride in bytes; it moves CX.
+#define STORE4Z(F, P) \
+	VEXTRACTF32X4 $0, F, (P); \
+	VEXTRACTF32X4 $1, F, (P)(AX*1); \
+	VEXTRACTF32X4 $2, F, (P)(AX*2); \
+	LEAQ (P)(AX*2), CX; \
+	VEXTRACTF32X4 $3, F, (CX)(AX*1)
+
+// PREFETCH4Z fetches the cache line at column offset AX of the four rows
+// one block (four rows, BX the row stride) past SI, R8, R9, R10.
+#define PREFETCH4Z \
+	LEAQ (SI)(AX*1), R14; \
+	PREFETCHT0 (R14)(BX*4); \
+	LEAQ (R8)(AX*1), R14; \
+	PREFETCHT0 (R14)(BX*4); \
+	LEAQ (R9)(AX*1), R14; \
+	PREFETCHT0 (R14)(BX*4); \
+	LEAQ (R10)(AX*1), R14; \
+	PREFETCHT0 (R14)(BX*4)
+
+// CHUNK4x8Z multiplies eight columns (weight byte offset AX+woff, input
+// byte offset 2·AX+xoff) of rows SI, R8, R9, R10 by input pairs DI, R11,
+// R12, R13 into Z0..Z15 (row r, pair q in Z(4r+q)).
+#define CHUNK4x8Z(woff, xoff) \
+	VMOVUPS xoff(DI)(AX*2), Z16; \
+	VMOVUPS xoff(R11)(AX*2), Z17; \
+	VMOVUPS xoff(R12)(AX*2), Z18; \
+	VMOVUPS xoff(R13)(AX*2), Z19; \
+	VBROADCASTF64X4 woff(SI)(AX*1), Z20; \
+	VFMADD231PS Z16, Z20, Z0; \
+	VFMADD231PS Z17, Z20, Z1; \
+	VFMADD231PS Z18, Z20, Z2; \
+	VFMADD231PS Z19, Z20, Z3; \
+	VBROADCASTF64X4 woff(R8)(AX*1), Z21; \
+	VFMADD231PS Z16, Z21, Z4; \
+	VFMADD231PS Z17, Z21, Z5; \
+	VFMADD231PS Z18, Z21, Z6; \
+	VFMADD231PS Z19, Z21, Z7; \
+	VBROADCASTF64X4 woff(R9)(AX*1), Z22; \
+	VFMADD231PS Z16, Z22, Z8; \
+	VFMADD231PS Z17, Z22, Z9; \
+	VFMADD231PS Z18, Z22, Z10; \
+	VFMADD231PS Z19, Z22, Z11; \
+	VBROADCASTF64X4 woff(R10)(AX*1), Z23; \
+	VFMADD231PS Z16, Z23, Z12; \
+	VFMADD231PS Z17, Z23, Z13; \
+	VFMADD231PS Z18, Z23, Z14; \
+	VFMADD231PS Z19, Z23, Z15
+
+// func gemv4x8Z(w, xi *float32, n, n8, blocks int, out *float32, ostride int)
+//
+// For each block b < blocks, rows 4b..4b+3 of w (row stride n floats)
+// times inputs 0..7 of xi (four interleaved pairs, 2·n8 floats each) over
+// columns [0, n8) go to out[k*ostride + 4b + i] for row 4b+i and input k;
+// n8 is a positive multiple of 8.
+TEXT ·gemv4x8Z(SB), NOSPLIT, $0-56
+	MOVQ w+0(FP), SI
+	MOVQ xi+8(FP), DI
+	MOVQ n+16(FP), BX
+	MOVQ n8+24(FP), CX
+	MOVQ out+40(FP), DX
+	SHLQ $2, BX              // row stride in bytes
+	SHLQ $2, CX              // weight columns in bytes
+	LEAQ (SI)(BX*1), R8      // weight rows 1..3
+	LEAQ (R8)(BX*1), R9
+	LEAQ (R9)(BX*1), R10
+	LEAQ (DI)(CX*2), R11     // input pairs 1..3
+	LEAQ (R11)(CX*2), R12
+	LEAQ (R12)(CX*2), R13
+	MOVQ CX, n8+24(FP)       // weight bytes
+	ANDQ $~63, CX
+	MOVQ CX, n+16(FP)        // weight bytes in whole 64-byte cache lines
+block4x8Z:
+	VPXORD Z0, Z0, Z0
+	VPXORD Z1, Z1, Z1
+	VPXORD Z2, Z2, Z2
+	VPXORD Z3, Z3, Z3
+	VPXORD Z4, Z4, Z4
+	VPXORD Z5, Z5, Z5
+	VPXORD Z6, Z6, Z6
+	VPXORD Z7, Z7, Z7
+	VPXORD Z8, Z8, Z8
+	VPXORD Z9, Z9, Z9
+	VPXORD Z10, Z10, Z10
+	VPXORD Z11, Z11, Z11
+	VPXORD Z12, Z12, Z12
+	VPXORD Z13, Z13, Z13
+	VPXORD Z14, Z14, Z14
+	VPXORD Z15, Z15, Z15
+	XORQ AX, AX
+	CMPQ AX, n+16(FP)
+	JGE last4x8Z
+loop4x8Z:
+	// A weight cache line (16 columns, in column order) per pass; the
+	// next block's rows are fetched meanwhile, as in gemv2x4FMA.
+	PREFETCH4Z
+	CHUNK4x8Z(0, 0)
+	CHUNK4x8Z(32, 64)
+	ADDQ $64, AX
+	CMPQ AX, n+16(FP)
+	JLT loop4x8Z
+last4x8Z:
+	CMPQ AX, n8+24(FP)
+	JGE fold4x8Z
+	CHUNK4x8Z(0, 0)
+fold4x8Z:
+	MOVQ ostride+48(FP), AX
+	SHLQ $2, AX
+	FOLDZ(Z0, Z1, Z4, Z5, Z8, Z9, Z12, Z13, Z16)
+	STORE4Z(Z16, DX)
+	FOLDZ(Z2, Z3, Z6, Z7, Z10, Z11, Z14, Z15, Z17)
+	LEAQ (DX)(AX*4), R14     // inputs 4..7
+	STORE4Z(Z17, R14)
+	ADDQ $16, DX
+	LEAQ (SI)(BX*4), SI
+	LEAQ (R8)(BX*4), R8
+	LEAQ (R9)(BX*4), R9
+	LEAQ (R10)(BX*4), R10
+	DECQ blocks+32(FP)
+	JNZ block4x8Z
+	VZEROUPPER
+	RET
+
+// CHUNK4x4Z is CHUNK4x8Z for two input pairs (DI, R11): row r, pair q in
+// Z(2r+q).
+#define CHUNK4x4Z(woff, xoff) \
+	VMOVUPS xoff(DI)(AX*2), Z16; \
+	VMOVUPS xoff(R11)(AX*2), Z17; \
+	VBROADCASTF64X4 woff(SI)(AX*1), Z20; \
+	VFMADD231PS Z16, Z20, Z0; \
+	VFMADD231PS Z17, Z20, Z1; \
+	VBROADCASTF64X4 woff(R8)(AX*1), Z21; \
+	VFMADD231PS Z16, Z21, Z2; \
+	VFMADD231PS Z17, Z21, Z3; \
+	VBROADCASTF64X4 woff(R9)(AX*1), Z22; \
+	VFMADD231PS Z16, Z22, Z4; \
+	VFMADD231PS Z17, Z22, Z5; \
+	VBROADCASTF64X4 woff(R10)(AX*1), Z23; \
+	VFMADD231PS Z16, Z23, Z6; \
+	VFMADD231PS Z17, Z23, Z7
+
+// func gemv4x4Z(w, xi *float32, n, n8, blocks int, out *float32, ostride int)
+//
+// gemv4x8Z for inputs 0..3 (two interleaved pairs).
+TEXT ·gemv4x4Z(SB), NOSPLIT, $0-56
+	MOVQ w+0(FP), SI
+	MOVQ xi+8(FP), DI
+	MOVQ n+16(FP), BX
+	MOVQ n8+24(FP), CX
+	MOVQ out+40(FP), DX
+	SHLQ $2, BX              // row stride in bytes
+	SHLQ $2, CX              // weight columns in bytes
+	LEAQ (SI)(BX*1), R8      // weight rows 1..3
+	LEAQ (R8)(BX*1), R9
+	LEAQ (R9)(BX*1), R10
+	LEAQ (DI)(CX*2), R11     // input pair 1
+	MOVQ CX, n8+24(FP)       // weight bytes
+	ANDQ $~63, CX
+	MOVQ CX, n+16(FP)        // weight bytes in whole 64-byte cache lines
+block4x4Z:
+	VPXORD Z0, Z0, Z0
+	VPXORD Z1, Z1, Z1
+	VPXORD Z2, Z2, Z2
+	VPXORD Z3, Z3, Z3
+	VPXORD Z4, Z4, Z4
+	VPXORD Z5, Z5, Z5
+	VPXORD Z6, Z6, Z6
+	VPXORD Z7, Z7, Z7
+	XORQ AX, AX
+	CMPQ AX, n+16(FP)
+	JGE last4x4Z
+loop4x4Z:
+	PREFETCH4Z
+	CHUNK4x4Z(0, 0)
+	CHUNK4x4Z(32, 64)
+	ADDQ $64, AX
+	CMPQ AX, n+16(FP)
+	JLT loop4x4Z
+last4x4Z:
+	CMPQ AX, n8+24(FP)
+	JGE fold4x4Z
+	CHUNK4x4Z(0, 0)
+fold4x4Z:
+	MOVQ ostride+48(FP), AX
+	SHLQ $2, AX
+	FOLDZ(Z0, Z1, Z2, Z3, Z4, Z5, Z6, Z7, Z16)
+	STORE4Z(Z16, DX)
+	ADDQ $16, DX
+	LEAQ (SI)(BX*4), SI
+	LEAQ (R8)(BX*4), R8
+	LEAQ (R9)(BX*4), R9
+	LEAQ (R10)(BX*4), R10
+	DECQ blocks+32(FP)
+	JNZ block4x4Z
+	VZEROUPPER
+	RET

@@ -196,3 +196,58 @@ func TestDotRowsIsLaneDots(t *testing.T) {
 		}
 	}
 }
+
+// TestZKernelsMatchPortableGo checks the AVX-512 batch kernels (where this
+// CPU has them) against the portable lane sum bit for bit: lengths around
+// the 8- and 16-column edges, 1 to 5 row blocks, both pair counts, output
+// strides wider than the rows, and inputs that are infinite, NaN,
+// subnormal or overflow mid-row, so any lane or fold that differed from
+// lanes.go's order, or a half that picked up its neighbour's input, shows.
+func TestZKernelsMatchPortableGo(t *testing.T) {
+	if !hasAVX512 {
+		t.Skip("no AVX-512 on this CPU: the AVX2 and portable kernels are the ones in use")
+	}
+	r := rand.New(rand.NewPCG(15, 16))
+	special := []float32{
+		float32(math.Inf(1)), float32(math.Inf(-1)), float32(math.NaN()),
+		math.SmallestNonzeroFloat32, -math.SmallestNonzeroFloat32 * 3, 1e-39,
+		math.MaxFloat32, -math.MaxFloat32, 1e20, -1e20,
+	}
+	for _, n := range []int{8, 9, 15, 16, 17, 24, 31, 32, 40, 64, 288, 290, 768} {
+		n8 := n &^ 7
+		for trial := range 24 {
+			blocks := 1 + trial%5
+			pairs := 2 + 2*(trial%2)
+			w := randSlice(r, 4*blocks*n)
+			x := randSlice(r, 2*pairs*n)
+			if trial%3 == 2 {
+				// A few special values: most products stay finite,
+				// some rows and inputs overflow or go NaN.
+				for range 1 + r.IntN(3) {
+					w[r.IntN(len(w))] = special[r.IntN(len(special))]
+					x[r.IntN(len(x))] = special[r.IntN(len(special))]
+				}
+			}
+			ostride := 4*blocks + trial%3
+			xi := make([]float32, 2*pairs*n8)
+			interleave(xi, x, n, n8, pairs)
+			got := make([]float32, 2*pairs*ostride)
+			for i := range got {
+				got[i] = -7 // must survive outside the written elements
+			}
+			gemvZ(w, xi, n, n8, blocks, pairs, got, ostride)
+			for k := range 2 * pairs {
+				for i := range ostride {
+					want := float32(-7)
+					if i < 4*blocks {
+						want = lanePartGo(w[i*n:i*n+n], x[k*n:k*n+n], n8)
+					}
+					if g := got[k*ostride+i]; !sameBits(g, want) && !(math.IsNaN(float64(g)) && math.IsNaN(float64(want))) {
+						t.Fatalf("n=%d blocks %d pairs %d: input %d row %d = %g (%#x), portable %g (%#x)",
+							n, blocks, pairs, k, i, g, math.Float32bits(g), want, math.Float32bits(want))
+					}
+				}
+			}
+		}
+	}
+}
