@@ -9,6 +9,8 @@ BIN := bin
 TOOLS := .tools
 CLUSTER_DIR ?= /tmp/tessera-cluster
 NODES ?= 8
+# make cluster-up runs the LeaderWorkerSet controller too; LWS=false skips it.
+LWS ?= true
 APISERVER_PORT ?= 16443
 export TESSERA_CLUSTER_DIR := $(CLUSTER_DIR)
 
@@ -25,7 +27,8 @@ CGO_CMDS := $(filter tessera-device-plugin,$(CMDS))
 
 TOOL_BINS := $(TOOLS)/etcd $(TOOLS)/kube-apiserver $(TOOLS)/kube-controller-manager \
 	$(TOOLS)/kube-scheduler $(TOOLS)/kubelet $(TOOLS)/kwok $(TOOLS)/kubectl $(TOOLS)/helm \
-	$(TOOLS)/kueue
+	$(TOOLS)/kueue \
+	$(TOOLS)/lws
 
 .PHONY: all build tools lint bench test test-unit test-repeat test-fuzz test-e2e reliability cluster-up cluster-down demo demo-model install manifests clean
 
@@ -66,6 +69,19 @@ $(TOOLS)/kueue: hack/tools/kueue/go.mod hack/tools/kueue/go.sum
 	  cp $$dir/config/components/crd/bases/*.yaml $(TOOLS)/kueue-config/crds/ && \
 	  cp $$dir/config/components/webhook/manifests.yaml $(TOOLS)/kueue-config/webhook.yaml && \
 	  chmod -R u+w $(TOOLS)/kueue-config
+# LeaderWorkerSet from its own module (hack/tools/lws), with its CRDs, webhook
+# manifests and the controller's ClusterRole from the same module zip
+# (.tools/lws-config). v0.9.0: the proxy lists v0.10.0 but refuses its zip.
+$(TOOLS)/lws: hack/tools/lws/go.mod hack/tools/lws/go.sum
+	@mkdir -p $(TOOLS)
+	@echo ">> building lws"
+	cd hack/tools/lws && $(GO) build -ldflags "-s -w" -o $(abspath $(TOOLS))/lws sigs.k8s.io/lws/cmd
+	@dir=$$(cd hack/tools/lws && $(GO) list -m -f '{{.Dir}}' sigs.k8s.io/lws) && \
+	  rm -rf $(TOOLS)/lws-config && mkdir -p $(TOOLS)/lws-config/crds && \
+	  cp $$dir/config/crd/bases/*.yaml $(TOOLS)/lws-config/crds/ && \
+	  cp $$dir/config/webhook/manifests.yaml $(TOOLS)/lws-config/webhook.yaml && \
+	  cp $$dir/config/rbac/role.yaml $(TOOLS)/lws-config/role.yaml && \
+	  chmod -R u+w $(TOOLS)/lws-config
 $(TOOLS)/%: go.mod go.sum
 	@mkdir -p $(TOOLS)
 	@echo ">> building $*"
@@ -118,7 +134,7 @@ reliability: tools build
 		LOAD_NODES=$(LOAD_NODES) TOOLS_DIR=$(abspath $(TOOLS)) BIN_DIR=$(abspath $(BIN)) GO=$(GO) ./hack/reliability.sh
 
 cluster-up: tools build
-	$(BIN)/tessera-localcluster up -dir $(CLUSTER_DIR) -tools $(TOOLS) -bin $(BIN) -nodes $(NODES) -apiserver-port $(APISERVER_PORT)
+	$(BIN)/tessera-localcluster up -dir $(CLUSTER_DIR) -tools $(TOOLS) -bin $(BIN) -nodes $(NODES) -apiserver-port $(APISERVER_PORT) -lws=$(LWS)
 
 cluster-down:
 	@if [ -x $(BIN)/tessera-localcluster ]; then $(BIN)/tessera-localcluster down -dir $(CLUSTER_DIR); \

@@ -122,7 +122,20 @@ type Manager struct {
 	// specGen changes with every gang added, changed or removed; with the
 	// ledger generation it keys each gang's cached plan failure.
 	specGen uint64
+	// lastDomain remembers, for a while, the domain of gangs that went
+	// away: a controller that re-creates a whole group (LeaderWorkerSet's
+	// RecreateGroupOnPodRestart) re-creates it under the same key, and its
+	// next plan prefers that domain.
+	lastDomain map[string]pastDomain
 }
+
+type pastDomain struct {
+	domain string
+	at     time.Time
+}
+
+// rememberDomainFor bounds how long a removed gang's domain is preferred.
+const rememberDomainFor = 10 * time.Minute
 
 type memberRef struct {
 	gang string
@@ -133,7 +146,7 @@ type memberRef struct {
 func NewManager(l *Ledger, opts Options) *Manager {
 	m := &Manager{l: l, clock: opts.Clock, backoff: opts.Backoff, onRej: opts.OnReject,
 		gangs: map[string]*gangState{}, members: map[string]*memberRef{}, active: map[string]*gangState{},
-		exclusive: map[string]string{}}
+		exclusive: map[string]string{}, lastDomain: map[string]pastDomain{}}
 	if m.clock == nil {
 		m.clock = clock.RealClock{}
 	}
@@ -185,6 +198,12 @@ func (m *Manager) SetGang(spec GangSpec) error {
 	g := m.gangs[spec.Key]
 	if g == nil {
 		g = &gangState{}
+		if past, ok := m.lastDomain[spec.Key]; ok {
+			if m.clock.Now().Sub(past.at) <= rememberDomainFor {
+				g.domain = past.domain
+			}
+			delete(m.lastDomain, spec.Key)
+		}
 		m.gangs[spec.Key] = g
 	} else if g.slots != nil && !g.allowed && !sameShape(&g.spec, &spec) {
 		m.reject(&fx, g, fmt.Sprintf("gang %s: spec changed while planned", spec.Key), false)
@@ -221,6 +240,15 @@ func (m *Manager) RemoveGang(key string) {
 	if g := m.gangs[key]; g != nil {
 		if g.slots != nil {
 			m.reject(&fx, g, fmt.Sprintf("gang %s: removed", key), false)
+		}
+		now := m.clock.Now()
+		for k, p := range m.lastDomain {
+			if now.Sub(p.at) > rememberDomainFor {
+				delete(m.lastDomain, k)
+			}
+		}
+		if g.domain != "" {
+			m.lastDomain[key] = pastDomain{domain: g.domain, at: now}
 		}
 		delete(m.gangs, key)
 		delete(m.exclusive, key)

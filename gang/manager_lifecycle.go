@@ -145,8 +145,8 @@ func (m *Manager) releaseSlot(fx *effects, g *gangState, s *slot) {
 	g.deadline = m.clock.Now().Add(g.spec.timeout())
 }
 
-// Permit is the barrier: wait until MinMember members are reserved, then
-// allow them all at once. A timed out plan rejects the whole gang.
+// Permit is the barrier: wait until MinMember members (or the spec's
+// Barrier) are reserved, then allow them all at once. A timed out plan rejects the whole gang.
 func (m *Manager) Permit(p Pod) PermitResult {
 	if p.Gang == "" {
 		return PermitResult{Status: PermitAllow}
@@ -175,9 +175,14 @@ func (m *Manager) permit(fx *effects, p Pod) PermitResult {
 			reserved++
 		}
 	}
-	if reserved >= g.spec.MinMember {
+	if reserved >= g.spec.barrier() {
 		g.allowed = true
 		g.avoid = nil
+		if reserved < len(g.slots) {
+			// Opened before every member came (Barrier): the members still
+			// to come get a full timeout to claim their held slots.
+			g.deadline = now.Add(g.spec.timeout())
+		}
 		var allow []string
 		for _, s := range g.slots {
 			if s.state == slotReserved && s.pod != p.UID {
@@ -192,7 +197,7 @@ func (m *Manager) permit(fx *effects, p Pod) PermitResult {
 		return PermitResult{Status: PermitReject, Reason: r.Reason}
 	}
 	return PermitResult{Status: PermitWait, Wait: g.deadline.Sub(now),
-		Reason: fmt.Sprintf("gang %s: %d of %d members reserved", g.spec.Key, reserved, g.spec.MinMember)}
+		Reason: fmt.Sprintf("gang %s: %d of %d members reserved", g.spec.Key, reserved, g.spec.barrier())}
 }
 
 // PreBind returns the slices to write into tessera.dev/slice-assignment,

@@ -138,6 +138,7 @@ func (m *Manager) plan(tx *Tx, g *gangState, p Pod, avoid []string, now time.Tim
 	if !g.wants(p.Slices) {
 		return Placement{}, unschedulable(p.Gang, "gang %s: pod %s requests %d slices; the gang's members request %s", p.Gang, p.name(), p.Slices, g.spec.shapeString())
 	}
+	pr.PreferDomain = g.domain // the domain of its last plan, if any
 	domain, slots, err := tx.Plan(pr)
 	if err != nil && len(pr.Avoid) > 0 {
 		// Avoiding nodes where a member was refused is a preference, not a

@@ -572,3 +572,112 @@ func TestPreemptedFreesAPlanWithoutBoundMembers(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// TestBarrierBeforeTheWholeGang: a LeaderWorkerSet group with exclusive
+// topology (Barrier 1) binds its leader alone, but only once the whole
+// group's slots are held; the workers that come later take the slots held
+// for them; slots nobody claims are freed a timeout after the barrier
+// opened, and a late worker then goes next to the others.
+func TestBarrierBeforeTheWholeGang(t *testing.T) {
+	f := newFixture(t, cliques("c", 2, 1, 4)...)
+	spec := GangSpec{Key: "ns/g", MinMember: 3, Barrier: 1, Request: 8, ExclusiveTopology: clique, ScheduleTimeout: 30 * time.Second}
+	if err := f.m.SetGang(spec); err != nil {
+		t.Fatal(err)
+	}
+	bind := func(p Pod) {
+		t.Helper()
+		pl, err := f.m.PreFilter(p)
+		if err != nil {
+			t.Fatalf("prefilter %s: %v", p.Name, err)
+		}
+		if _, err := f.m.Reserve(p, pl.Node); err != nil {
+			t.Fatal(err)
+		}
+		if r := f.m.Permit(p); r.Status != PermitAllow {
+			t.Fatalf("Permit(%s) = %+v, want allow", p.Name, r)
+		}
+		got, err := f.m.PreBind(p, pl.Node)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.m.Bound(p)
+		f.l.SetPod(PodInfo{UID: p.UID, Namespace: p.Namespace, Name: p.Name, Gang: spec.Key, Node: pl.Node, Assignment: got})
+	}
+	// The leader passes the barrier alone, and the whole plan is held.
+	bind(member("ns/g", 0, 8))
+	st, _ := f.m.Status("ns/g")
+	if len(st.Slots) != 3 || !st.Allowed || st.Bound != 1 {
+		t.Fatalf("after the leader: %+v", st)
+	}
+	held := f.holders()
+	if len(held) != 3 {
+		t.Fatalf("holders after the leader: %v, want the leader and two held slots", held)
+	}
+	// Nobody else can take the held slots: c0-n0 has one GPU left.
+	if _, err := f.l.PickAndAssume("uid-s1", "default/s1", "c0-n0", 8); err != nil {
+		t.Errorf("a whole GPU on c0-n0 beside the plan: %v", err)
+	}
+	if _, err := f.l.PickAndAssume("uid-s2", "default/s2", "c0-n0", 8); err == nil {
+		t.Error("a second whole GPU on c0-n0 was given out of the gang's held slots")
+	}
+	f.l.Forget("uid-s1")
+	// A worker 20 s later takes its held slot, in the leader's clique.
+	f.clock.Step(20 * time.Second)
+	bind(member("ns/g", 1, 8))
+	// The third worker never comes: 30 s after the barrier opened its slot
+	// is freed (not the bound members').
+	f.clock.Step(11 * time.Second)
+	f.m.Sweep()
+	if st, _ := f.m.Status("ns/g"); len(st.Slots) != 0 && st.Bound != len(st.Slots) {
+		t.Errorf("after the timeout: %+v, want only bound slots", st)
+	}
+	if len(f.rejs) != 0 {
+		t.Errorf("rejections %v: an open barrier never rejects the gang", f.rejs)
+	}
+	// It comes late: placed next to the others as a replacement.
+	pl, err := f.m.PreFilter(member("ns/g", 2, 8))
+	if err != nil || pl.Node != "c0-n0" {
+		t.Errorf("late worker: %+v %v, want c0-n0", pl, err)
+	}
+	if err := checkInvariants(f.l); err != nil {
+		t.Error(err)
+	}
+}
+
+// TestRecreatedGangPrefersItsDomain: a gang that went away whole and comes
+// back under the same key (LWS re-creating a group) is planned in the
+// clique it had when that clique fits it, though best fit would pick
+// another; after rememberDomainFor it is planned by best fit again.
+func TestRecreatedGangPrefersItsDomain(t *testing.T) {
+	for name, tc := range map[string]struct {
+		away time.Duration
+		want string
+	}{
+		"back at once":    {away: time.Second, want: "c1-n0"},
+		"back much later": {away: rememberDomainFor + time.Minute, want: "c0-n0"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			f := newFixture(t, cliques("c", 2, 1, 4)...)
+			// c0 is the best fit (a single pod uses one GPU of it); c1
+			// is empty. Pin the first plan to c1 by filling c0 for now.
+			f.l.SetPod(PodInfo{UID: "filler", Node: "c0-n0", Allocated: ids(rng("c0-n0", 0, 0, 7) + "," + rng("c0-n0", 1, 0, 7) + "," + rng("c0-n0", 2, 0, 7))})
+			f.l.SetPod(PodInfo{UID: "single", Node: "c0-n0", Allocated: ids(rng("c0-n0", 3, 0, 3))})
+			spec := GangSpec{Key: "ns/g", MinMember: 2, Request: 8, RequiredTopology: clique}
+			if got := f.plan(spec); !strings.HasPrefix(got[0], "c1-n0") {
+				t.Fatalf("first plan %v, want c1", got)
+			}
+			f.runGang(spec)
+			// The group is deleted whole, c0 frees up, the group comes back.
+			for i := range 2 {
+				f.m.PodDeleted(member("ns/g", i, 8).UID)
+			}
+			f.m.RemoveGang("ns/g")
+			f.l.RemovePod("filler")
+			f.clock.Step(tc.away)
+			got := f.plan(spec)
+			if !strings.HasPrefix(got[0], tc.want) || !strings.HasPrefix(got[1], tc.want) {
+				t.Errorf("plan after re-creation %v, want both on %s", got, tc.want)
+			}
+		})
+	}
+}

@@ -41,6 +41,11 @@ type PlanRequest struct {
 	Avoid []string
 	// Eligible, when set, excludes nodes the members may not run on.
 	Eligible func(node string) bool
+	// PreferDomain, when it fits the gang, is chosen over every other
+	// domain: the domain the same gang last ran in (a group its controller
+	// re-created), where its nodes may still have the model cached and its
+	// peers expect it.
+	PreferDomain string
 }
 
 type nodeCand struct {
@@ -111,6 +116,12 @@ func (l *Ledger) planLocked(pr *PlanRequest) (domainName string, slots []Slot, e
 	// Equal shapes always place in the best candidate (capacity is exact),
 	// so the full sort is only paid for mixed shapes that did not combine.
 	better := func(a, b domCand) bool {
+		if pr.PreferDomain != "" {
+			pa, pb := idx.domains[a.di].name == pr.PreferDomain, idx.domains[b.di].name == pr.PreferDomain
+			if pa != pb {
+				return pa
+			}
+		}
 		if a.oneSub != b.oneSub {
 			return a.oneSub
 		}

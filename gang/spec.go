@@ -26,8 +26,19 @@ type GangSpec struct {
 	Key    string
 	Source Source
 	// MinMember is how many members are planned and must all be reserved
-	// before any binds.
+	// before any binds (unless Barrier says fewer).
 	MinMember int
+	// Barrier is how many members must be reserved before the Permit
+	// barrier opens and they bind; 0 means MinMember, the default. The plan
+	// still covers MinMember members and reserves every one of their slots
+	// at once, so the whole gang's capacity is held before anything binds;
+	// the members past the barrier find their slots held for them until
+	// ScheduleTimeout after it opened (then the unclaimed slots are freed,
+	// and a late member is placed next to the others as a replacement).
+	// LeaderWorkerSet groups whose workers LWS creates only once the leader
+	// is scheduled (exclusive topology) use 1: a barrier at the whole group
+	// would wait for workers that cannot exist yet.
+	Barrier int
 	// Request is the slices every member asks for (the common case).
 	Request int
 	// MemberRequests, when set, overrides Request per member; its length
@@ -73,6 +84,9 @@ func (s *GangSpec) Validate() error {
 	} else if s.Request < 1 {
 		return fmt.Errorf("gang %s: request must be at least 1 slice, got %d", s.Key, s.Request)
 	}
+	if s.Barrier < 0 || s.Barrier > s.MinMember {
+		return fmt.Errorf("gang %s: barrier %d is outside 0..minMember (%d)", s.Key, s.Barrier, s.MinMember)
+	}
 	if s.ScheduleTimeout < 0 {
 		return fmt.Errorf("gang %s: negative schedule timeout %s", s.Key, s.ScheduleTimeout)
 	}
@@ -101,6 +115,14 @@ func (s *GangSpec) requiredKeys() []string {
 		keys = append(keys, s.ExclusiveTopology)
 	}
 	return keys
+}
+
+// barrier is how many reserved members open the Permit barrier.
+func (s *GangSpec) barrier() int {
+	if s.Barrier > 0 {
+		return s.Barrier
+	}
+	return s.MinMember
 }
 
 func (s *GangSpec) timeout() time.Duration {

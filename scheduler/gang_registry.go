@@ -239,6 +239,12 @@ func (r *gangRegistry) buildLocked(key string) (gang.GangSpec, bool) {
 			spec.MinMember = max(spec.MinMember, m.lwsSize)
 			if m.lwsExcl != "" {
 				spec.ExclusiveTopology = m.lwsExcl
+				// LWS creates an exclusive group's worker StatefulSet only
+				// once the leader is scheduled (it copies the leader's
+				// topology value into the workers' node selector): the
+				// leader binds alone once the whole group's slots are
+				// held, and the workers take the slots held for them.
+				spec.Barrier = 1
 			}
 			if spec.Created.IsZero() || m.created.Before(spec.Created) {
 				spec.Created = m.created

@@ -40,6 +40,7 @@ func run() error {
 	slices := fs.Int("slices-per-gpu", 4, "slices per simulated GPU")
 	overlay := fs.String("overlay", "manifests/overlays/local", "kustomize overlay to install (install)")
 	realNode := fs.Bool("real-node", true, "start containerd and a real kubelet")
+	lws := fs.Bool("lws", true, "install the LeaderWorkerSet CRDs and run the LWS controller (make tools builds it)")
 	if err := fs.Parse(os.Args[2:]); err != nil {
 		return err
 	}
@@ -55,6 +56,7 @@ func run() error {
 			APIServerPort:    *port,
 			RealNode:         *realNode,
 			DefaultScheduler: true,
+			LeaderWorkerSet:  *lws,
 			PauseBinary:      filepath.Join(binDir, "tessera-pause"),
 			SimulatedNodes:   *nodes,
 			Topology:         cluster.Topology{NodesPerClique: *perClique, CliquesPerRack: *cliquesPerRack, RacksPerZone: *racksPerZone},

@@ -56,6 +56,9 @@ type Config struct {
 	// GPUs, when set, gives every simulated node GPU slice capacity and an
 	// inventory annotation.
 	GPUs *SimulatedGPUs
+	// LeaderWorkerSet installs the LWS CRDs and runs the real LWS controller
+	// (make tools builds it) with its webhooks on loopback.
+	LeaderWorkerSet bool
 	// Progress receives one line per step; nil discards.
 	Progress func(format string, args ...any)
 }
@@ -221,6 +224,11 @@ func Up(ctx context.Context, cfg Config) (_ *Cluster, err error) {
 	}
 	if err := step("all nodes Ready", c.waitNodesReady); err != nil {
 		return nil, err
+	}
+	if cfg.LeaderWorkerSet {
+		if err := step("LeaderWorkerSet controller", c.StartLeaderWorkerSet); err != nil {
+			return nil, err
+		}
 	}
 	c.progress("cluster up in %s; kubeconfig: %s", time.Since(start).Round(100*time.Millisecond), c.Kubeconfig)
 	return c, nil

@@ -26,9 +26,25 @@ var identities = []struct {
 	{"kube-controller-manager", "system:kube-controller-manager", nil},
 	{"kube-scheduler", "system:kube-scheduler", nil},
 	{"kwok", "kwok-controller", []string{"system:masters"}},
+	// The LeaderWorkerSet controller, bound to its release's ClusterRole.
+	{lwsIdentity, "lws-controller-manager", nil},
 	// node is filled in with the real node's name: the Node authorizer
 	// confines the kubelet to its own node's objects.
 	{"node", "", []string{"system:nodes"}},
+}
+
+// loopbackServing names the serving certificate (pki/<name>.crt, .key) for
+// 127.0.0.1 and localhost, signed by the cluster CA.
+const loopbackServing = "loopback-serving"
+
+// identityUser is the user name of a built-in identity other than node.
+func identityUser(name string) string {
+	for _, id := range identities {
+		if id.name == name {
+			return id.user
+		}
+	}
+	return ""
 }
 
 type access struct {
@@ -48,6 +64,11 @@ func (c *Cluster) makePKI(context.Context) error {
 	}
 	// The apiserver's client identity towards the kubelet (logs, exec).
 	if err := p.issue("apiserver-kubelet-client", "kube-apiserver-kubelet-client", []string{"system:masters"}, nil, x509.ExtKeyUsageClientAuth); err != nil {
+		return err
+	}
+	// Webhook and extension servers that run as host processes (the
+	// LeaderWorkerSet controller) serve on 127.0.0.1 with this.
+	if err := p.issue(loopbackServing, "127.0.0.1", nil, []string{"127.0.0.1", "localhost"}, x509.ExtKeyUsageServerAuth); err != nil {
 		return err
 	}
 	if err := p.serviceAccountKey(); err != nil {
@@ -81,7 +102,7 @@ func (c *Cluster) makePKI(context.Context) error {
 	if err := os.WriteFile(filepath.Join(c.Dir, "access.json"), b, 0o600); err != nil {
 		return err
 	}
-	for _, id := range []string{"admin", "kube-controller-manager", "kube-scheduler", "kwok", "node"} {
+	for _, id := range []string{"admin", "kube-controller-manager", "kube-scheduler", "kwok", "node", lwsIdentity} {
 		name := id + ".kubeconfig"
 		if id == "admin" {
 			name = "kubeconfig"

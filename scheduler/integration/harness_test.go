@@ -80,6 +80,11 @@ func run(m *testing.M) int {
 	if err == nil {
 		err = grantSchedulerRBAC(ctx)
 	}
+	if err == nil {
+		// Early, so the garbage collector knows the type by the time
+		// TestLeaderWorkerSet deletes one (ensureLWS starts the controller).
+		err = env.c.InstallLeaderWorkerSetCRDs(ctx)
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "preparing the cluster:", err)
 		return 1

@@ -294,17 +294,25 @@ func admitted(t *testing.T, ctx context.Context, ns, g string) bool {
 // the end (the namespaced ones go with their namespace's cleanup).
 func applyExample(t *testing.T, ctx context.Context, path string) {
 	t.Helper()
+	applyExampleIn(t, ctx, path, "")
+}
+
+// applyExampleIn is applyExample with ns for the namespaced objects that
+// name no namespace (as kubectl apply -n does).
+func applyExampleIn(t *testing.T, ctx context.Context, path, ns string) {
+	t.Helper()
 	raw, err := os.ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	gvrs := map[string]schema.GroupVersionResource{
-		"Namespace":      {Version: "v1", Resource: "namespaces"},
-		"Pod":            {Version: "v1", Resource: "pods"},
-		"PodGroup":       podGroupGVR,
-		"ResourceFlavor": resourceFlavorGVR,
-		"ClusterQueue":   clusterQueueGVR,
-		"LocalQueue":     localQueueGVR,
+		"Namespace":       {Version: "v1", Resource: "namespaces"},
+		"Pod":             {Version: "v1", Resource: "pods"},
+		"PodGroup":        podGroupGVR,
+		"ResourceFlavor":  resourceFlavorGVR,
+		"ClusterQueue":    clusterQueueGVR,
+		"LocalQueue":      localQueueGVR,
+		"LeaderWorkerSet": lwsGVR,
 	}
 	dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(raw), 4096)
 	for {
@@ -321,6 +329,9 @@ func applyExample(t *testing.T, ctx context.Context, path string) {
 		}
 		if u.GetKind() == "Namespace" {
 			continue // created by the test with the webhook label
+		}
+		if u.GetNamespace() == "" && ns != "" && u.GetKind() != "ResourceFlavor" && u.GetKind() != "ClusterQueue" {
+			u.SetNamespace(ns)
 		}
 		createUnstructured(t, ctx, gvr, u.GetNamespace(), u.Object)
 	}

@@ -1,0 +1,307 @@
+package integration
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	v1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/util/wait"
+
+	"github.com/tessera-gpu/tessera/api"
+)
+
+var lwsGVR = schema.GroupVersionResource{Group: "leaderworkerset.x-k8s.io", Version: "v1", Resource: "leaderworkersets"}
+
+// LWS labels on the pods it creates.
+const (
+	lwsNameLabel   = "leaderworkerset.sigs.k8s.io/name"
+	lwsGroupIndex  = "leaderworkerset.sigs.k8s.io/group-index"
+	lwsWorkerIndex = "leaderworkerset.sigs.k8s.io/worker-index"
+)
+
+var lwsOnce struct {
+	sync.Once
+	err error
+}
+
+// ensureLWS starts the real LeaderWorkerSet controller on the shared test
+// cluster once (cluster.StartLeaderWorkerSet: its CRDs, its own RBAC, its
+// webhooks on loopback); it runs until the cluster goes down.
+func ensureLWS(t testing.TB) {
+	t.Helper()
+	lwsOnce.Do(func() { lwsOnce.err = env.c.StartLeaderWorkerSet(context.Background()) })
+	if lwsOnce.err != nil {
+		t.Fatalf("starting the LeaderWorkerSet controller: %v", lwsOnce.err)
+	}
+}
+
+// lwsObject is a LeaderWorkerSet of replicas groups of size ranks, each
+// asking slices per rank from tessera-scheduler; exclusive sets the
+// exclusive-topology annotation to the clique label.
+func lwsObject(ns, name string, replicas, size, slicesPerRank int, exclusive bool, version string) *unstructured.Unstructured {
+	podSpec := func() map[string]any {
+		return map[string]any{
+			"metadata": map[string]any{"labels": map[string]any{"model-version": version}},
+			"spec": map[string]any{
+				"schedulerName": api.SchedulerName,
+				"containers": []any{map[string]any{
+					"name": "shard", "image": "tessera/fake:" + version,
+					"resources": map[string]any{"limits": map[string]any{api.ResourceName: fmt.Sprint(slicesPerRank)}},
+				}},
+			},
+		}
+	}
+	u := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "leaderworkerset.x-k8s.io/v1", "kind": "LeaderWorkerSet",
+		"metadata": map[string]any{"name": name, "namespace": ns},
+		"spec": map[string]any{
+			"replicas": int64(replicas),
+			"leaderWorkerTemplate": map[string]any{
+				"size":           int64(size),
+				"leaderTemplate": podSpec(),
+				"workerTemplate": podSpec(),
+			},
+		},
+	}}
+	if exclusive {
+		u.SetAnnotations(map[string]string{api.AnnotationLWSExclTopo: api.LabelClique})
+	}
+	return u
+}
+
+// lwsGroups lists the live pods of LWS name by group index.
+func lwsGroups(t testing.TB, ctx context.Context, ns, name string) map[string][]*v1.Pod {
+	t.Helper()
+	list, err := env.client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: lwsNameLabel + "=" + name})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string][]*v1.Pod{}
+	for i := range list.Items {
+		p := &list.Items[i]
+		if p.DeletionTimestamp != nil || podDone(p) {
+			continue
+		}
+		out[p.Labels[lwsGroupIndex]] = append(out[p.Labels[lwsGroupIndex]], p)
+	}
+	for _, ps := range out {
+		sort.Slice(ps, func(i, j int) bool { return ps[i].Name < ps[j].Name })
+	}
+	return out
+}
+
+// lwsState describes the groups of an LWS: how many are bound whole, how
+// many have no rank bound, and any partial placement as a problem: a group
+// with some live ranks bound while other live ranks of it are not. (A group
+// whose live ranks are all bound but fewer than its size is being torn
+// down, or is an exclusive group whose leader binds first while LWS has not
+// created the workers yet; the scheduler held their slots: neither is a
+// partial placement.)
+func lwsState(t testing.TB, ctx context.Context, ns, name string, size int) (whole int, partial []string, pending int) {
+	for g, ps := range lwsGroups(t, ctx, ns, name) {
+		bound := 0
+		for _, p := range ps {
+			if p.Spec.NodeName != "" {
+				bound++
+			}
+		}
+		switch {
+		case bound == size && len(ps) == size:
+			whole++
+		case bound > 0 && bound < len(ps):
+			var who []string
+			for _, p := range ps {
+				who = append(who, fmt.Sprintf("%s(uid %s, node %q, assigned %t, created %s)", p.Name, string(p.UID)[:8], p.Spec.NodeName, p.Annotations[api.AnnotationSliceAssignment] != "", p.CreationTimestamp.Format("15:04:05")))
+			}
+			partial = append(partial, fmt.Sprintf("group %s: %d of %d live ranks bound (size %d): %s", g, bound, len(ps), size, strings.Join(who, ", ")))
+		case bound == 0:
+			pending++
+		}
+	}
+	slices.Sort(partial)
+	return whole, partial, pending
+}
+
+// TestLeaderWorkerSet runs the real LWS controller with Tessera: groups
+// created the way LWS creates them (the leader from the leader
+// StatefulSet, then a worker StatefulSet per leader; with exclusive
+// topology only once the leader is scheduled) are placed whole, each in
+// one clique, one rank per GPU. The example manifest is applied unchanged.
+// A killed rank makes LWS re-create its group, which Tessera places whole
+// again in the clique it had; a deleted LWS leaves nothing held.
+func TestLeaderWorkerSet(t *testing.T) {
+	t0 := time.Now()
+	ensureScheduler(t)
+	ensureLWS(t)
+	ctx := context.Background()
+	const ns = "lws"
+	createNamespace(t, ctx, ns)
+	t.Cleanup(func() {
+		ctx := context.Background()
+		_ = env.dyn.Resource(lwsGVR).Namespace(ns).DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{})
+		cleanupNamespace(t, ctx, ns)
+	})
+
+	t.Logf("LWS controller and scheduler up after %s", time.Since(t0).Round(10*time.Millisecond))
+	// The example, as shipped: one exclusive group of 2 ranks × 2 slices.
+	applyExampleIn(t, ctx, "../../manifests/examples/shard-server-leaderworkerset.yaml", ns)
+	const replicas, size, slicesPerRank = 2, 4, 2
+	for _, tc := range []struct {
+		name      string
+		exclusive bool
+	}{{"tp4", false}, {"tp4-excl", true}} {
+		obj := lwsObject(ns, tc.name, replicas, size, slicesPerRank, tc.exclusive, "v1")
+		if _, err := env.dyn.Resource(lwsGVR).Namespace(ns).Create(ctx, obj, metav1.CreateOptions{}); err != nil {
+			t.Fatalf("creating LeaderWorkerSet %s: %v", tc.name, err)
+		}
+	}
+	exclusiveCliques := map[string]string{} // clique → exclusive group
+	cliqueOfGroup := map[string]string{}    // lws/group → clique
+	for _, w := range []struct {
+		name           string
+		replicas, size int
+		slices         int
+		exclusive      bool
+	}{{"llama-lws", 1, 2, 2, true}, {"tp4", replicas, size, slicesPerRank, false}, {"tp4-excl", replicas, size, slicesPerRank, true}} {
+		waitLWSWhole(t, ctx, ns, w.name, w.replicas, w.size, 90*time.Second)
+		cliques := map[string]string{}
+		for g, ps := range lwsGroups(t, ctx, ns, w.name) {
+			clique, aligned := checkGang(t, ctx, w.name+"/"+g, ps, w.slices, cliques)
+			if !aligned {
+				t.Errorf("LWS %s group %s spans cliques", w.name, g)
+			}
+			cliqueOfGroup[w.name+"/"+g] = clique
+			if w.exclusive {
+				if other, ok := exclusiveCliques[clique]; ok {
+					t.Errorf("exclusive group %s/%s shares clique %s with %s", w.name, g, clique, other)
+				}
+				exclusiveCliques[clique] = w.name + "/" + g
+			}
+		}
+	}
+	for group, clique := range cliqueOfGroup {
+		if other, ok := exclusiveCliques[clique]; ok && other != group {
+			t.Errorf("group %s is in clique %s, held exclusively by %s", group, clique, other)
+		}
+	}
+	t.Logf("placed whole after %s: %v", time.Since(t0).Round(10*time.Millisecond), cliqueOfGroup)
+	waitNoLeak(t, ctx)
+
+	// Kill one worker rank of each kind of group: LWS re-creates the group
+	// (RecreateGroupOnPodRestart, its default), Tessera places it whole in
+	// the clique it had. The non-exclusive group binds all together, so
+	// no sample may see it partly bound.
+	for _, name := range []string{"tp4", "tp4-excl"} {
+		leader := lwsGroups(t, ctx, ns, name)["0"][0]
+		victim := name + "-0-2"
+		start := time.Now()
+		if err := env.client.CoreV1().Pods(ns).Delete(ctx, victim, metav1.DeleteOptions{}); err != nil {
+			t.Fatalf("killing rank %s: %v", victim, err)
+		}
+		// One gang's binds are separate API writes, issued together once
+		// the barrier opens: a sample can fall between them. A partial
+		// placement is one that lasts: the same group partly bound in
+		// every sample for a second.
+		var partialSeen []string
+		partialSince := map[string]time.Time{}
+		var last string
+		err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 90*time.Second, true, func(ctx context.Context) (bool, error) {
+			gs := lwsGroups(t, ctx, ns, name)
+			whole, partial, pending := lwsState(t, ctx, ns, name, size)
+			now := time.Now()
+			seen := map[string]bool{}
+			for _, p := range partial {
+				g, _, _ := strings.Cut(p, ":")
+				seen[g] = true
+				if since, ok := partialSince[g]; !ok {
+					partialSince[g] = now
+				} else if now.Sub(since) >= time.Second && name == "tp4" {
+					partialSeen = append(partialSeen, p)
+				}
+			}
+			for g := range partialSince {
+				if !seen[g] {
+					delete(partialSince, g)
+				}
+			}
+			last = fmt.Sprintf("%d whole, %d pending, partial: %s", whole, pending, strings.Join(partial, "; "))
+			ps := gs["0"]
+			return whole == replicas && len(ps) > 0 && ps[0].UID != leader.UID, nil
+		})
+		if err != nil {
+			t.Fatalf("LWS %s: group 0 not re-created whole in 90s after killing %s: %s\n%s", name, victim, last, describeLWSPods(t, ctx, ns, name))
+		}
+		if len(partialSeen) > 0 {
+			t.Errorf("LWS %s: partly bound group seen while it was re-created: %v", name, partialSeen)
+		}
+		clique, _ := checkGang(t, ctx, name+"/0", lwsGroups(t, ctx, ns, name)["0"], slicesPerRank, map[string]string{})
+		if want := cliqueOfGroup[name+"/0"]; clique != want {
+			t.Errorf("LWS %s: group 0 re-created in clique %s, it had %s", name, clique, want)
+		}
+		t.Logf("LWS %s: group 0 re-created and placed whole in %s, %s after the rank was killed", name, clique, time.Since(start).Round(10*time.Millisecond))
+	}
+	waitNoLeak(t, ctx)
+
+	t.Logf("after rank kills: %s", time.Since(t0).Round(10*time.Millisecond))
+	// Deleting an LWS leaves no pod, reservation or slice behind.
+	for _, name := range []string{"tp4", "tp4-excl", "llama-lws"} {
+		if err := env.dyn.Resource(lwsGVR).Namespace(ns).Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	err := wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, 60*time.Second, true, func(ctx context.Context) (bool, error) {
+		list, err := env.client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
+		return err == nil && len(list.Items) == 0, nil
+	})
+	if err != nil {
+		t.Fatalf("pods of deleted LeaderWorkerSets still present after 60s")
+	}
+	t.Logf("pods gone: %s", time.Since(t0).Round(10*time.Millisecond))
+	waitNoLeak(t, ctx)
+}
+
+// waitLWSWhole waits until LWS name has replicas groups of size ranks, each
+// bound whole.
+func waitLWSWhole(t testing.TB, ctx context.Context, ns, name string, replicas, size int, timeout time.Duration) {
+	t.Helper()
+	var last string
+	err := wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
+		whole, partial, pending := lwsState(t, ctx, ns, name, size)
+		last = fmt.Sprintf("%d whole, %d pending, partial: %s", whole, pending, strings.Join(partial, "; "))
+		return whole == replicas && pending == 0 && len(partial) == 0, nil
+	})
+	if err != nil {
+		t.Fatalf("LWS %s: groups not placed whole in %s: %s\n%s", name, timeout, last, describeLWSPods(t, ctx, ns, name))
+	}
+}
+
+// describeLWSPods prints each pod of an LWS with its node and conditions.
+func describeLWSPods(t testing.TB, ctx context.Context, ns, name string) string {
+	list, err := env.client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: lwsNameLabel + "=" + name})
+	if err != nil {
+		return err.Error()
+	}
+	var b strings.Builder
+	for _, p := range list.Items {
+		fmt.Fprintf(&b, "  %s node=%q", p.Name, p.Spec.NodeName)
+		for _, c := range p.Status.Conditions {
+			if c.Status != v1.ConditionTrue {
+				fmt.Fprintf(&b, " %s=%s(%s: %s)", c.Type, c.Status, c.Reason, c.Message)
+			}
+		}
+		b.WriteString("\n")
+	}
+	if b.Len() == 0 {
+		return "  (no pods)"
+	}
+	return b.String()
+}
