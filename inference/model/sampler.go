@@ -24,7 +24,28 @@ func NewSampler(temperature, topP float64, seed uint64) *Sampler {
 }
 
 // Argmax returns the index of the largest logit (lowest index on ties).
+// NaNs never win, except that a NaN first logit stays the answer (nothing
+// compares greater than it), as in the loop below.
 func Argmax(logits []float32) int {
+	if n64 := len(logits) &^ 63; hasAVX512 && n64 > 0 && logits[0] == logits[0] {
+		// The same index in two vector passes: the largest non-NaN
+		// value (exact, whatever the order), then its first position.
+		m := maxZ(&logits[0], n64)
+		for _, v := range logits[n64:] {
+			if v > m { // not max(): a NaN here must not win
+				m = v
+			}
+		}
+		n16 := len(logits) &^ 15
+		if i := firstEqZ(&logits[0], n16, m); i < n16 {
+			return i
+		}
+		for i := n16; i < len(logits); i++ {
+			if logits[i] == m {
+				return i
+			}
+		}
+	}
 	best := 0
 	for i, v := range logits {
 		if v > logits[best] {
