@@ -407,13 +407,7 @@ func (s *Shard) attend(out, q []float32, kv slotKV, l, pos int) {
 		softmax(att)
 		o := out[h*hs : (h+1)*hs]
 		clear(o)
-		for t, a := range att {
-			base := cache + t*localKV + kvOff
-			vt := kv.vals[base : base+hs]
-			for i := range o {
-				o[i] += a * vt[i]
-			}
-		}
+		weighSum(o, kv.vals[cache+kvOff:], localKV, att)
 	}
 }
 

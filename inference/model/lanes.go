@@ -184,3 +184,32 @@ func gemvZ(w, xi []float32, n, n8, blocks, pairs int, out []float32, ostride int
 		panic("model: gemvZ takes 2 or 4 input pairs")
 	}
 }
+
+// weighSum adds a[t]·(row t of v) to o for t < len(a), in t order, where
+// the rows have len(o) columns and start stride floats apart (attention's
+// weighted sum of values). Each product is rounded to float32 before its
+// sum (the explicit conversion keeps compilers from fusing them), so the
+// vector form, which does the same per column, matches it bit for bit.
+func weighSum(o, v []float32, stride int, a []float32) {
+	n := len(o)
+	if len(a) == 0 || n == 0 {
+		return
+	}
+	v = v[:(len(a)-1)*stride+n]
+	n8 := 0
+	if hasFMA {
+		n8 = n &^ (lanes - 1)
+	}
+	if n8 > 0 {
+		weighSumAVX(&o[0], n8, &v[0], stride, &a[0], len(a))
+	}
+	if n8 == n {
+		return
+	}
+	for t, at := range a {
+		vt := v[t*stride : t*stride+n]
+		for i := n8; i < n; i++ {
+			o[i] += float32(at * vt[i])
+		}
+	}
+}

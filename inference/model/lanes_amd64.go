@@ -43,3 +43,9 @@ func gemv4x8Z(w, xi *float32, n, n8, blocks int, out *float32, ostride int)
 //
 //go:noescape
 func gemv4x4Z(w, xi *float32, n, n8, blocks int, out *float32, ostride int)
+
+// weighSumAVX is weighSum's vector form for columns [0, n8), n8 a
+// positive multiple of 8.
+//
+//go:noescape
+func weighSumAVX(o *float32, n8 int, v *float32, stride int, a *float32, T int)

@@ -428,3 +428,68 @@ fold4x4Z:
 	JNZ block4x4Z
 	VZEROUPPER
 	RET
+
+// func weighSumAVX(o *float32, n8 int, v *float32, stride int, a *float32, T int)
+//
+// For i < n8 (a positive multiple of 8): o[i] = o[i] + a[t]·v[t*stride+i]
+// for t = 0..T-1 in order, each product and each sum rounded on its own
+// (VMULPS then VADDPS, as the Go loop in weighSum), sixteen columns at a
+// time in two independent chains, then eight.
+TEXT ·weighSumAVX(SB), NOSPLIT, $0-48
+	MOVQ o+0(FP), DI
+	MOVQ n8+8(FP), CX
+	MOVQ v+16(FP), SI
+	MOVQ stride+24(FP), BX
+	MOVQ a+32(FP), R8
+	MOVQ T+40(FP), R9
+	SHLQ $2, BX
+	SHLQ $2, R9
+	SHLQ $2, CX
+	LEAQ (DI)(CX*1), R11     // end of o
+ws16:
+	LEAQ 64(DI), R12
+	CMPQ R12, R11
+	JGT ws8
+	VMOVUPS (DI), Y0
+	VMOVUPS 32(DI), Y1
+	MOVQ SI, R10
+	XORQ AX, AX
+	CMPQ AX, R9
+	JGE ws16store
+ws16t:
+	VBROADCASTSS (R8)(AX*1), Y2
+	VMULPS (R10), Y2, Y3
+	VMULPS 32(R10), Y2, Y4
+	VADDPS Y3, Y0, Y0
+	VADDPS Y4, Y1, Y1
+	ADDQ BX, R10
+	ADDQ $4, AX
+	CMPQ AX, R9
+	JLT ws16t
+ws16store:
+	VMOVUPS Y0, (DI)
+	VMOVUPS Y1, 32(DI)
+	ADDQ $64, DI
+	ADDQ $64, SI
+	JMP ws16
+ws8:
+	CMPQ DI, R11
+	JGE wsdone
+	VMOVUPS (DI), Y0
+	MOVQ SI, R10
+	XORQ AX, AX
+	CMPQ AX, R9
+	JGE ws8store
+ws8t:
+	VBROADCASTSS (R8)(AX*1), Y2
+	VMULPS (R10), Y2, Y3
+	VADDPS Y3, Y0, Y0
+	ADDQ BX, R10
+	ADDQ $4, AX
+	CMPQ AX, R9
+	JLT ws8t
+ws8store:
+	VMOVUPS Y0, (DI)
+wsdone:
+	VZEROUPPER
+	RET

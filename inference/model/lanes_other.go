@@ -27,3 +27,7 @@ func gemv4x8Z(w, xi *float32, n, n8, blocks int, out *float32, ostride int) {
 func gemv4x4Z(w, xi *float32, n, n8, blocks int, out *float32, ostride int) {
 	panic("model: no vector kernels on this architecture")
 }
+
+func weighSumAVX(o *float32, n8 int, v *float32, stride int, a *float32, T int) {
+	panic("model: no vector kernels on this architecture")
+}

@@ -251,3 +251,31 @@ func TestZKernelsMatchPortableGo(t *testing.T) {
 		}
 	}
 }
+
+// TestWeighSumMatchesPortableGo checks attention's weighted sum of values
+// with the vector kernel against the Go loop bit for bit, for widths
+// around the 8- and 16-column edges, 0 to 70 positions and strides wider
+// than a row.
+func TestWeighSumMatchesPortableGo(t *testing.T) {
+	r := rand.New(rand.NewPCG(21, 22))
+	for _, n := range []int{1, 7, 8, 9, 16, 24, 40, 48, 50, 64} {
+		for _, T := range []int{0, 1, 2, 5, 33, 70} {
+			stride := n + r.IntN(3)*n
+			v := randSlice(r, max(T, 1)*stride)
+			a := randSlice(r, T)
+			o0 := randSlice(r, n)
+			vec, port := append([]float32(nil), o0...), append([]float32(nil), o0...)
+			weighSum(vec, v, stride, a)
+			withoutFMA(t, func() { weighSum(port, v, stride, a) })
+			for i := range vec {
+				want := o0[i]
+				for tt := range T {
+					want += float32(a[tt] * v[tt*stride+i])
+				}
+				if !sameBits(vec[i], port[i]) || !sameBits(port[i], want) {
+					t.Fatalf("n %d T %d stride %d: o[%d] vector %g, portable %g, by hand %g", n, T, stride, i, vec[i], port[i], want)
+				}
+			}
+		}
+	}
+}
