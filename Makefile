@@ -28,7 +28,7 @@ CGO_CMDS := $(filter tessera-device-plugin,$(CMDS))
 TOOL_BINS := $(TOOLS)/etcd $(TOOLS)/kube-apiserver $(TOOLS)/kube-controller-manager \
 	$(TOOLS)/kube-scheduler $(TOOLS)/kubelet $(TOOLS)/kwok $(TOOLS)/kubectl $(TOOLS)/helm \
 	$(TOOLS)/kueue \
-	$(TOOLS)/lws
+	$(TOOLS)/lws $(TOOLS)/prometheus $(TOOLS)/prometheus-adapter
 
 .PHONY: all build tools lint bench test test-unit test-repeat test-fuzz test-e2e reliability cluster-up cluster-down demo demo-model install manifests clean
 
@@ -82,6 +82,18 @@ $(TOOLS)/lws: hack/tools/lws/go.mod hack/tools/lws/go.sum
 	  cp $$dir/config/webhook/manifests.yaml $(TOOLS)/lws-config/webhook.yaml && \
 	  cp $$dir/config/rbac/role.yaml $(TOOLS)/lws-config/role.yaml && \
 	  chmod -R u+w $(TOOLS)/lws-config
+# The custom metrics pipeline of the local cluster's autoscaling (docs/autoscaling.md):
+# Prometheus and prometheus-adapter, each from its own module. Prometheus with
+# its supported build tags that keep only Kubernetes service discovery (the
+# other providers more than double its build time).
+$(TOOLS)/prometheus: hack/tools/prometheus/go.mod hack/tools/prometheus/go.sum
+	@mkdir -p $(TOOLS)
+	@echo ">> building prometheus"
+	cd hack/tools/prometheus && $(GO) build -tags remove_all_sd,enable_kubernetes_sd -ldflags "-s -w" -o $(abspath $(TOOLS))/prometheus github.com/prometheus/prometheus/cmd/prometheus
+$(TOOLS)/prometheus-adapter: hack/tools/prometheus-adapter/go.mod hack/tools/prometheus-adapter/go.sum
+	@mkdir -p $(TOOLS)
+	@echo ">> building prometheus-adapter"
+	cd hack/tools/prometheus-adapter && $(GO) build -ldflags "-s -w" -o $(abspath $(TOOLS))/prometheus-adapter sigs.k8s.io/prometheus-adapter/cmd/adapter
 $(TOOLS)/%: go.mod go.sum
 	@mkdir -p $(TOOLS)
 	@echo ">> building $*"

@@ -28,6 +28,9 @@ var identities = []struct {
 	{"kwok", "kwok-controller", []string{"system:masters"}},
 	// The LeaderWorkerSet controller, bound to its release's ClusterRole.
 	{lwsIdentity, "lws-controller-manager", nil},
+	// The custom metrics pipeline (metrics.go).
+	{prometheusID, "prometheus", nil},
+	{metricsAdapterID, "prometheus-adapter", nil},
 	// node is filled in with the real node's name: the Node authorizer
 	// confines the kubelet to its own node's objects.
 	{"node", "", []string{"system:nodes"}},
@@ -71,6 +74,15 @@ func (c *Cluster) makePKI(context.Context) error {
 	if err := p.issue(loopbackServing, "127.0.0.1", nil, []string{"127.0.0.1", "localhost"}, x509.ExtKeyUsageServerAuth); err != nil {
 		return err
 	}
+	// The API server's aggregation layer: its client certificate towards
+	// extension API servers (the custom metrics adapter), and that
+	// adapter's serving certificate for the name the aggregator checks.
+	if err := p.issue(frontProxyClient, frontProxyClient, nil, nil, x509.ExtKeyUsageClientAuth); err != nil {
+		return err
+	}
+	if err := p.issue(adapterServing, adapterServiceDNS, nil, []string{adapterServiceDNS, "127.0.0.1", "localhost"}, x509.ExtKeyUsageServerAuth); err != nil {
+		return err
+	}
 	if err := p.serviceAccountKey(); err != nil {
 		return err
 	}
@@ -102,7 +114,7 @@ func (c *Cluster) makePKI(context.Context) error {
 	if err := os.WriteFile(filepath.Join(c.Dir, "access.json"), b, 0o600); err != nil {
 		return err
 	}
-	for _, id := range []string{"admin", "kube-controller-manager", "kube-scheduler", "kwok", "node", lwsIdentity} {
+	for _, id := range []string{"admin", "kube-controller-manager", "kube-scheduler", "kwok", "node", lwsIdentity, prometheusID, metricsAdapterID} {
 		name := id + ".kubeconfig"
 		if id == "admin" {
 			name = "kubeconfig"
@@ -204,6 +216,15 @@ func (c *Cluster) startAPIServer(ctx context.Context) error {
 		// Service IPs are only allocated, never routed: there is no
 		// kube-proxy, and pods reach the apiserver on loopback.
 		"--service-cluster-ip-range", "10.96.0.0/16",
+		// Aggregation (custom.metrics.k8s.io): the front proxy's client
+		// certificate and the CA and headers extension servers trust.
+		"--proxy-client-cert-file", pki(frontProxyClient + ".crt"),
+		"--proxy-client-key-file", pki(frontProxyClient + ".key"),
+		"--requestheader-client-ca-file", pki("ca.crt"),
+		"--requestheader-allowed-names", frontProxyClient,
+		"--requestheader-username-headers", "X-Remote-User",
+		"--requestheader-group-headers", "X-Remote-Group",
+		"--requestheader-extra-headers-prefix", "X-Remote-Extra-",
 		"--kubelet-client-certificate", pki("apiserver-kubelet-client.crt"),
 		"--kubelet-client-key", pki("apiserver-kubelet-client.key"),
 		"--kubelet-preferred-address-types", "InternalIP",
@@ -235,6 +256,8 @@ func (c *Cluster) startControllerManager(ctx context.Context) error {
 		"--bind-address", "127.0.0.1",
 		"--secure-port", "0",
 		"--feature-gates", "GenericWorkload=true",
+		// The autoscaling tests react to a load step in seconds (default 15 s).
+		"--horizontal-pod-autoscaler-sync-period", "5s",
 		"--kube-api-qps", "200",
 		"--kube-api-burst", "400",
 		"--v", "1",

@@ -14,6 +14,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/tessera-gpu/tessera/api"
@@ -207,31 +208,13 @@ func TestLeaderWorkerSet(t *testing.T) {
 		if err := env.client.CoreV1().Pods(ns).Delete(ctx, victim, metav1.DeleteOptions{}); err != nil {
 			t.Fatalf("killing rank %s: %v", victim, err)
 		}
-		// One gang's binds are separate API writes, issued together once
-		// the barrier opens: a sample can fall between them. A partial
-		// placement is one that lasts: the same group partly bound in
-		// every sample for a second.
-		var partialSeen []string
-		partialSince := map[string]time.Time{}
+		watch := newPartialWatch()
 		var last string
 		err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 90*time.Second, true, func(ctx context.Context) (bool, error) {
 			gs := lwsGroups(t, ctx, ns, name)
 			whole, partial, pending := lwsState(t, ctx, ns, name, size)
-			now := time.Now()
-			seen := map[string]bool{}
-			for _, p := range partial {
-				g, _, _ := strings.Cut(p, ":")
-				seen[g] = true
-				if since, ok := partialSince[g]; !ok {
-					partialSince[g] = now
-				} else if now.Sub(since) >= time.Second && name == "tp4" {
-					partialSeen = append(partialSeen, p)
-				}
-			}
-			for g := range partialSince {
-				if !seen[g] {
-					delete(partialSince, g)
-				}
+			if name == "tp4" {
+				watch.sample(partial)
 			}
 			last = fmt.Sprintf("%d whole, %d pending, partial: %s", whole, pending, strings.Join(partial, "; "))
 			ps := gs["0"]
@@ -240,8 +223,8 @@ func TestLeaderWorkerSet(t *testing.T) {
 		if err != nil {
 			t.Fatalf("LWS %s: group 0 not re-created whole in 90s after killing %s: %s\n%s", name, victim, last, describeLWSPods(t, ctx, ns, name))
 		}
-		if len(partialSeen) > 0 {
-			t.Errorf("LWS %s: partly bound group seen while it was re-created: %v", name, partialSeen)
+		if len(watch.lasting) > 0 {
+			t.Errorf("LWS %s: partly bound group seen while it was re-created: %v", name, watch.lasting)
 		}
 		clique, _ := checkGang(t, ctx, name+"/0", lwsGroups(t, ctx, ns, name)["0"], slicesPerRank, map[string]string{})
 		if want := cliqueOfGroup[name+"/0"]; clique != want {
@@ -252,8 +235,58 @@ func TestLeaderWorkerSet(t *testing.T) {
 	waitNoLeak(t, ctx)
 
 	t.Logf("after rank kills: %s", time.Since(t0).Round(10*time.Millisecond))
+
+	// Rolling update with maxSurge 1, maxUnavailable 0: a new template
+	// (the model's version) rolls group by group; every new group is
+	// placed whole, and at every sample at least replicas groups are
+	// whole and ready, as the LWS promises.
+	{
+		const name = "roll"
+		obj := lwsObject(ns, name, replicas, size, slicesPerRank, false, "v1")
+		if err := unstructured.SetNestedMap(obj.Object, map[string]any{"type": "RollingUpdate",
+			"rollingUpdateConfiguration": map[string]any{"maxSurge": int64(1), "maxUnavailable": int64(0)}}, "spec", "rolloutStrategy"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := env.dyn.Resource(lwsGVR).Namespace(ns).Create(ctx, obj, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		waitLWSReady(t, ctx, ns, name, replicas, size, "v1", 90*time.Second)
+		patch := []byte(`{"spec":{"leaderWorkerTemplate":{"leaderTemplate":{"metadata":{"labels":{"model-version":"v2"}}},"workerTemplate":{"metadata":{"labels":{"model-version":"v2"}}}}}}`)
+		start := time.Now()
+		if _, err := env.dyn.Resource(lwsGVR).Namespace(ns).Patch(ctx, name, types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		watch := newPartialWatch()
+		minReady, samples := replicas, 0
+		var last string
+		err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 3*time.Minute, true, func(ctx context.Context) (bool, error) {
+			_, partial, _ := lwsState(t, ctx, ns, name, size)
+			watch.sample(partial)
+			ready := readyGroups(lwsGroups(t, ctx, ns, name), size)
+			samples++
+			minReady = min(minReady, ready[""])
+			last = fmt.Sprintf("ready whole groups by version: %v; partial: %s", ready, strings.Join(partial, "; "))
+			return ready["v2"] == replicas && ready[""] == replicas, nil
+		})
+		if err != nil {
+			t.Fatalf("rolling update not done in 3m: %s\n%s", last, describeLWSPods(t, ctx, ns, name))
+		}
+		if minReady < replicas {
+			t.Errorf("rolling update: only %d whole ready groups at one sample, the LWS promises %d (maxUnavailable 0)", minReady, replicas)
+		}
+		if len(watch.lasting) > 0 {
+			t.Errorf("rolling update: partly bound groups: %v", watch.lasting)
+		}
+		for g, ps := range lwsGroups(t, ctx, ns, name) {
+			if _, aligned := checkGang(t, ctx, name+"/"+g, ps, slicesPerRank, map[string]string{}); !aligned {
+				t.Errorf("rolled group %s spans cliques", g)
+			}
+		}
+		t.Logf("rolling update of %d groups × %d ranks: %s, %d samples, at least %d whole ready groups at each", replicas, size, time.Since(start).Round(10*time.Millisecond), samples, minReady)
+	}
+	waitNoLeak(t, ctx)
 	// Deleting an LWS leaves no pod, reservation or slice behind.
-	for _, name := range []string{"tp4", "tp4-excl", "llama-lws"} {
+	for _, name := range []string{"tp4", "tp4-excl", "llama-lws", "roll"} {
 		if err := env.dyn.Resource(lwsGVR).Namespace(ns).Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
 			t.Fatal(err)
 		}
@@ -267,6 +300,80 @@ func TestLeaderWorkerSet(t *testing.T) {
 	}
 	t.Logf("pods gone: %s", time.Since(t0).Round(10*time.Millisecond))
 	waitNoLeak(t, ctx)
+}
+
+// partialWatch finds lasting partial placements in a series of samples.
+// One gang's binds are separate API writes, issued together once the
+// barrier opens, so a sample can fall between them; a partial placement is
+// one that lasts: the same group partly bound in every sample for a second.
+type partialWatch struct {
+	since   map[string]time.Time
+	lasting []string
+}
+
+func newPartialWatch() *partialWatch { return &partialWatch{since: map[string]time.Time{}} }
+
+// sample takes one lwsState partial list.
+func (w *partialWatch) sample(partial []string) {
+	now := time.Now()
+	seen := map[string]bool{}
+	for _, p := range partial {
+		g, _, _ := strings.Cut(p, ":")
+		seen[g] = true
+		if since, ok := w.since[g]; !ok {
+			w.since[g] = now
+		} else if now.Sub(since) >= time.Second {
+			w.lasting = append(w.lasting, p)
+		}
+	}
+	for g := range w.since {
+		if !seen[g] {
+			delete(w.since, g)
+		}
+	}
+}
+
+// readyGroups counts the groups whose size ranks are all bound and Ready,
+// by the model-version label of their leader, and in all under "".
+func readyGroups(groups map[string][]*v1.Pod, size int) map[string]int {
+	out := map[string]int{"": 0}
+	for _, ps := range groups {
+		if len(ps) != size {
+			continue
+		}
+		ok := true
+		for _, p := range ps {
+			ok = ok && p.Spec.NodeName != "" && podReady(p) && p.Labels["model-version"] == ps[0].Labels["model-version"]
+		}
+		if ok {
+			out[ps[0].Labels["model-version"]]++
+			out[""]++
+		}
+	}
+	return out
+}
+
+func podReady(p *v1.Pod) bool {
+	for _, c := range p.Status.Conditions {
+		if c.Type == v1.PodReady {
+			return c.Status == v1.ConditionTrue
+		}
+	}
+	return false
+}
+
+// waitLWSReady waits until LWS name has replicas whole, ready groups of
+// version.
+func waitLWSReady(t testing.TB, ctx context.Context, ns, name string, replicas, size int, version string, timeout time.Duration) {
+	t.Helper()
+	var last map[string]int
+	err := wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
+		last = readyGroups(lwsGroups(t, ctx, ns, name), size)
+		return last[version] == replicas, nil
+	})
+	if err != nil {
+		t.Fatalf("LWS %s: %d ready groups of %s wanted, have %v after %s\n%s", name, replicas, version, last, timeout, describeLWSPods(t, ctx, ns, name))
+	}
 }
 
 // waitLWSWhole waits until LWS name has replicas groups of size ranks, each
