@@ -1,0 +1,429 @@
+package e2e
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/util/wait"
+
+	"github.com/tessera-gpu/tessera/api"
+	"github.com/tessera-gpu/tessera/e2e/cluster"
+	"github.com/tessera-gpu/tessera/e2e/scenario"
+)
+
+var lwsResource = schema.GroupVersionResource{Group: "leaderworkerset.x-k8s.io", Version: "v1", Resource: "leaderworkersets"}
+
+// LWS labels on the pods it creates.
+const (
+	lwsName        = "leaderworkerset.sigs.k8s.io/name"
+	lwsGroupIndex  = "leaderworkerset.sigs.k8s.io/group-index"
+	lwsWorkerIndex = "leaderworkerset.sigs.k8s.io/worker-index"
+	// portPrefixAnnotation tells the local cluster's Prometheus how a
+	// shard server on hostNetwork numbers its port (below).
+	portPrefixAnnotation = "tessera.dev/e2e-port-prefix"
+)
+
+var (
+	lwsStarted     sync.Once
+	lwsErr         error
+	metricsStarted sync.Once
+	metricsErr     error
+	promURL        string
+)
+
+func ensureLWS(t *testing.T) {
+	t.Helper()
+	lwsStarted.Do(func() { lwsErr = testCluster.StartLeaderWorkerSet(context.Background()) })
+	if lwsErr != nil {
+		t.Fatalf("starting the LeaderWorkerSet controller: %v", lwsErr)
+	}
+}
+
+// localScrapeConfig scrapes every shard server the autoscaling test runs:
+// they use hostNetwork on the one real node, so each needs a port of its
+// own, and a rank of group g, worker w listens on <prefix><g><w> (the
+// container's args build it from the group-index label and LWS's worker
+// index; Prometheus rebuilds it from the same labels). On a real cluster
+// pods have their own IPs and the usual pod-IP:containerPort target does
+// (docs/autoscaling.md).
+const localScrapeConfig = `- job_name: tessera-shard-servers
+  kubernetes_sd_configs:
+  - role: pod
+    kubeconfig_file: {{KUBECONFIG}}
+  relabel_configs:
+  - source_labels: [__meta_kubernetes_pod_annotation_tessera_dev_e2e_port_prefix]
+    regex: .+
+    action: keep
+  - source_labels: [__meta_kubernetes_pod_phase]
+    regex: Running
+    action: keep
+  - source_labels: [__meta_kubernetes_pod_annotation_tessera_dev_e2e_port_prefix, __meta_kubernetes_pod_label_leaderworkerset_sigs_k8s_io_group_index, __meta_kubernetes_pod_label_leaderworkerset_sigs_k8s_io_worker_index]
+    regex: (\d+);(\d);(\d)
+    replacement: 127.0.0.1:${1}${2}${3}
+    target_label: __address__
+  - source_labels: [__meta_kubernetes_namespace]
+    target_label: namespace
+  - source_labels: [__meta_kubernetes_pod_name]
+    target_label: pod
+`
+
+// adapterRules is the prometheus-adapter rule that turns a shard server's
+// load into a pods metric: requests in flight = sequences being generated
+// plus requests queued for a KV-cache slot. The same rule is in
+// docs/autoscaling.md for real clusters.
+const adapterRules = `rules:
+- seriesQuery: 'tessera_inference_running_sequences{namespace!="",pod!=""}'
+  resources:
+    overrides:
+      namespace: {resource: namespace}
+      pod: {resource: pod}
+  name:
+    matches: ^tessera_inference_running_sequences$
+    as: tessera_inference_requests_in_flight
+  metricsQuery: 'sum(tessera_inference_running_sequences{<<.LabelMatchers>>} + tessera_inference_queued_requests{<<.LabelMatchers>>}) by (<<.GroupBy>>)'
+`
+
+func ensureMetrics(t *testing.T) string {
+	t.Helper()
+	metricsStarted.Do(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+		defer cancel()
+		promURL, metricsErr = testCluster.StartMetricsPipeline(ctx, cluster.MetricsPipeline{ScrapeConfigs: localScrapeConfig, AdapterRules: adapterRules})
+	})
+	if metricsErr != nil {
+		t.Fatalf("starting Prometheus and prometheus-adapter: %v", metricsErr)
+	}
+	return promURL
+}
+
+// portPrefix finds a three-digit prefix p whose ports p00..(p+1)99 are all
+// free on loopback, below the ephemeral range: p for HTTP, p+1 for the
+// collectives.
+func portPrefix(t *testing.T) int {
+	t.Helper()
+	for p := 200; p < 320; p++ {
+		free := true
+		for i := 0; i < 200 && free; i++ {
+			l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p*100+i))
+			if err != nil {
+				free = false
+				continue
+			}
+			l.Close()
+		}
+		if free {
+			return p
+		}
+	}
+	t.Fatal("no free block of 200 ports between 20000 and 32100")
+	return 0
+}
+
+// shardServerLWS is a LeaderWorkerSet of 2-rank shard-server groups on the
+// real node. Ports: rank w of group g serves HTTP on <http><g><w> and
+// group g's collective on <coll><g>0, built by the kubelet from the
+// group-index label (downward API) and LWS's LWS_WORKER_INDEX; the ranks
+// find each other on loopback, not through LWS_LEADER_ADDRESS (the local
+// cluster has no DNS).
+func shardServerLWS(ns, name string, httpPrefix, collPrefix int) *unstructured.Unstructured {
+	podTemplate := func() map[string]any {
+		return map[string]any{
+			"metadata": map[string]any{"annotations": map[string]any{portPrefixAnnotation: fmt.Sprint(httpPrefix)}},
+			"spec": map[string]any{
+				"schedulerName": api.SchedulerName,
+				"hostNetwork":   true,
+				"nodeSelector":  map[string]any{scenario.RealNodeLabel: "true"},
+				"containers": []any{map[string]any{
+					"name": "shard", "image": scenario.ShardServerImage, "imagePullPolicy": "Never",
+					"env": []any{map[string]any{"name": "GROUP_INDEX", "valueFrom": map[string]any{
+						"fieldRef": map[string]any{"fieldPath": "metadata.labels['" + lwsGroupIndex + "']"}}}},
+					"args": []any{
+						"--rank", "$(LWS_WORKER_INDEX)", "--world-size", "$(LWS_GROUP_SIZE)",
+						"--model", "tiny",
+						"--listen", fmt.Sprintf("127.0.0.1:%d$(GROUP_INDEX)$(LWS_WORKER_INDEX)", httpPrefix),
+						"--collective-port", fmt.Sprintf("%d$(GROUP_INDEX)0", collPrefix),
+						"--collective-listen", fmt.Sprintf("127.0.0.1:%d$(GROUP_INDEX)0", collPrefix),
+						"--leader-addr", fmt.Sprintf("127.0.0.1:%d$(GROUP_INDEX)0", collPrefix),
+						// Ranks share two CPU cores here: sleep, do not spin.
+						"--collective-busy-poll", "0",
+					},
+					"resources": map[string]any{"limits": map[string]any{api.ResourceName: "2"}},
+				}},
+			},
+		}
+	}
+	return &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "leaderworkerset.x-k8s.io/v1", "kind": "LeaderWorkerSet",
+		"metadata": map[string]any{"name": name, "namespace": ns},
+		"spec": map[string]any{
+			"replicas": int64(1),
+			"leaderWorkerTemplate": map[string]any{
+				"size": int64(2), "leaderTemplate": podTemplate(), "workerTemplate": podTemplate(),
+			},
+		},
+	}}
+}
+
+// groupURL is group g's leader on loopback.
+func groupURL(httpPrefix, g int) string {
+	return fmt.Sprintf("http://127.0.0.1:%d%d0", httpPrefix, g)
+}
+
+// lwsGroupPods lists the live pods of LWS name by group index.
+func lwsGroupPods(ctx context.Context, e *scenario.Env, ns, name string) (map[string][]corev1.Pod, error) {
+	list, err := e.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: lwsName + "=" + name})
+	if err != nil {
+		return nil, err
+	}
+	out := map[string][]corev1.Pod{}
+	for _, p := range list.Items {
+		if p.DeletionTimestamp != nil || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
+			continue
+		}
+		out[p.Labels[lwsGroupIndex]] = append(out[p.Labels[lwsGroupIndex]], p)
+	}
+	return out, nil
+}
+
+// TestLeaderWorkerSetAutoscaling runs real shard-server groups from the
+// real LWS controller on the real node, an HPA (autoscaling/v2) on the LWS
+// fed by the shard servers' requests in flight through Prometheus and
+// prometheus-adapter (both real, from the Go module proxy), and a load
+// step: the HPA adds a group, Tessera places it whole and it serves; the
+// load stops and the HPA removes a whole group; no group is ever partly
+// bound and no slice is left held.
+func TestLeaderWorkerSetAutoscaling(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
+	defer cancel()
+	e := env(t)
+	ensureLWS(t)
+	prom := ensureMetrics(t)
+	ns := createNamespace(ctx, t, "autoscale")
+	defer freeRealNode(t, e, ns)
+	defer func() {
+		_ = e.Dynamic.Resource(lwsResource).Namespace(ns).Delete(context.Background(), "chat", metav1.DeleteOptions{})
+	}()
+	httpPrefix := portPrefix(t)
+	collPrefix := httpPrefix + 1
+	if _, err := e.Dynamic.Resource(lwsResource).Namespace(ns).Create(ctx, shardServerLWS(ns, "chat", httpPrefix, collPrefix), metav1.CreateOptions{}); err != nil {
+		t.Fatalf("creating the LeaderWorkerSet: %v", err)
+	}
+	hpa := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+		"metadata": map[string]any{"name": "chat", "namespace": ns},
+		"spec": map[string]any{
+			"scaleTargetRef": map[string]any{"apiVersion": "leaderworkerset.x-k8s.io/v1", "kind": "LeaderWorkerSet", "name": "chat"},
+			"minReplicas":    int64(1), "maxReplicas": int64(2),
+			"metrics": []any{map[string]any{"type": "Pods", "pods": map[string]any{
+				"metric": map[string]any{"name": "tessera_inference_requests_in_flight"},
+				"target": map[string]any{"type": "AverageValue", "averageValue": "1500m"},
+			}}},
+			// Scale in as soon as the load is gone (the default waits 5 min).
+			"behavior": map[string]any{"scaleDown": map[string]any{"stabilizationWindowSeconds": int64(0)}},
+		},
+	}}
+	hpaRes := schema.GroupVersionResource{Group: "autoscaling", Version: "v2", Resource: "horizontalpodautoscalers"}
+	if _, err := e.Dynamic.Resource(hpaRes).Namespace(ns).Create(ctx, hpa, metav1.CreateOptions{}); err != nil {
+		t.Fatalf("creating the HPA: %v", err)
+	}
+
+	// Sampler: every 200 ms, no group may stay partly bound for a second.
+	var samples atomic.Int64
+	var partialMu sync.Mutex
+	var partialSeen []string
+	since := map[string]time.Time{}
+	sampleCtx, stopSampling := context.WithCancel(ctx)
+	var sampler sync.WaitGroup
+	sampler.Add(1)
+	go func() {
+		defer sampler.Done()
+		_ = wait.PollUntilContextCancel(sampleCtx, 200*time.Millisecond, true, func(ctx context.Context) (bool, error) {
+			groups, err := lwsGroupPods(ctx, e, ns, "chat")
+			if err != nil {
+				return false, nil
+			}
+			samples.Add(1)
+			now := time.Now()
+			partialMu.Lock()
+			defer partialMu.Unlock()
+			for g, ps := range groups {
+				bound := 0
+				for _, p := range ps {
+					if p.Spec.NodeName != "" {
+						bound++
+					}
+				}
+				if bound > 0 && bound < len(ps) {
+					if s, ok := since[g]; !ok {
+						since[g] = now
+					} else if now.Sub(s) >= time.Second {
+						partialSeen = append(partialSeen, fmt.Sprintf("group %s: %d of %d bound", g, bound, len(ps)))
+					}
+				} else {
+					delete(since, g)
+				}
+			}
+			return false, nil
+		})
+	}()
+	defer func() {
+		stopSampling()
+		sampler.Wait()
+	}()
+
+	// Group 0 serves.
+	if err := waitServing(ctx, groupURL(httpPrefix, 0), 3*time.Minute); err != nil {
+		t.Fatalf("group 0 does not serve: %v", err)
+	}
+	t.Logf("group 0 serving")
+
+	// Load step: 4 clients keep streaming completions to group 0.
+	loadStart := time.Now()
+	loadCtx, stopLoad := context.WithCancel(ctx)
+	var load sync.WaitGroup
+	var served, failed atomic.Int64
+	for i := 0; i < 4; i++ {
+		load.Add(1)
+		go func() {
+			defer load.Done()
+			for n := 0; n < 2000 && loadCtx.Err() == nil; n++ { // bounded in count and, by loadCtx, in time
+				if _, err := scenario.Complete(loadCtx, groupURL(httpPrefix, 0), "Tessera scales", 48); err != nil {
+					if loadCtx.Err() == nil {
+						failed.Add(1)
+					}
+					continue
+				}
+				served.Add(1)
+			}
+		}()
+	}
+	// The HPA adds a group; Tessera places it whole; it serves.
+	err := waitServing(ctx, groupURL(httpPrefix, 1), 4*time.Minute)
+	scaleOut := time.Since(loadStart)
+	stopLoad()
+	load.Wait()
+	if err != nil {
+		t.Fatalf("no second group serving 4 min after the load step: %v\n%s", err, hpaStatus(ctx, e, ns))
+	}
+	t.Logf("load step → second group serving: %s (%d requests served, %d failed during the load)\n%s", scaleOut.Round(100*time.Millisecond), served.Load(), failed.Load(), hpaStatus(ctx, e, ns))
+	if failed.Load() > 0 {
+		t.Errorf("%d requests failed during the load step", failed.Load())
+	}
+	groups, err := lwsGroupPods(ctx, e, ns, "chat")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(groups) != 2 {
+		t.Errorf("%d groups after scale-out, want 2", len(groups))
+	}
+	for g, ps := range groups {
+		gpus := map[string]string{}
+		for _, p := range ps {
+			ids, err := scenario.Slices(&p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, gpu := range api.GPUsOf(ids) {
+				if other, ok := gpus[gpu]; ok {
+					t.Errorf("group %s: ranks %s and %s share GPU %s", g, other, p.Name, gpu)
+				}
+				gpus[gpu] = p.Name
+			}
+		}
+	}
+
+	// Load gone: the HPA removes a whole group.
+	scaleInStart := time.Now()
+	err = wait.PollUntilContextTimeout(ctx, time.Second, 3*time.Minute, true, func(ctx context.Context) (bool, error) {
+		groups, err := lwsGroupPods(ctx, e, ns, "chat")
+		if err != nil {
+			return false, nil
+		}
+		return len(groups) == 1 && len(groups["0"]) == 2, nil
+	})
+	if err != nil {
+		t.Fatalf("no scale-in to 1 group 3 min after the load stopped\n%s", hpaStatus(ctx, e, ns))
+	}
+	t.Logf("load stopped → back to 1 group: %s", time.Since(scaleInStart).Round(100*time.Millisecond))
+	if err := waitServing(ctx, groupURL(httpPrefix, 0), time.Minute); err != nil {
+		t.Errorf("group 0 no longer serves after scale-in: %v", err)
+	}
+	// No slice held for the removed group: the real node's slices in use
+	// are exactly group 0's 2 ranks × 2 slices.
+	err = wait.PollUntilContextTimeout(ctx, time.Second, time.Minute, true, func(ctx context.Context) (bool, error) {
+		n, err := realNodeSlicesInUse(ctx, e)
+		return err == nil && n == 4, nil
+	})
+	if err != nil {
+		n, _ := realNodeSlicesInUse(ctx, e)
+		t.Errorf("real node has %d slices in use after scale-in, want 4 (group 0 only)", n)
+	}
+	stopSampling()
+	sampler.Wait()
+	partialMu.Lock()
+	defer partialMu.Unlock()
+	if len(partialSeen) > 0 {
+		t.Errorf("partly bound groups: %v", partialSeen)
+	}
+	t.Logf("%d samples, %d partial groups; Prometheus at %s", samples.Load(), len(partialSeen), prom)
+}
+
+// waitServing waits until url answers a completion.
+func waitServing(ctx context.Context, url string, timeout time.Duration) error {
+	var last error
+	err := wait.PollUntilContextTimeout(ctx, time.Second, timeout, true, func(ctx context.Context) (bool, error) {
+		rctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+		defer cancel()
+		_, last = scenario.Complete(rctx, url, "ready?", 4)
+		return last == nil, nil
+	})
+	if err != nil {
+		return fmt.Errorf("%w (last: %v)", err, last)
+	}
+	return nil
+}
+
+// hpaStatus renders the HPAs of ns for a failure message.
+func hpaStatus(ctx context.Context, e *scenario.Env, ns string) string {
+	list, err := e.Dynamic.Resource(schema.GroupVersionResource{Group: "autoscaling", Version: "v2", Resource: "horizontalpodautoscalers"}).Namespace(ns).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return err.Error()
+	}
+	var b strings.Builder
+	for _, h := range list.Items {
+		st, _ := json.Marshal(h.Object["status"])
+		fmt.Fprintf(&b, "HPA %s status: %s\n", h.GetName(), st)
+	}
+	return b.String()
+}
+
+// realNodeSlicesInUse sums the slices assigned to live pods on the real node.
+func realNodeSlicesInUse(ctx context.Context, e *scenario.Env) (int, error) {
+	list, err := e.Client.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, p := range list.Items {
+		if p.Spec.NodeName != testCluster.RealNodeName || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
+			continue
+		}
+		ids, err := scenario.Slices(&p)
+		if err != nil || len(ids) == 0 {
+			continue
+		}
+		n += len(ids)
+	}
+	return n, nil
+}
