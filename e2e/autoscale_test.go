@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net"
+	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -15,6 +16,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/tessera-gpu/tessera/api"
@@ -159,6 +161,17 @@ func shardServerLWS(ns, name string, httpPrefix, collPrefix int) *unstructured.U
 						"--collective-busy-poll", "0",
 					},
 					"resources": map[string]any{"limits": map[string]any{api.ResourceName: "2"}},
+					// Rank 0 turns unready while a rank is missing (and
+					// every rank until the group formed): the probe is the
+					// server's own /readyz, through its probe subcommand
+					// since the port is not fixed in the template.
+					"readinessProbe": map[string]any{
+						"exec": map[string]any{"command": []any{"/tessera-shard-server", "probe",
+							fmt.Sprintf("http://127.0.0.1:%d${GROUP_INDEX}${LWS_WORKER_INDEX}/readyz", httpPrefix)}},
+						// Two misses, not one: on this 2-core machine a busy
+						// moment can delay one probe.
+						"periodSeconds": int64(1), "failureThreshold": int64(2), "timeoutSeconds": int64(5),
+					},
 				}},
 			},
 		}
@@ -168,6 +181,8 @@ func shardServerLWS(ns, name string, httpPrefix, collPrefix int) *unstructured.U
 		"metadata": map[string]any{"name": name, "namespace": ns},
 		"spec": map[string]any{
 			"replicas": int64(1),
+			"rolloutStrategy": map[string]any{"type": "RollingUpdate",
+				"rollingUpdateConfiguration": map[string]any{"maxSurge": int64(1), "maxUnavailable": int64(0)}},
 			"leaderWorkerTemplate": map[string]any{
 				"size": int64(2), "leaderTemplate": podTemplate(), "workerTemplate": podTemplate(),
 			},
@@ -288,37 +303,36 @@ func TestLeaderWorkerSetAutoscaling(t *testing.T) {
 	}
 	t.Logf("group 0 serving")
 
-	// Load step: 4 clients keep streaming completions to group 0.
+	// Load: 3 clients keep sending completions through a balancer that
+	// does what a Service does: round robin over the leaders that are
+	// Ready and not terminating (refreshed every 300 ms, like endpoints).
+	lb := newLeaderBalancer(e, ns, "chat", httpPrefix)
+	lbCtx, stopLB := context.WithCancel(ctx)
+	defer stopLB()
+	go lb.run(lbCtx)
 	loadStart := time.Now()
 	loadCtx, stopLoad := context.WithCancel(ctx)
+	defer stopLoad()
 	var load sync.WaitGroup
-	var served, failed atomic.Int64
-	for i := 0; i < 4; i++ {
+	for i := 0; i < 3; i++ {
 		load.Add(1)
 		go func() {
 			defer load.Done()
-			for n := 0; n < 2000 && loadCtx.Err() == nil; n++ { // bounded in count and, by loadCtx, in time
-				if _, err := scenario.Complete(loadCtx, groupURL(httpPrefix, 0), "Tessera scales", 48); err != nil {
-					if loadCtx.Err() == nil {
-						failed.Add(1)
-					}
-					continue
-				}
-				served.Add(1)
+			for n := 0; n < 20000 && loadCtx.Err() == nil; n++ { // bounded in count and, by loadCtx, in time
+				lb.request(loadCtx)
 			}
 		}()
 	}
 	// The HPA adds a group; Tessera places it whole; it serves.
 	err := waitServing(ctx, groupURL(httpPrefix, 1), 4*time.Minute)
 	scaleOut := time.Since(loadStart)
-	stopLoad()
-	load.Wait()
 	if err != nil {
 		t.Fatalf("no second group serving 4 min after the load step: %v\n%s", err, hpaStatus(ctx, e, ns))
 	}
-	t.Logf("load step → second group serving: %s (%d requests served, %d failed during the load)\n%s", scaleOut.Round(100*time.Millisecond), served.Load(), failed.Load(), hpaStatus(ctx, e, ns))
-	if failed.Load() > 0 {
-		t.Errorf("%d requests failed during the load step", failed.Load())
+	served, failed := lb.counts()
+	t.Logf("load step → second group serving: %s (%d requests served, %d failed)\n%s", scaleOut.Round(100*time.Millisecond), served, failed, hpaStatus(ctx, e, ns))
+	if failed > 0 {
+		t.Errorf("%d requests failed before the second group came", failed)
 	}
 	groups, err := lwsGroupPods(ctx, e, ns, "chat")
 	if err != nil {
@@ -327,21 +341,109 @@ func TestLeaderWorkerSetAutoscaling(t *testing.T) {
 	if len(groups) != 2 {
 		t.Errorf("%d groups after scale-out, want 2", len(groups))
 	}
-	for g, ps := range groups {
-		gpus := map[string]string{}
-		for _, p := range ps {
-			ids, err := scenario.Slices(&p)
-			if err != nil {
-				t.Fatal(err)
-			}
-			for _, gpu := range api.GPUsOf(ids) {
-				if other, ok := gpus[gpu]; ok {
-					t.Errorf("group %s: ranks %s and %s share GPU %s", g, other, p.Name, gpu)
-				}
-				gpus[gpu] = p.Name
+	checkGroupGPUs(t, groups)
+	waitReadyLeaders(ctx, t, lb, 2)
+
+	// Rank kill: group 1's worker dies. LWS re-creates the group
+	// (RecreateGroupOnPodRestart), Tessera places it whole again; the
+	// balancer stops sending to group 1 while it is unready.
+	servedBefore, failedBefore := lb.counts()
+	killStart := time.Now()
+	if err := e.Client.CoreV1().Pods(ns).Delete(ctx, "chat-1-1", metav1.DeleteOptions{}); err != nil {
+		t.Fatalf("killing group 1's worker: %v", err)
+	}
+	err = wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 3*time.Minute, true, func(ctx context.Context) (bool, error) {
+		groups, err := lwsGroupPods(ctx, e, ns, "chat")
+		if err != nil || len(groups["1"]) != 2 {
+			return false, nil
+		}
+		for _, p := range groups["1"] {
+			if p.CreationTimestamp.Time.Before(killStart.Add(-time.Second)) || !scenario.Ready(&p) {
+				return false, nil
 			}
 		}
+		return true, nil
+	})
+	if err != nil {
+		t.Fatalf("group 1 not re-created and ready 3 min after its worker was killed")
 	}
+	killRecovery := time.Since(killStart)
+	served, failed = lb.counts()
+	t.Logf("rank kill → group re-created and ready: %s; during the window %d requests served, %d failed", killRecovery.Round(100*time.Millisecond), served-servedBefore, failed-failedBefore)
+	figure(t, "lws_rank_kill_to_group_ready_seconds", killRecovery.Seconds(), "s")
+	figure(t, "lws_rank_kill_failed_requests", float64(failed-failedBefore), "requests")
+	waitReadyLeaders(ctx, t, lb, 2)
+
+	// Rolling update (maxSurge 1, maxUnavailable 0): a new model version.
+	// Every new group is placed whole; at least 2 groups stay ready.
+	servedBefore, failedBefore = lb.counts()
+	rollStart := time.Now()
+	patch := []byte(`{"spec":{"leaderWorkerTemplate":{"leaderTemplate":{"metadata":{"labels":{"model-version":"v2"}}},"workerTemplate":{"metadata":{"labels":{"model-version":"v2"}}}}}}`)
+	if _, err := e.Dynamic.Resource(lwsResource).Namespace(ns).Patch(ctx, "chat", types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	minReady := 2
+	err = wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 4*time.Minute, true, func(ctx context.Context) (bool, error) {
+		groups, err := lwsGroupPods(ctx, e, ns, "chat")
+		if err != nil {
+			return false, nil
+		}
+		ready, readyV2 := 0, 0
+		for _, ps := range groups {
+			whole := len(ps) == 2
+			for _, p := range ps {
+				whole = whole && scenario.Ready(&p)
+			}
+			if whole {
+				ready++
+				if ps[0].Labels["model-version"] == "v2" && ps[1].Labels["model-version"] == "v2" {
+					readyV2++
+				}
+			}
+		}
+		if ready < minReady {
+			var b strings.Builder
+			all, _ := e.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: lwsName + "=chat"})
+			for _, p := range all.Items {
+				g := p.Labels[lwsGroupIndex]
+				{
+					if p.DeletionTimestamp != nil {
+						fmt.Fprintf(&b, "  group %s %s terminating\n", g, p.Name)
+						continue
+					}
+					fmt.Fprintf(&b, "  group %s %s node=%q version=%s ready=%t created=%s\n", g, p.Name, p.Spec.NodeName, p.Labels["model-version"], scenario.Ready(&p), p.CreationTimestamp.Format("15:04:05"))
+				}
+			}
+			t.Logf("%s into the rollout: %d whole ready groups:\n%s", time.Since(rollStart).Round(100*time.Millisecond), ready, b.String())
+		}
+		minReady = min(minReady, ready)
+		return readyV2 == 2 && len(groups) == 2, nil
+	})
+	if err != nil {
+		t.Fatalf("rolling update not done in 4 min")
+	}
+	rollTime := time.Since(rollStart)
+	served, failed = lb.counts()
+	t.Logf("rolling update of 2 groups: %s; at least %d whole ready groups at every sample; %d requests served, %d failed", rollTime.Round(100*time.Millisecond), minReady, served-servedBefore, failed-failedBefore)
+	lb.mu.Lock()
+	t.Logf("first failures: %s", strings.Join(lb.errs, "\n  "))
+	lb.mu.Unlock()
+	if ev, err := e.Client.CoreV1().Events(ns).List(ctx, metav1.ListOptions{}); err == nil {
+		var b strings.Builder
+		for _, x := range ev.Items {
+			if x.InvolvedObject.Kind == "LeaderWorkerSet" || x.Reason == "RecreateGroup" {
+				fmt.Fprintf(&b, "  %s %s %s: %s\n", x.LastTimestamp.Format("15:04:05"), x.InvolvedObject.Name, x.Reason, x.Message)
+			}
+		}
+		t.Logf("LWS events:\n%s", b.String())
+	}
+	figure(t, "lws_rolling_update_seconds", rollTime.Seconds(), "s")
+	figure(t, "lws_rolling_update_failed_requests", float64(failed-failedBefore), "requests")
+	if minReady < 2 {
+		t.Errorf("rolling update: %d whole ready groups at one sample, the LWS promises 2 (maxUnavailable 0)", minReady)
+	}
+	stopLoad()
+	load.Wait()
 
 	// Load gone: the HPA removes a whole group.
 	scaleInStart := time.Now()
@@ -426,4 +528,115 @@ func realNodeSlicesInUse(ctx context.Context, e *scenario.Env) (int, error) {
 		n += len(ids)
 	}
 	return n, nil
+}
+
+// leaderBalancer sends requests round robin to the leaders that are Ready
+// and not terminating, as a Service's endpoints would (the local cluster
+// has no kube-proxy).
+type leaderBalancer struct {
+	e          *scenario.Env
+	ns, name   string
+	httpPrefix int
+	mu         sync.Mutex
+	urls       []string
+	next       int
+	errs       []string // the first failures, for the log
+	served     atomic.Int64
+	failed     atomic.Int64
+}
+
+func newLeaderBalancer(e *scenario.Env, ns, name string, httpPrefix int) *leaderBalancer {
+	return &leaderBalancer{e: e, ns: ns, name: name, httpPrefix: httpPrefix}
+}
+
+func (b *leaderBalancer) run(ctx context.Context) {
+	_ = wait.PollUntilContextCancel(ctx, 300*time.Millisecond, true, func(ctx context.Context) (bool, error) {
+		list, err := b.e.Client.CoreV1().Pods(b.ns).List(ctx, metav1.ListOptions{LabelSelector: lwsName + "=" + b.name + "," + lwsWorkerIndex + "=0"})
+		if err != nil {
+			return false, nil
+		}
+		var urls []string
+		for _, p := range list.Items {
+			if p.DeletionTimestamp == nil && scenario.Ready(&p) {
+				var g int
+				if _, err := fmt.Sscan(p.Labels[lwsGroupIndex], &g); err == nil {
+					urls = append(urls, groupURL(b.httpPrefix, g))
+				}
+			}
+		}
+		sort.Strings(urls)
+		b.mu.Lock()
+		b.urls = urls
+		b.mu.Unlock()
+		return false, nil
+	})
+}
+
+func (b *leaderBalancer) readyLeaders() int {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return len(b.urls)
+}
+
+// request sends one completion; with no ready leader it waits a moment
+// (a Service with no endpoints refuses at once; that is not a server's
+// failure and is not counted).
+func (b *leaderBalancer) request(ctx context.Context) {
+	b.mu.Lock()
+	if len(b.urls) == 0 {
+		b.mu.Unlock()
+		select {
+		case <-ctx.Done():
+		case <-time.After(100 * time.Millisecond):
+		}
+		return
+	}
+	url := b.urls[b.next%len(b.urls)]
+	b.next++
+	b.mu.Unlock()
+	if _, err := scenario.Complete(ctx, url, "Tessera scales", 48); err != nil {
+		if ctx.Err() == nil {
+			b.failed.Add(1)
+			b.mu.Lock()
+			if len(b.errs) < 8 {
+				b.errs = append(b.errs, fmt.Sprintf("%s %s: %v", time.Now().Format("15:04:05.000"), url, err))
+			}
+			b.mu.Unlock()
+		}
+		return
+	}
+	b.served.Add(1)
+}
+
+func (b *leaderBalancer) counts() (served, failed int64) { return b.served.Load(), b.failed.Load() }
+
+// waitReadyLeaders waits until the balancer routes to n leaders.
+func waitReadyLeaders(ctx context.Context, t *testing.T, b *leaderBalancer, n int) {
+	t.Helper()
+	err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		return b.readyLeaders() == n, nil
+	})
+	if err != nil {
+		t.Fatalf("the balancer has %d ready leaders, want %d", b.readyLeaders(), n)
+	}
+}
+
+// checkGroupGPUs checks that no two ranks of a group share a GPU.
+func checkGroupGPUs(t *testing.T, groups map[string][]corev1.Pod) {
+	t.Helper()
+	for g, ps := range groups {
+		gpus := map[string]string{}
+		for _, p := range ps {
+			ids, err := scenario.Slices(&p)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, gpu := range api.GPUsOf(ids) {
+				if other, ok := gpus[gpu]; ok {
+					t.Errorf("group %s: ranks %s and %s share GPU %s", g, other, p.Name, gpu)
+				}
+				gpus[gpu] = p.Name
+			}
+		}
+	}
 }

@@ -1,6 +1,7 @@
 // Command tessera-shard-server runs one rank of a tensor-parallel
 // transformer; rank 0 serves an OpenAI-style completions API. See
-// inference/README.md.
+// inference/README.md. `tessera-shard-server probe URL` is its exec health
+// check (app.Probe).
 package main
 
 import (
@@ -17,6 +18,18 @@ import (
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "probe" {
+		// An exec health check: tessera-shard-server probe URL (app.Probe).
+		if err := app.Probe(context.Background(), os.Args[2:], os.Getenv, os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, "tessera-shard-server:", err)
+			var ce *app.ConfigError
+			if errors.As(err, &ce) {
+				os.Exit(2)
+			}
+			os.Exit(1)
+		}
+		return
+	}
 	opts, err := app.ParseArgs(os.Args[1:], os.Getenv, os.Stderr)
 	if err != nil {
 		if !errors.Is(err, flag.ErrHelp) {

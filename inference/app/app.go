@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/tessera-gpu/tessera/inference/collective"
@@ -46,6 +47,12 @@ type Options struct {
 	BusyPoll      time.Duration
 	Heartbeat     time.Duration
 	ShutdownGrace time.Duration
+	// DrainDelay is how long rank 0, asked to stop, keeps serving while
+	// reporting unready, so load balancers stop sending it requests before
+	// it refuses them; workers stay in the group that long plus
+	// ShutdownGrace, or until rank 0 ends the group, so rank 0's last
+	// requests complete. Zero stops at once.
+	DrainDelay time.Duration
 	// MaxQueued bounds the requests waiting for a KV-cache slot (429
 	// beyond).
 	MaxQueued int
@@ -94,6 +101,7 @@ func ParseArgs(args []string, getenv func(string) string, out io.Writer) (Option
 	fs.DurationVar(&o.BusyPoll, "collective-busy-poll", collective.DefaultBusyPoll, "how long a rank polls its collective socket before sleeping; 0 sleeps at once (use 0 when ranks share CPU cores)")
 	fs.DurationVar(&o.Heartbeat, "heartbeat", 2*time.Second, "interval of idle liveness checks across ranks")
 	fs.DurationVar(&o.ShutdownGrace, "shutdown-grace", 10*time.Second, "time to finish in-flight requests on exit")
+	fs.DurationVar(&o.DrainDelay, "drain-delay", 5*time.Second, "on SIGTERM, rank 0 reports unready but keeps serving this long before it stops taking requests (load balancers need time to notice); keep drain-delay + shutdown-grace below the pod's terminationGracePeriodSeconds")
 	fs.IntVar(&o.MaxQueued, "max-queued", server.DefaultMaxQueued, "requests that may wait for a KV-cache slot; more get 429 with Retry-After")
 	fs.IntVar(&o.MaxBatch, "max-batch", DefaultMaxBatch, "most sequences decoded together (KV-cache slots), fewer if memory holds fewer")
 	fs.IntVar(&o.KVCacheMiB, "kv-cache-mib", 0, "memory for the KV cache on each rank (default: "+EnvMemoryLimitMiB+" less the rank's weights; unbounded without it)")
@@ -235,7 +243,14 @@ func Run(ctx context.Context, o Options, log *slog.Logger) error {
 	switch {
 	case place.WorldSize == 1:
 	case place.Rank == 0:
-		if leader, err = collective.Listen(o.CollectiveListen, copts); err != nil {
+		err = retryInUse(ctx, o.JoinTimeout, log, o.CollectiveListen, func() error {
+			leader, err = collective.Listen(o.CollectiveListen, copts)
+			return err
+		})
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
 			return &ConfigError{Err: err}
 		}
 		defer leader.Close()
@@ -284,8 +299,15 @@ func Run(ctx context.Context, o Options, log *slog.Logger) error {
 	var hs *http.Server
 	httpAddr := ""
 	if o.Listen != "" {
-		ln, err := net.Listen("tcp", o.Listen)
+		var ln net.Listener
+		err := retryInUse(ctx, o.JoinTimeout, log, o.Listen, func() (err error) {
+			ln, err = net.Listen("tcp", o.Listen)
+			return err
+		})
 		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
 			return &ConfigError{Err: fmt.Errorf("http listen: %w", err)}
 		}
 		httpAddr = ln.Addr().String()
@@ -306,7 +328,13 @@ func Run(ctx context.Context, o Options, log *slog.Logger) error {
 	}
 	defer stopHTTP()
 
-	runCtx, cancel := context.WithCancel(ctx)
+	// Workers do not stop on the signal (see DrainDelay): their role runs
+	// until rank 0 ends the group or the drain and grace have passed.
+	roleCtx := ctx
+	if place.Rank > 0 {
+		roleCtx = context.WithoutCancel(ctx)
+	}
+	runCtx, cancel := context.WithCancel(roleCtx)
 	defer cancel()
 	roleDone := make(chan error, 1)
 	if place.Rank == 0 {
@@ -334,12 +362,32 @@ func Run(ctx context.Context, o Options, log *slog.Logger) error {
 
 	select {
 	case <-ctx.Done():
-		log.Info("shutting down")
-		if place.Rank == 0 {
-			sctx, scancel := context.WithTimeout(context.Background(), o.ShutdownGrace)
-			engine.Shutdown(sctx)
-			scancel()
+		if place.Rank > 0 {
+			// A group is deleted whole; rank 0 may still be finishing
+			// requests that need this rank.
+			log.Info("asked to stop: staying in the group until rank 0 ends it", "limit", o.DrainDelay+o.ShutdownGrace)
+			select {
+			case err := <-roleDone:
+				if err != nil {
+					log.Info("group ended", "err", err)
+				}
+			case <-engine.Failed():
+			case <-time.After(o.DrainDelay + o.ShutdownGrace):
+				log.Info("rank 0 did not end the group in time; leaving")
+			}
+			return nil
 		}
+		log.Info("shutting down", "drain", o.DrainDelay)
+		srv.Drain()
+		if o.DrainDelay > 0 {
+			select {
+			case <-time.After(o.DrainDelay):
+			case <-engine.Failed():
+			}
+		}
+		sctx, scancel := context.WithTimeout(context.Background(), o.ShutdownGrace)
+		engine.Shutdown(sctx)
+		scancel()
 		return nil
 	case <-engine.Failed():
 		return engine.Err()
@@ -357,5 +405,31 @@ func Run(ctx context.Context, o Options, log *slog.Logger) error {
 			return nil
 		}
 		return fmt.Errorf("http server: %w", err)
+	}
+}
+
+// retryInUse runs listen until it succeeds, fails for another reason than
+// an address in use, ctx ends, or limit passes. A rank on hostNetwork that
+// replaces one on the same node (a re-created group, a rolling update)
+// can start while its predecessor still drains on the same port; it waits
+// for the port instead of failing, which would restart the container and
+// make LeaderWorkerSet re-create the whole group again.
+func retryInUse(ctx context.Context, limit time.Duration, log *slog.Logger, addr string, listen func() error) error {
+	deadline := time.Now().Add(limit)
+	logged := false
+	for {
+		err := listen()
+		if err == nil || !errors.Is(err, syscall.EADDRINUSE) || time.Now().After(deadline) {
+			return err
+		}
+		if !logged {
+			log.Info("address in use; waiting for it", "addr", addr, "limit", limit)
+			logged = true
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
 	}
 }

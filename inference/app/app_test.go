@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"strings"
 	"testing"
@@ -136,9 +137,12 @@ func wait(t *testing.T, p *proc) error {
 
 // TestTwoRanks runs the whole process twice in one test binary: rank 0
 // first (unready until rank 1 joins via env discovery), a completion, then
-// a clean shutdown that takes the worker down too.
+// a clean shutdown that takes the worker down too: asked to stop, rank 0
+// reports unready but still serves for its drain delay, and the worker,
+// asked to stop at the same moment (a group deleted whole), stays until
+// rank 0 ends the group.
 func TestTwoRanks(t *testing.T) {
-	leader := start(t, []string{"--rank", "0", "--world-size", "2"}, map[string]string{"TESSERA_SLICES": "GPU-1::0"})
+	leader := start(t, []string{"--rank", "0", "--world-size", "2", "--drain-delay", "3s"}, map[string]string{"TESSERA_SLICES": "GPU-1::0"})
 	base := "http://" + <-leader.http
 	coll := <-leader.coll
 	if code := status(t, "GET", base+"/readyz", ""); code != 503 {
@@ -154,6 +158,11 @@ func TestTwoRanks(t *testing.T) {
 		t.Errorf("completion = %d, want 200", code)
 	}
 	leader.cancel()
+	worker.cancel()
+	waitFor(t, "unready while draining", func() bool { return status(t, "GET", base+"/readyz", "") == 503 })
+	if code := status(t, "POST", base+"/v1/completions", `{"prompt":"hello","max_tokens":8}`); code != 200 {
+		t.Errorf("completion while draining = %d, want 200 (the worker must still be there)", code)
+	}
 	if err := wait(t, leader); err != nil {
 		t.Errorf("leader exit: %v", err)
 	}
@@ -167,7 +176,8 @@ func TestTwoRanks(t *testing.T) {
 func TestRankLossExits(t *testing.T) {
 	leader := start(t, []string{"--rank", "0", "--world-size", "2"}, nil)
 	base := "http://" + <-leader.http
-	worker := start(t, []string{"--rank", "1", "--world-size", "2", "--leader-addr", <-leader.coll}, nil)
+	// No drain: this worker leaves as soon as it is asked to.
+	worker := start(t, []string{"--rank", "1", "--world-size", "2", "--leader-addr", <-leader.coll, "--drain-delay", "0", "--shutdown-grace", "100ms"}, nil)
 	<-worker.http
 	waitFor(t, "readiness", func() bool { return status(t, "GET", base+"/readyz", "") == 200 })
 	worker.cancel()
@@ -242,3 +252,31 @@ func TestFortunesModel(t *testing.T) {
 
 // fortunesPrompt is the demo's prompt (e2e/scenario.RunDemo).
 const fortunesPrompt = "Life is"
+
+// TestListenWaitsForABusyPort: a rank whose HTTP port is still held (its
+// predecessor on hostNetwork draining) waits and then serves on it.
+func TestListenWaitsForABusyPort(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	p := start(t, []string{"--listen", addr, "--world-size", "1", "--drain-delay", "0"}, nil)
+	select {
+	case <-p.http:
+		t.Fatal("served while the port was held by another listener")
+	case err := <-p.done:
+		t.Fatalf("exited while the port was busy: %v", err)
+	case <-time.After(500 * time.Millisecond): // several retry rounds (200 ms each)
+	}
+	ln.Close()
+	got := <-p.http
+	if got != addr {
+		t.Errorf("serving on %s, want %s", got, addr)
+	}
+	waitFor(t, "readiness", func() bool { return status(t, "GET", "http://"+addr+"/readyz", "") == 200 })
+	p.cancel()
+	if err := wait(t, p); err != nil {
+		t.Errorf("exit: %v", err)
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -48,7 +49,16 @@ type Server struct {
 	Ranks func() []collective.PeerInfo
 	// Connected reports how many ranks have joined; nil means all.
 	Connected func() int
+
+	// draining: the process was asked to stop. /readyz reports unready so
+	// the load balancer (a Service's endpoints) stops sending traffic,
+	// while requests that still arrive are served (app.Run waits the
+	// drain delay before it shuts the engine down).
+	draining atomic.Bool
 }
+
+// Drain marks the server unready for the load balancer; it keeps serving.
+func (s *Server) Drain() { s.draining.Store(true) }
 
 // Handler returns the HTTP routes.
 func (s *Server) Handler() http.Handler {
@@ -136,6 +146,10 @@ func (s *Server) notReadyReason() string {
 }
 
 func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
+	if s.draining.Load() {
+		writeError(w, http.StatusServiceUnavailable, "server_error", "not_ready", "shutting down: draining")
+		return
+	}
 	if !s.Engine.Ready() {
 		writeError(w, http.StatusServiceUnavailable, "server_error", "not_ready", s.notReadyReason())
 		return

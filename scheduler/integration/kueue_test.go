@@ -306,13 +306,14 @@ func applyExampleIn(t *testing.T, ctx context.Context, path, ns string) {
 		t.Fatal(err)
 	}
 	gvrs := map[string]schema.GroupVersionResource{
-		"Namespace":       {Version: "v1", Resource: "namespaces"},
-		"Pod":             {Version: "v1", Resource: "pods"},
-		"PodGroup":        podGroupGVR,
-		"ResourceFlavor":  resourceFlavorGVR,
-		"ClusterQueue":    clusterQueueGVR,
-		"LocalQueue":      localQueueGVR,
-		"LeaderWorkerSet": lwsGVR,
+		"Namespace":               {Version: "v1", Resource: "namespaces"},
+		"Pod":                     {Version: "v1", Resource: "pods"},
+		"PodGroup":                podGroupGVR,
+		"ResourceFlavor":          resourceFlavorGVR,
+		"ClusterQueue":            clusterQueueGVR,
+		"LocalQueue":              localQueueGVR,
+		"LeaderWorkerSet":         lwsGVR,
+		"HorizontalPodAutoscaler": {Group: "autoscaling", Version: "v2", Resource: "horizontalpodautoscalers"},
 	}
 	dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(raw), 4096)
 	for {

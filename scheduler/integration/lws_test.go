@@ -155,6 +155,9 @@ func TestLeaderWorkerSet(t *testing.T) {
 	t.Logf("LWS controller and scheduler up after %s", time.Since(t0).Round(10*time.Millisecond))
 	// The example, as shipped: one exclusive group of 2 ranks × 2 slices.
 	applyExampleIn(t, ctx, "../../manifests/examples/shard-server-leaderworkerset.yaml", ns)
+	// Its HPA example is valid against the real API (no metrics pipeline
+	// here: the e2e autoscaling test runs one).
+	applyExampleIn(t, ctx, "../../manifests/examples/shard-server-lws-hpa.yaml", ns)
 	const replicas, size, slicesPerRank = 2, 4, 2
 	for _, tc := range []struct {
 		name      string
