@@ -30,7 +30,7 @@ func BenchmarkMatmul(b *testing.B) {
 // BenchmarkMatmulBatch reports multiply-adds per second for B inputs
 // sharing one pass over the weights, the continuous-batching case.
 func BenchmarkMatmulBatch(b *testing.B) {
-	for _, sh := range [][2]int{{768, 288}, {16000, 288}} {
+	for _, sh := range [][2]int{{768, 288}, {288, 768}, {16000, 288}} {
 		for _, B := range []int{1, 4, 8, 16} {
 			rows, cols := sh[0], sh[1]
 			w := make([]float32, rows*cols)

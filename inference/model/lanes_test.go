@@ -68,11 +68,21 @@ func TestLaneKernelsMatchPortableGo(t *testing.T) {
 // it, whichever block kernel or goroutine computed it, and that laneDot
 // agrees with a float64 dot product to float32 accuracy.
 func TestMatmulElementsAreLaneDots(t *testing.T) {
+	t.Run("best", func(t *testing.T) { testMatmulElementsAreLaneDots(t) })
+	if hasAVX512 {
+		t.Run("avx2", func(t *testing.T) { withoutAVX512(t, func() { testMatmulElementsAreLaneDots(t) }) })
+	}
+	if hasFMA {
+		t.Run("portable", func(t *testing.T) { withoutFMA(t, func() { testMatmulElementsAreLaneDots(t) }) })
+	}
+}
+
+func testMatmulElementsAreLaneDots(t *testing.T) {
 	r := rand.New(rand.NewPCG(3, 4))
 	for _, sh := range [][2]int{{1, 1}, {3, 7}, {4, 8}, {5, 9}, {8, 16}, {13, 33}, {64, 288}, {130, 17}, {70, 64}} {
 		rows, n := sh[0], sh[1]
 		w := randSlice(r, rows*n)
-		for _, B := range []int{1, 2, 3, 4, 5, 7, 8, 9} {
+		for _, B := range []int{1, 2, 3, 4, 5, 7, 8, 9, 12, 15, 16, 17} {
 			x := randSlice(r, B*n)
 			out := make([]float32, B*rows)
 			matmulBatch(out, w, x, B)
@@ -105,15 +115,20 @@ func TestPortableLanesUsedWithoutFMA(t *testing.T) {
 		t.Skip("portable kernels are already the ones in use")
 	}
 	r := rand.New(rand.NewPCG(5, 6))
-	rows, n, B := 37, 290, 6
-	w, x := randSlice(r, rows*n), randSlice(r, B*n)
-	vec := make([]float32, B*rows)
-	matmulBatch(vec, w, x, B)
-	port := make([]float32, B*rows)
-	withoutFMA(t, func() { matmulBatch(port, w, x, B) })
-	for i := range vec {
-		if !sameBits(vec[i], port[i]) {
-			t.Fatalf("element %d: vector %g, portable %g", i, vec[i], port[i])
+	rows, n := 37, 290
+	w := randSlice(r, rows*n)
+	for _, B := range []int{6, 8, 11, 13} {
+		x := randSlice(r, B*n)
+		vec := make([]float32, B*rows)
+		matmulBatch(vec, w, x, B)
+		avx2 := make([]float32, B*rows)
+		withoutAVX512(t, func() { matmulBatch(avx2, w, x, B) })
+		port := make([]float32, B*rows)
+		withoutFMA(t, func() { matmulBatch(port, w, x, B) })
+		for i := range vec {
+			if !sameBits(vec[i], port[i]) || !sameBits(avx2[i], port[i]) {
+				t.Fatalf("B %d element %d: vector %g, AVX2 %g, portable %g", B, i, vec[i], avx2[i], port[i])
+			}
 		}
 	}
 }
@@ -276,6 +291,71 @@ func TestWeighSumMatchesPortableGo(t *testing.T) {
 					t.Fatalf("n %d T %d stride %d: o[%d] vector %g, portable %g, by hand %g", n, T, stride, i, vec[i], port[i], want)
 				}
 			}
+		}
+	}
+}
+
+// TestBatchedStepsSameOnEveryKernelSet runs 8 and then 13 sequences
+// through batched steps (logits, argmax and sampled heads) on the
+// kernels this CPU has, on the AVX2 ones and on the portable Go, and
+// checks every logit, token and row is the same bit for bit.
+func TestBatchedStepsSameOnEveryKernelSet(t *testing.T) {
+	c := Shapes["tiny"]
+	path := genFile(t, c, 23)
+	run := func() []uint32 {
+		w, err := LoadShard(path, 0, 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s, err := NewShard(w, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.SetKVSlots(13); err != nil {
+			t.Fatal(err)
+		}
+		var bits []uint32
+		tok := func(i, pos int) int { return (i*37 + pos*11) % c.Vocab }
+		for pos := range 12 {
+			B := 8
+			if pos >= 6 {
+				B = 13
+			}
+			items := make([]BatchItem, B)
+			for i := range items {
+				p := pos
+				if i >= 8 {
+					p = pos - 6 // joined later
+				}
+				items[i] = BatchItem{Slot: i, Head: []Head{HeadLogits, HeadArgmax, HeadSample}[i%3],
+					StepInput: StepInput{Token: tok(i, p), Pos: p, Sample: SampleParams{Temperature: 0.8, Seed: uint64(i), Draw: uint64(p)}}}
+			}
+			outs, err := s.StepBatch(items)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, o := range outs {
+				bits = append(bits, uint32(o.Token))
+				for _, v := range o.Logits {
+					bits = append(bits, math.Float32bits(v))
+				}
+				for _, v := range o.Row {
+					bits = append(bits, math.Float32bits(v))
+				}
+			}
+		}
+		return bits
+	}
+	best := run()
+	var avx2, port []uint32
+	withoutAVX512(t, func() { avx2 = run() })
+	withoutFMA(t, func() { port = run() })
+	if len(best) != len(avx2) || len(best) != len(port) {
+		t.Fatalf("output lengths %d, %d, %d", len(best), len(avx2), len(port))
+	}
+	for i := range best {
+		if best[i] != avx2[i] || best[i] != port[i] {
+			t.Fatalf("output word %d: %#x here, %#x on AVX2, %#x portable", i, best[i], avx2[i], port[i])
 		}
 	}
 }
