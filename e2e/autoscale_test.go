@@ -4,8 +4,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
-	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -24,17 +22,7 @@ import (
 	"github.com/tessera-gpu/tessera/e2e/scenario"
 )
 
-var lwsResource = schema.GroupVersionResource{Group: "leaderworkerset.x-k8s.io", Version: "v1", Resource: "leaderworkersets"}
-
-// LWS labels on the pods it creates.
-const (
-	lwsName        = "leaderworkerset.sigs.k8s.io/name"
-	lwsGroupIndex  = "leaderworkerset.sigs.k8s.io/group-index"
-	lwsWorkerIndex = "leaderworkerset.sigs.k8s.io/worker-index"
-	// portPrefixAnnotation tells the local cluster's Prometheus how a
-	// shard server on hostNetwork numbers its port (below).
-	portPrefixAnnotation = "tessera.dev/e2e-port-prefix"
-)
+var lwsResource = scenario.LWSResource
 
 var (
 	lwsStarted     sync.Once
@@ -52,163 +40,17 @@ func ensureLWS(t *testing.T) {
 	}
 }
 
-// localScrapeConfig scrapes every shard server the autoscaling test runs:
-// they use hostNetwork on the one real node, so each needs a port of its
-// own, and a rank of group g, worker w listens on <prefix><g><w> (the
-// container's args build it from the group-index label and LWS's worker
-// index; Prometheus rebuilds it from the same labels). On a real cluster
-// pods have their own IPs and the usual pod-IP:containerPort target does
-// (docs/autoscaling.md).
-const localScrapeConfig = `- job_name: tessera-shard-servers
-  kubernetes_sd_configs:
-  - role: pod
-    kubeconfig_file: {{KUBECONFIG}}
-  relabel_configs:
-  - source_labels: [__meta_kubernetes_pod_annotation_tessera_dev_e2e_port_prefix]
-    regex: .+
-    action: keep
-  - source_labels: [__meta_kubernetes_pod_phase]
-    regex: Running
-    action: keep
-  - source_labels: [__meta_kubernetes_pod_annotation_tessera_dev_e2e_port_prefix, __meta_kubernetes_pod_label_leaderworkerset_sigs_k8s_io_group_index, __meta_kubernetes_pod_label_leaderworkerset_sigs_k8s_io_worker_index]
-    regex: (\d+);(\d);(\d)
-    replacement: 127.0.0.1:${1}${2}${3}
-    target_label: __address__
-  - source_labels: [__meta_kubernetes_namespace]
-    target_label: namespace
-  - source_labels: [__meta_kubernetes_pod_name]
-    target_label: pod
-`
-
-// adapterRules is the prometheus-adapter rule that turns a shard server's
-// load into a pods metric: requests in flight = sequences being generated
-// plus requests queued for a KV-cache slot. The same rule is in
-// docs/autoscaling.md for real clusters.
-const adapterRules = `rules:
-- seriesQuery: 'tessera_inference_running_sequences{namespace!="",pod!=""}'
-  resources:
-    overrides:
-      namespace: {resource: namespace}
-      pod: {resource: pod}
-  name:
-    matches: ^tessera_inference_running_sequences$
-    as: tessera_inference_requests_in_flight
-  metricsQuery: 'sum(tessera_inference_running_sequences{<<.LabelMatchers>>} + tessera_inference_queued_requests{<<.LabelMatchers>>}) by (<<.GroupBy>>)'
-`
-
 func ensureMetrics(t *testing.T) string {
 	t.Helper()
 	metricsStarted.Do(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 		defer cancel()
-		promURL, metricsErr = testCluster.StartMetricsPipeline(ctx, cluster.MetricsPipeline{ScrapeConfigs: localScrapeConfig, AdapterRules: adapterRules})
+		promURL, metricsErr = testCluster.StartMetricsPipeline(ctx, cluster.MetricsPipeline{ScrapeConfigs: scenario.LocalScrapeConfig, AdapterRules: scenario.AdapterRules})
 	})
 	if metricsErr != nil {
 		t.Fatalf("starting Prometheus and prometheus-adapter: %v", metricsErr)
 	}
 	return promURL
-}
-
-// portPrefix finds a three-digit prefix p whose ports p00..(p+1)99 are all
-// free on loopback, below the ephemeral range: p for HTTP, p+1 for the
-// collectives.
-func portPrefix(t *testing.T) int {
-	t.Helper()
-	for p := 200; p < 320; p++ {
-		free := true
-		for i := 0; i < 200 && free; i++ {
-			l, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p*100+i))
-			if err != nil {
-				free = false
-				continue
-			}
-			l.Close()
-		}
-		if free {
-			return p
-		}
-	}
-	t.Fatal("no free block of 200 ports between 20000 and 32100")
-	return 0
-}
-
-// shardServerLWS is a LeaderWorkerSet of 2-rank shard-server groups on the
-// real node. Ports: rank w of group g serves HTTP on <http><g><w> and
-// group g's collective on <coll><g>0, built by the kubelet from the
-// group-index label (downward API) and LWS's LWS_WORKER_INDEX; the ranks
-// find each other on loopback, not through LWS_LEADER_ADDRESS (the local
-// cluster has no DNS).
-func shardServerLWS(ns, name string, httpPrefix, collPrefix int) *unstructured.Unstructured {
-	podTemplate := func() map[string]any {
-		return map[string]any{
-			"metadata": map[string]any{"annotations": map[string]any{portPrefixAnnotation: fmt.Sprint(httpPrefix)}},
-			"spec": map[string]any{
-				"schedulerName": api.SchedulerName,
-				"hostNetwork":   true,
-				"nodeSelector":  map[string]any{scenario.RealNodeLabel: "true"},
-				"containers": []any{map[string]any{
-					"name": "shard", "image": scenario.ShardServerImage, "imagePullPolicy": "Never",
-					"env": []any{map[string]any{"name": "GROUP_INDEX", "valueFrom": map[string]any{
-						"fieldRef": map[string]any{"fieldPath": "metadata.labels['" + lwsGroupIndex + "']"}}}},
-					"args": []any{
-						"--rank", "$(LWS_WORKER_INDEX)", "--world-size", "$(LWS_GROUP_SIZE)",
-						"--model", "tiny",
-						"--listen", fmt.Sprintf("127.0.0.1:%d$(GROUP_INDEX)$(LWS_WORKER_INDEX)", httpPrefix),
-						"--collective-port", fmt.Sprintf("%d$(GROUP_INDEX)0", collPrefix),
-						"--collective-listen", fmt.Sprintf("127.0.0.1:%d$(GROUP_INDEX)0", collPrefix),
-						"--leader-addr", fmt.Sprintf("127.0.0.1:%d$(GROUP_INDEX)0", collPrefix),
-						// Ranks share two CPU cores here: sleep, do not spin.
-						"--collective-busy-poll", "0",
-					},
-					"resources": map[string]any{"limits": map[string]any{api.ResourceName: "2"}},
-					// Rank 0 turns unready while a rank is missing (and
-					// every rank until the group formed): the probe is the
-					// server's own /readyz, through its probe subcommand
-					// since the port is not fixed in the template.
-					"readinessProbe": map[string]any{
-						"exec": map[string]any{"command": []any{"/tessera-shard-server", "probe",
-							fmt.Sprintf("http://127.0.0.1:%d${GROUP_INDEX}${LWS_WORKER_INDEX}/readyz", httpPrefix)}},
-						// Two misses, not one: on this 2-core machine a busy
-						// moment can delay one probe.
-						"periodSeconds": int64(1), "failureThreshold": int64(2), "timeoutSeconds": int64(5),
-					},
-				}},
-			},
-		}
-	}
-	return &unstructured.Unstructured{Object: map[string]any{
-		"apiVersion": "leaderworkerset.x-k8s.io/v1", "kind": "LeaderWorkerSet",
-		"metadata": map[string]any{"name": name, "namespace": ns},
-		"spec": map[string]any{
-			"replicas": int64(1),
-			"rolloutStrategy": map[string]any{"type": "RollingUpdate",
-				"rollingUpdateConfiguration": map[string]any{"maxSurge": int64(1), "maxUnavailable": int64(0)}},
-			"leaderWorkerTemplate": map[string]any{
-				"size": int64(2), "leaderTemplate": podTemplate(), "workerTemplate": podTemplate(),
-			},
-		},
-	}}
-}
-
-// groupURL is group g's leader on loopback.
-func groupURL(httpPrefix, g int) string {
-	return fmt.Sprintf("http://127.0.0.1:%d%d0", httpPrefix, g)
-}
-
-// lwsGroupPods lists the live pods of LWS name by group index.
-func lwsGroupPods(ctx context.Context, e *scenario.Env, ns, name string) (map[string][]corev1.Pod, error) {
-	list, err := e.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: lwsName + "=" + name})
-	if err != nil {
-		return nil, err
-	}
-	out := map[string][]corev1.Pod{}
-	for _, p := range list.Items {
-		if p.DeletionTimestamp != nil || p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed {
-			continue
-		}
-		out[p.Labels[lwsGroupIndex]] = append(out[p.Labels[lwsGroupIndex]], p)
-	}
-	return out, nil
 }
 
 // TestLeaderWorkerSetAutoscaling runs real shard-server groups from the
@@ -229,9 +71,12 @@ func TestLeaderWorkerSetAutoscaling(t *testing.T) {
 	defer func() {
 		_ = e.Dynamic.Resource(lwsResource).Namespace(ns).Delete(context.Background(), "chat", metav1.DeleteOptions{})
 	}()
-	httpPrefix := portPrefix(t)
+	httpPrefix, err := scenario.FreePortPrefix()
+	if err != nil {
+		t.Fatal(err)
+	}
 	collPrefix := httpPrefix + 1
-	if _, err := e.Dynamic.Resource(lwsResource).Namespace(ns).Create(ctx, shardServerLWS(ns, "chat", httpPrefix, collPrefix), metav1.CreateOptions{}); err != nil {
+	if _, err := e.Dynamic.Resource(lwsResource).Namespace(ns).Create(ctx, scenario.ShardServerLWS(ns, "chat", "tiny", httpPrefix, collPrefix), metav1.CreateOptions{}); err != nil {
 		t.Fatalf("creating the LeaderWorkerSet: %v", err)
 	}
 	hpa := &unstructured.Unstructured{Object: map[string]any{
@@ -264,7 +109,7 @@ func TestLeaderWorkerSetAutoscaling(t *testing.T) {
 	go func() {
 		defer sampler.Done()
 		_ = wait.PollUntilContextCancel(sampleCtx, 200*time.Millisecond, true, func(ctx context.Context) (bool, error) {
-			groups, err := lwsGroupPods(ctx, e, ns, "chat")
+			groups, err := scenario.LWSGroupPods(ctx, e, ns, "chat")
 			if err != nil {
 				return false, nil
 			}
@@ -298,7 +143,7 @@ func TestLeaderWorkerSetAutoscaling(t *testing.T) {
 	}()
 
 	// Group 0 serves.
-	if err := waitServing(ctx, groupURL(httpPrefix, 0), 3*time.Minute); err != nil {
+	if err := waitServing(ctx, scenario.GroupURL(httpPrefix, 0), 3*time.Minute); err != nil {
 		t.Fatalf("group 0 does not serve: %v", err)
 	}
 	t.Logf("group 0 serving")
@@ -306,10 +151,10 @@ func TestLeaderWorkerSetAutoscaling(t *testing.T) {
 	// Load: 3 clients keep sending completions through a balancer that
 	// does what a Service does: round robin over the leaders that are
 	// Ready and not terminating (refreshed every 300 ms, like endpoints).
-	lb := newLeaderBalancer(e, ns, "chat", httpPrefix)
+	lb := scenario.NewLeaderBalancer(e, ns, "chat", httpPrefix)
 	lbCtx, stopLB := context.WithCancel(ctx)
 	defer stopLB()
-	go lb.run(lbCtx)
+	go lb.Run(lbCtx)
 	loadStart := time.Now()
 	loadCtx, stopLoad := context.WithCancel(ctx)
 	defer stopLoad()
@@ -319,22 +164,22 @@ func TestLeaderWorkerSetAutoscaling(t *testing.T) {
 		go func() {
 			defer load.Done()
 			for n := 0; n < 20000 && loadCtx.Err() == nil; n++ { // bounded in count and, by loadCtx, in time
-				lb.request(loadCtx)
+				lb.Request(loadCtx)
 			}
 		}()
 	}
 	// The HPA adds a group; Tessera places it whole; it serves.
-	err := waitServing(ctx, groupURL(httpPrefix, 1), 4*time.Minute)
+	err = waitServing(ctx, scenario.GroupURL(httpPrefix, 1), 4*time.Minute)
 	scaleOut := time.Since(loadStart)
 	if err != nil {
 		t.Fatalf("no second group serving 4 min after the load step: %v\n%s", err, hpaStatus(ctx, e, ns))
 	}
-	served, failed := lb.counts()
+	served, failed := lb.Counts()
 	t.Logf("load step → second group serving: %s (%d requests served, %d failed)\n%s", scaleOut.Round(100*time.Millisecond), served, failed, hpaStatus(ctx, e, ns))
 	if failed > 0 {
 		t.Errorf("%d requests failed before the second group came", failed)
 	}
-	groups, err := lwsGroupPods(ctx, e, ns, "chat")
+	groups, err := scenario.LWSGroupPods(ctx, e, ns, "chat")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -347,13 +192,13 @@ func TestLeaderWorkerSetAutoscaling(t *testing.T) {
 	// Rank kill: group 1's worker dies. LWS re-creates the group
 	// (RecreateGroupOnPodRestart), Tessera places it whole again; the
 	// balancer stops sending to group 1 while it is unready.
-	servedBefore, failedBefore := lb.counts()
+	servedBefore, failedBefore := lb.Counts()
 	killStart := time.Now()
 	if err := e.Client.CoreV1().Pods(ns).Delete(ctx, "chat-1-1", metav1.DeleteOptions{}); err != nil {
 		t.Fatalf("killing group 1's worker: %v", err)
 	}
 	err = wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 3*time.Minute, true, func(ctx context.Context) (bool, error) {
-		groups, err := lwsGroupPods(ctx, e, ns, "chat")
+		groups, err := scenario.LWSGroupPods(ctx, e, ns, "chat")
 		if err != nil || len(groups["1"]) != 2 {
 			return false, nil
 		}
@@ -368,7 +213,7 @@ func TestLeaderWorkerSetAutoscaling(t *testing.T) {
 		t.Fatalf("group 1 not re-created and ready 3 min after its worker was killed")
 	}
 	killRecovery := time.Since(killStart)
-	served, failed = lb.counts()
+	served, failed = lb.Counts()
 	t.Logf("rank kill → group re-created and ready: %s; during the window %d requests served, %d failed", killRecovery.Round(100*time.Millisecond), served-servedBefore, failed-failedBefore)
 	figure(t, "lws_rank_kill_to_group_ready_seconds", killRecovery.Seconds(), "s")
 	figure(t, "lws_rank_kill_failed_requests", float64(failed-failedBefore), "requests")
@@ -376,7 +221,7 @@ func TestLeaderWorkerSetAutoscaling(t *testing.T) {
 
 	// Rolling update (maxSurge 1, maxUnavailable 0): a new model version.
 	// Every new group is placed whole; at least 2 groups stay ready.
-	servedBefore, failedBefore = lb.counts()
+	servedBefore, failedBefore = lb.Counts()
 	rollStart := time.Now()
 	patch := []byte(`{"spec":{"leaderWorkerTemplate":{"leaderTemplate":{"metadata":{"labels":{"model-version":"v2"}}},"workerTemplate":{"metadata":{"labels":{"model-version":"v2"}}}}}}`)
 	if _, err := e.Dynamic.Resource(lwsResource).Namespace(ns).Patch(ctx, "chat", types.MergePatchType, patch, metav1.PatchOptions{}); err != nil {
@@ -384,7 +229,7 @@ func TestLeaderWorkerSetAutoscaling(t *testing.T) {
 	}
 	minReady := 2
 	err = wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, 4*time.Minute, true, func(ctx context.Context) (bool, error) {
-		groups, err := lwsGroupPods(ctx, e, ns, "chat")
+		groups, err := scenario.LWSGroupPods(ctx, e, ns, "chat")
 		if err != nil {
 			return false, nil
 		}
@@ -403,9 +248,9 @@ func TestLeaderWorkerSetAutoscaling(t *testing.T) {
 		}
 		if ready < minReady {
 			var b strings.Builder
-			all, _ := e.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: lwsName + "=chat"})
+			all, _ := e.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{LabelSelector: scenario.LWSNameLabel + "=chat"})
 			for _, p := range all.Items {
-				g := p.Labels[lwsGroupIndex]
+				g := p.Labels[scenario.LWSGroupIndexLabel]
 				{
 					if p.DeletionTimestamp != nil {
 						fmt.Fprintf(&b, "  group %s %s terminating\n", g, p.Name)
@@ -423,11 +268,9 @@ func TestLeaderWorkerSetAutoscaling(t *testing.T) {
 		t.Fatalf("rolling update not done in 4 min")
 	}
 	rollTime := time.Since(rollStart)
-	served, failed = lb.counts()
+	served, failed = lb.Counts()
 	t.Logf("rolling update of 2 groups: %s; at least %d whole ready groups at every sample; %d requests served, %d failed", rollTime.Round(100*time.Millisecond), minReady, served-servedBefore, failed-failedBefore)
-	lb.mu.Lock()
-	t.Logf("first failures: %s", strings.Join(lb.errs, "\n  "))
-	lb.mu.Unlock()
+	t.Logf("first failures: %s", strings.Join(lb.FirstErrors(), "\n  "))
 	if ev, err := e.Client.CoreV1().Events(ns).List(ctx, metav1.ListOptions{}); err == nil {
 		var b strings.Builder
 		for _, x := range ev.Items {
@@ -448,7 +291,7 @@ func TestLeaderWorkerSetAutoscaling(t *testing.T) {
 	// Load gone: the HPA removes a whole group.
 	scaleInStart := time.Now()
 	err = wait.PollUntilContextTimeout(ctx, time.Second, 3*time.Minute, true, func(ctx context.Context) (bool, error) {
-		groups, err := lwsGroupPods(ctx, e, ns, "chat")
+		groups, err := scenario.LWSGroupPods(ctx, e, ns, "chat")
 		if err != nil {
 			return false, nil
 		}
@@ -458,7 +301,7 @@ func TestLeaderWorkerSetAutoscaling(t *testing.T) {
 		t.Fatalf("no scale-in to 1 group 3 min after the load stopped\n%s", hpaStatus(ctx, e, ns))
 	}
 	t.Logf("load stopped → back to 1 group: %s", time.Since(scaleInStart).Round(100*time.Millisecond))
-	if err := waitServing(ctx, groupURL(httpPrefix, 0), time.Minute); err != nil {
+	if err := waitServing(ctx, scenario.GroupURL(httpPrefix, 0), time.Minute); err != nil {
 		t.Errorf("group 0 no longer serves after scale-in: %v", err)
 	}
 	// No slice held for the removed group: the real node's slices in use
@@ -530,94 +373,14 @@ func realNodeSlicesInUse(ctx context.Context, e *scenario.Env) (int, error) {
 	return n, nil
 }
 
-// leaderBalancer sends requests round robin to the leaders that are Ready
-// and not terminating, as a Service's endpoints would (the local cluster
-// has no kube-proxy).
-type leaderBalancer struct {
-	e          *scenario.Env
-	ns, name   string
-	httpPrefix int
-	mu         sync.Mutex
-	urls       []string
-	next       int
-	errs       []string // the first failures, for the log
-	served     atomic.Int64
-	failed     atomic.Int64
-}
-
-func newLeaderBalancer(e *scenario.Env, ns, name string, httpPrefix int) *leaderBalancer {
-	return &leaderBalancer{e: e, ns: ns, name: name, httpPrefix: httpPrefix}
-}
-
-func (b *leaderBalancer) run(ctx context.Context) {
-	_ = wait.PollUntilContextCancel(ctx, 300*time.Millisecond, true, func(ctx context.Context) (bool, error) {
-		list, err := b.e.Client.CoreV1().Pods(b.ns).List(ctx, metav1.ListOptions{LabelSelector: lwsName + "=" + b.name + "," + lwsWorkerIndex + "=0"})
-		if err != nil {
-			return false, nil
-		}
-		var urls []string
-		for _, p := range list.Items {
-			if p.DeletionTimestamp == nil && scenario.Ready(&p) {
-				var g int
-				if _, err := fmt.Sscan(p.Labels[lwsGroupIndex], &g); err == nil {
-					urls = append(urls, groupURL(b.httpPrefix, g))
-				}
-			}
-		}
-		sort.Strings(urls)
-		b.mu.Lock()
-		b.urls = urls
-		b.mu.Unlock()
-		return false, nil
-	})
-}
-
-func (b *leaderBalancer) readyLeaders() int {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return len(b.urls)
-}
-
-// request sends one completion; with no ready leader it waits a moment
-// (a Service with no endpoints refuses at once; that is not a server's
-// failure and is not counted).
-func (b *leaderBalancer) request(ctx context.Context) {
-	b.mu.Lock()
-	if len(b.urls) == 0 {
-		b.mu.Unlock()
-		select {
-		case <-ctx.Done():
-		case <-time.After(100 * time.Millisecond):
-		}
-		return
-	}
-	url := b.urls[b.next%len(b.urls)]
-	b.next++
-	b.mu.Unlock()
-	if _, err := scenario.Complete(ctx, url, "Tessera scales", 48); err != nil {
-		if ctx.Err() == nil {
-			b.failed.Add(1)
-			b.mu.Lock()
-			if len(b.errs) < 8 {
-				b.errs = append(b.errs, fmt.Sprintf("%s %s: %v", time.Now().Format("15:04:05.000"), url, err))
-			}
-			b.mu.Unlock()
-		}
-		return
-	}
-	b.served.Add(1)
-}
-
-func (b *leaderBalancer) counts() (served, failed int64) { return b.served.Load(), b.failed.Load() }
-
 // waitReadyLeaders waits until the balancer routes to n leaders.
-func waitReadyLeaders(ctx context.Context, t *testing.T, b *leaderBalancer, n int) {
+func waitReadyLeaders(ctx context.Context, t *testing.T, b *scenario.LeaderBalancer, n int) {
 	t.Helper()
 	err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
-		return b.readyLeaders() == n, nil
+		return b.ReadyLeaders() == n, nil
 	})
 	if err != nil {
-		t.Fatalf("the balancer has %d ready leaders, want %d", b.readyLeaders(), n)
+		t.Fatalf("the balancer has %d ready leaders, want %d", b.ReadyLeaders(), n)
 	}
 }
 

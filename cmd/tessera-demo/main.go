@@ -11,9 +11,11 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/tessera-gpu/tessera/e2e/cluster"
 	"github.com/tessera-gpu/tessera/e2e/scenario"
 )
 
@@ -21,6 +23,8 @@ func main() {
 	kubeconfig := flag.String("kubeconfig", os.Getenv("KUBECONFIG"), "kubeconfig of the cluster")
 	httpPort := flag.Int("shard-http-port", 18000, "rank 0's HTTP port on 127.0.0.1 (rank r uses port+r)")
 	collPort := flag.Int("shard-collective-port", 18500, "rank 0's collective port on 127.0.0.1")
+	autoscale := flag.Bool("autoscale", false, "instead: LeaderWorkerSet groups scaling out and in (simulated groups through the scale subresource; real shard-server groups by an HPA, for which it starts Prometheus and prometheus-adapter on the cluster in -cluster-dir; TESSERA_TOOLS_DIR names make tools' directory)")
+	clusterDir := flag.String("cluster-dir", envOr("TESSERA_CLUSTER_DIR", "/tmp/tessera-cluster"), "the local cluster's directory (-autoscale)")
 	flag.Parse()
 	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer cancel()
@@ -30,11 +34,39 @@ func main() {
 		os.Exit(1)
 	}
 	e, err := scenario.NewEnv(cfg)
-	if err == nil {
+	switch {
+	case err != nil:
+	case *autoscale:
+		err = runAutoscale(ctx, e, *clusterDir)
+	default:
 		err = scenario.RunDemo(ctx, e, os.Stdout, scenario.DemoOptions{ShardHTTPPort: *httpPort, ShardCollectivePort: *collPort})
 	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "error:", err)
 		os.Exit(1)
 	}
+}
+
+// runAutoscale starts the custom metrics pipeline on the running local
+// cluster (its processes join the cluster's state, so make cluster-down
+// stops them) and runs the autoscaling demo.
+func runAutoscale(ctx context.Context, e *scenario.Env, dir string) error {
+	c, err := cluster.Attach(dir)
+	if err != nil {
+		return err
+	}
+	start := time.Now()
+	prom, err := c.StartMetricsPipeline(ctx, cluster.MetricsPipeline{ScrapeConfigs: scenario.LocalScrapeConfig, AdapterRules: scenario.AdapterRules})
+	if err != nil {
+		return fmt.Errorf("starting Prometheus and prometheus-adapter: %w", err)
+	}
+	fmt.Printf("Prometheus (%s) and prometheus-adapter (custom.metrics.k8s.io) up in %s\n", prom, time.Since(start).Round(100*time.Millisecond))
+	return scenario.RunAutoscaleDemo(ctx, e, os.Stdout)
+}
+
+func envOr(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
 }

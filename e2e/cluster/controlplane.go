@@ -170,7 +170,15 @@ current-context: tessera-local
 	return os.WriteFile(path, []byte(fmt.Sprintf(tmpl, c.APIServerURL, ca, identity, c.tokens[identity], identity)), 0o600)
 }
 
-func (c *Cluster) tool(name string) string { return filepath.Join(c.cfg.ToolsDir, name) }
+// tool is the path of a make-tools binary. A cluster from Attach has no
+// Config: TESSERA_TOOLS_DIR says where the tools are then.
+func (c *Cluster) tool(name string) string {
+	dir := c.cfg.ToolsDir
+	if dir == "" {
+		dir = os.Getenv("TESSERA_TOOLS_DIR")
+	}
+	return filepath.Join(dir, name)
+}
 
 func (c *Cluster) startEtcd(ctx context.Context) error {
 	client := fmt.Sprintf("http://127.0.0.1:%d", c.ports.etcdClient)
