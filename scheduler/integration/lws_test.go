@@ -288,8 +288,68 @@ func TestLeaderWorkerSet(t *testing.T) {
 		t.Logf("rolling update of %d groups × %d ranks: %s, %d samples, at least %d whole ready groups at each", replicas, size, time.Since(start).Round(10*time.Millisecond), samples, minReady)
 	}
 	waitNoLeak(t, ctx)
+
+	// Scale-out with no room: an exclusive LWS (one clique per group)
+	// asked for two groups more than there are cliques free of other
+	// gangs. The groups that fit are placed whole; the others wait whole,
+	// no rank bound and nothing held; scaling back in removes them.
+	{
+		const name = "sat"
+		used := map[string]bool{}
+		all, err := env.client.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cache := map[string]string{}
+		for _, p := range all.Items {
+			if p.Spec.NodeName != "" && !podDone(&p) && p.DeletionTimestamp == nil {
+				used[cliqueOf(t, ctx, p.Spec.NodeName, cache)] = true
+			}
+		}
+		free := numNodes/nodesPerClique - len(used)
+		if free < 1 {
+			t.Fatalf("no clique free of other gangs (%d used)", len(used))
+		}
+		obj := lwsObject(ns, name, free+2, size, 4, true, "v1")
+		if _, err := env.dyn.Resource(lwsGVR).Namespace(ns).Create(ctx, obj, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		check := func() string {
+			whole, partial, pending := lwsState(t, ctx, ns, name, size)
+			if whole != free || pending != 2 || len(partial) > 0 {
+				return fmt.Sprintf("%d whole (want %d), %d pending (want 2), partial: %v", whole, free, pending, partial)
+			}
+			return ""
+		}
+		var last string
+		err = wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, 90*time.Second, true, func(ctx context.Context) (bool, error) {
+			last = check()
+			return last == "", nil
+		})
+		if err != nil {
+			t.Fatalf("LWS %s at saturation: %s\n%s", name, last, describeLWSPods(t, ctx, ns, name))
+		}
+		// Nothing to wait for: what must not happen (a waiting group
+		// partly bound, or holding slices) is checked over 2 s, several
+		// scheduler retry rounds (backoffSeconds 1 in testArgs).
+		for range 8 {
+			time.Sleep(250 * time.Millisecond)
+			if problem := check(); problem != "" {
+				t.Fatalf("LWS %s at saturation changed: %s", name, problem)
+			}
+		}
+		waitNoLeak(t, ctx) // the waiting groups hold no slice
+		t.Logf("exclusive LWS at saturation: %d groups whole in %d free cliques, 2 waiting whole with nothing held", free, free)
+		patch := []byte(fmt.Sprintf(`{"spec":{"replicas":%d}}`, free))
+		if _, err := env.dyn.Resource(lwsGVR).Namespace(ns).Patch(ctx, name, types.MergePatchType, patch, metav1.PatchOptions{}, "scale"); err != nil {
+			t.Fatal(err)
+		}
+		waitLWSWhole(t, ctx, ns, name, free, size, 60*time.Second)
+		waitNoLeak(t, ctx)
+	}
+
 	// Deleting an LWS leaves no pod, reservation or slice behind.
-	for _, name := range []string{"tp4", "tp4-excl", "llama-lws", "roll"} {
+	for _, name := range []string{"tp4", "tp4-excl", "llama-lws", "roll", "sat"} {
 		if err := env.dyn.Resource(lwsGVR).Namespace(ns).Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
 			t.Fatal(err)
 		}
