@@ -34,6 +34,7 @@ const (
 	// Gang sources.
 	LabelPodGroup         = "scheduling.x-k8s.io/pod-group"
 	LabelLWSGroupKey      = "leaderworkerset.sigs.k8s.io/group-key"
+	LabelLWSName          = "leaderworkerset.sigs.k8s.io/name"
 	AnnotationLWSSize     = "leaderworkerset.sigs.k8s.io/size"
 	AnnotationLWSExclTopo = "leaderworkerset.sigs.k8s.io/exclusive-topology"
 

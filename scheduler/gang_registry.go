@@ -58,12 +58,44 @@ type gangRegistry struct {
 	applied map[string]gang.GangSpec
 	// done holds finished members per gang: pod UID → succeeded.
 	done map[string]map[string]bool
+	// leaderReady holds the LeaderWorkerSets (namespace/name) with
+	// startupPolicy LeaderReady: LWS creates their groups' workers only
+	// once the leader is Ready, so their leaders bind first (Barrier 1).
+	leaderReady map[string]bool
 }
 
 func newGangRegistry(mgr *gang.Manager, args *Args) *gangRegistry {
 	return &gangRegistry{mgr: mgr, args: args, groups: map[string]*groupInfo{},
 		members: map[string]map[string]*memberInfo{}, applied: map[string]gang.GangSpec{},
-		done: map[string]map[string]bool{}}
+		done: map[string]map[string]bool{}, leaderReady: map[string]bool{}}
+}
+
+// setLWSLeaderReady records whether LeaderWorkerSet nsName (namespace/name)
+// starts its groups LeaderReady and updates its groups' specs.
+func (r *gangRegistry) setLWSLeaderReady(nsName string, leaderReady bool) {
+	r.mu.Lock()
+	if r.leaderReady[nsName] == leaderReady {
+		r.mu.Unlock()
+		return
+	}
+	if leaderReady {
+		r.leaderReady[nsName] = true
+	} else {
+		delete(r.leaderReady, nsName)
+	}
+	var keys []string
+	for key, ms := range r.members {
+		for _, m := range ms {
+			if m.pod != nil && m.pod.Namespace+"/"+m.pod.Labels[api.LabelLWSName] == nsName {
+				keys = append(keys, key)
+				break
+			}
+		}
+	}
+	r.mu.Unlock()
+	for _, key := range keys {
+		r.sync(key)
+	}
 }
 
 // setGroup records a gang object; nil removes it.
@@ -244,6 +276,11 @@ func (r *gangRegistry) buildLocked(key string) (gang.GangSpec, bool) {
 				// topology value into the workers' node selector): the
 				// leader binds alone once the whole group's slots are
 				// held, and the workers take the slots held for them.
+				spec.Barrier = 1
+			}
+			if r.leaderReady[m.pod.Namespace+"/"+m.pod.Labels[api.LabelLWSName]] {
+				// LeaderReady: the workers come only once the leader
+				// runs and is Ready.
 				spec.Barrier = 1
 			}
 			if spec.Created.IsZero() || m.created.Before(spec.Created) {

@@ -23,6 +23,7 @@ import (
 )
 
 var (
+	lwsGVR            = schema.GroupVersionResource{Group: "leaderworkerset.x-k8s.io", Version: "v1", Resource: "leaderworkersets"}
 	podGroupGVR       = schema.GroupVersionResource{Group: "scheduling.x-k8s.io", Version: "v1alpha1", Resource: "podgroups"}
 	nativePodGroupGVR = schedv1beta1.SchemeGroupVersion.WithResource("podgroups")
 )
@@ -46,7 +47,7 @@ func (pl *Tessera) served(gvr schema.GroupVersionResource) bool {
 // served yet (a CRD installed after the scheduler started).
 func (pl *Tessera) watchGroupAPIs(ctx context.Context) {
 	logger := pl.logger
-	crd, native := false, false
+	crd, native, lws := false, false, false
 	for {
 		if !crd && pl.served(podGroupGVR) {
 			if err := pl.startPodGroupInformer(ctx); err != nil {
@@ -61,7 +62,15 @@ func (pl *Tessera) watchGroupAPIs(ctx context.Context) {
 			native = true
 			logger.Info("Watching PodGroups", "api", nativePodGroupGVR.GroupVersion().String())
 		}
-		if crd && native {
+		if !lws && pl.served(lwsGVR) {
+			if err := pl.startLWSInformer(ctx); err != nil {
+				logger.Error(err, "Cannot watch LeaderWorkerSets")
+			} else {
+				lws = true
+				logger.Info("Watching LeaderWorkerSets (startup policy)", "api", lwsGVR.GroupVersion().String())
+			}
+		}
+		if crd && native && lws {
 			return
 		}
 		select {
@@ -93,6 +102,51 @@ func (pl *Tessera) startPodGroupInformer(ctx context.Context) error {
 	f.Start(ctx.Done())
 	return nil
 }
+
+// startLWSInformer watches LeaderWorkerSets for one field: a group whose
+// LWS starts LeaderReady gets its workers only once the leader is Ready, so
+// its leader must bind first (gangRegistry.leaderReady). Everything else
+// about an LWS group comes from its pods.
+func (pl *Tessera) startLWSInformer(ctx context.Context) error {
+	cfg := pl.handle.KubeConfig()
+	if cfg == nil {
+		return fmt.Errorf("no kubeconfig in the framework handle")
+	}
+	dc, err := dynamic.NewForConfig(cfg)
+	if err != nil {
+		return fmt.Errorf("dynamic client: %w", err)
+	}
+	f := dynamicinformer.NewDynamicSharedInformerFactory(dc, 0)
+	inf := f.ForResource(lwsGVR).Informer()
+	changed := func(obj any) {
+		u, ok := obj.(*unstructured.Unstructured)
+		if !ok {
+			return
+		}
+		policy, _, _ := unstructured.NestedString(u.Object, "spec", "startupPolicy")
+		pl.gangs.setLWSLeaderReady(u.GetNamespace()+"/"+u.GetName(), policy == lwsLeaderReady)
+	}
+	if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    changed,
+		UpdateFunc: func(_, obj any) { changed(obj) },
+		DeleteFunc: func(obj any) {
+			if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+				obj = t.Obj
+			}
+			if m, ok := obj.(metav1.Object); ok {
+				pl.gangs.setLWSLeaderReady(m.GetNamespace()+"/"+m.GetName(), false)
+			}
+		},
+	}); err != nil {
+		return err
+	}
+	f.Start(ctx.Done())
+	return nil
+}
+
+// lwsLeaderReady is LWS's spec.startupPolicy that creates a group's
+// workers only once its leader is Ready.
+const lwsLeaderReady = "LeaderReady"
 
 func (pl *Tessera) startNativeInformer(ctx context.Context) {
 	f := informers.NewSharedInformerFactory(pl.handle.ClientSet(), 0)

@@ -48,10 +48,29 @@ func TestRegistryBuildsSpecs(t *testing.T) {
 	ref, _ = podspec.GangOf(l)
 	r.setMember(ref, string(l.UID), l)
 	s, ok = r.spec("ns/g")
-	if !ok || s.MinMember != 3 || s.Request != 4 || s.ExclusiveTopology != api.LabelRack || s.Source != gang.SourceLWS {
+	if !ok || s.MinMember != 3 || s.Request != 4 || s.ExclusiveTopology != api.LabelRack || s.Source != gang.SourceLWS || s.Barrier != 1 {
 		t.Fatalf("LWS spec = %+v", s)
 	}
 	r.setMember(ref, string(l.UID), nil)
+	// Without exclusive topology the barrier waits for every rank, unless
+	// the LWS starts LeaderReady (its informer says so, before or after
+	// the pods are seen).
+	w := member("w0", 2, map[string]string{api.LabelLWSGroupKey: "h", api.LabelLWSName: "chat"}, map[string]string{api.AnnotationLWSSize: "2"})
+	ref, _ = podspec.GangOf(w)
+	r.setMember(ref, string(w.UID), w)
+	if s, _ := r.spec("ns/h"); s.Barrier != 0 {
+		t.Errorf("LeaderCreated LWS spec barrier %d, want 0 (all ranks)", s.Barrier)
+	}
+	r.setLWSLeaderReady("ns/chat", true)
+	if s, _ := r.spec("ns/h"); s.Barrier != 1 {
+		t.Errorf("LeaderReady LWS spec barrier %d, want 1", s.Barrier)
+	}
+	r.setLWSLeaderReady("other/chat", false)
+	r.setLWSLeaderReady("ns/chat", false)
+	if s, _ := r.spec("ns/h"); s.Barrier != 0 {
+		t.Errorf("after the LWS went back to LeaderCreated: barrier %d, want 0", s.Barrier)
+	}
+	r.setMember(ref, string(w.UID), nil)
 	if _, ok := r.spec("ns/g"); ok {
 		t.Errorf("LWS spec kept after its last member left")
 	}

@@ -160,10 +160,19 @@ func TestLeaderWorkerSet(t *testing.T) {
 	applyExampleIn(t, ctx, "../../manifests/examples/shard-server-lws-hpa.yaml", ns)
 	const replicas, size, slicesPerRank = 2, 4, 2
 	for _, tc := range []struct {
-		name      string
-		exclusive bool
-	}{{"tp4", false}, {"tp4-excl", true}} {
+		name        string
+		exclusive   bool
+		leaderReady bool
+	}{{"tp4", false, false}, {"tp4-excl", true, false}, {"tp4-ready", false, true}} {
 		obj := lwsObject(ns, tc.name, replicas, size, slicesPerRank, tc.exclusive, "v1")
+		if tc.leaderReady {
+			// LWS creates each group's workers only once its leader is
+			// Ready: Tessera binds the leader first, the workers' slots
+			// held.
+			if err := unstructured.SetNestedField(obj.Object, "LeaderReady", "spec", "startupPolicy"); err != nil {
+				t.Fatal(err)
+			}
+		}
 		if _, err := env.dyn.Resource(lwsGVR).Namespace(ns).Create(ctx, obj, metav1.CreateOptions{}); err != nil {
 			t.Fatalf("creating LeaderWorkerSet %s: %v", tc.name, err)
 		}
@@ -175,7 +184,7 @@ func TestLeaderWorkerSet(t *testing.T) {
 		replicas, size int
 		slices         int
 		exclusive      bool
-	}{{"llama-lws", 1, 2, 2, true}, {"tp4", replicas, size, slicesPerRank, false}, {"tp4-excl", replicas, size, slicesPerRank, true}} {
+	}{{"llama-lws", 1, 2, 2, true}, {"tp4", replicas, size, slicesPerRank, false}, {"tp4-excl", replicas, size, slicesPerRank, true}, {"tp4-ready", replicas, size, slicesPerRank, false}} {
 		waitLWSWhole(t, ctx, ns, w.name, w.replicas, w.size, 90*time.Second)
 		cliques := map[string]string{}
 		for g, ps := range lwsGroups(t, ctx, ns, w.name) {
@@ -349,7 +358,7 @@ func TestLeaderWorkerSet(t *testing.T) {
 	}
 
 	// Deleting an LWS leaves no pod, reservation or slice behind.
-	for _, name := range []string{"tp4", "tp4-excl", "llama-lws", "roll", "sat"} {
+	for _, name := range []string{"tp4", "tp4-excl", "tp4-ready", "llama-lws", "roll", "sat"} {
 		if err := env.dyn.Resource(lwsGVR).Namespace(ns).Delete(ctx, name, metav1.DeleteOptions{}); err != nil {
 			t.Fatal(err)
 		}
