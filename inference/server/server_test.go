@@ -131,12 +131,15 @@ func newBatchGroup(t *testing.T, world int, gateAt int64, warm bool, slots int) 
 		e := NewEngine(s, comm, tok, nil, nil)
 		go func() { g.done <- e.RunWorker(context.Background()) }()
 	}
-	if warm {
-		if leader != nil {
-			if err := leader.Wait(context.Background()); err != nil {
-				t.Fatal(err)
-			}
+	// The group forms only once every WELCOME is on the wire, a moment
+	// after each Dial returned: wait for it, so a test's first collective
+	// operation (TestReadinessGating's warm-up) cannot race it.
+	if leader != nil {
+		if err := leader.Wait(context.Background()); err != nil {
+			t.Fatal(err)
 		}
+	}
+	if warm {
 		if err := g.leader.Warmup(context.Background()); err != nil {
 			t.Fatal(err)
 		}
