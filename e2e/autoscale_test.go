@@ -12,8 +12,6 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
 
@@ -79,22 +77,7 @@ func TestLeaderWorkerSetAutoscaling(t *testing.T) {
 	if _, err := e.Dynamic.Resource(lwsResource).Namespace(ns).Create(ctx, scenario.ShardServerLWS(ns, "chat", "tiny", httpPrefix, collPrefix), metav1.CreateOptions{}); err != nil {
 		t.Fatalf("creating the LeaderWorkerSet: %v", err)
 	}
-	hpa := &unstructured.Unstructured{Object: map[string]any{
-		"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
-		"metadata": map[string]any{"name": "chat", "namespace": ns},
-		"spec": map[string]any{
-			"scaleTargetRef": map[string]any{"apiVersion": "leaderworkerset.x-k8s.io/v1", "kind": "LeaderWorkerSet", "name": "chat"},
-			"minReplicas":    int64(1), "maxReplicas": int64(2),
-			"metrics": []any{map[string]any{"type": "Pods", "pods": map[string]any{
-				"metric": map[string]any{"name": "tessera_inference_requests_in_flight"},
-				"target": map[string]any{"type": "AverageValue", "averageValue": "1500m"},
-			}}},
-			// Scale in as soon as the load is gone (the default waits 5 min).
-			"behavior": map[string]any{"scaleDown": map[string]any{"stabilizationWindowSeconds": int64(0)}},
-		},
-	}}
-	hpaRes := schema.GroupVersionResource{Group: "autoscaling", Version: "v2", Resource: "horizontalpodautoscalers"}
-	if _, err := e.Dynamic.Resource(hpaRes).Namespace(ns).Create(ctx, hpa, metav1.CreateOptions{}); err != nil {
+	if _, err := e.Dynamic.Resource(scenario.HPAResource).Namespace(ns).Create(ctx, scenario.ShardServerHPA(ns, "chat"), metav1.CreateOptions{}); err != nil {
 		t.Fatalf("creating the HPA: %v", err)
 	}
 
@@ -341,7 +324,7 @@ func waitServing(ctx context.Context, url string, timeout time.Duration) error {
 
 // hpaStatus renders the HPAs of ns for a failure message.
 func hpaStatus(ctx context.Context, e *scenario.Env, ns string) string {
-	list, err := e.Dynamic.Resource(schema.GroupVersionResource{Group: "autoscaling", Version: "v2", Resource: "horizontalpodautoscalers"}).Namespace(ns).List(ctx, metav1.ListOptions{})
+	list, err := e.Dynamic.Resource(scenario.HPAResource).Namespace(ns).List(ctx, metav1.ListOptions{})
 	if err != nil {
 		return err.Error()
 	}

@@ -82,6 +82,15 @@ func (pl *Tessera) watchGroupAPIs(ctx context.Context) {
 }
 
 func (pl *Tessera) startPodGroupInformer(ctx context.Context) error {
+	return pl.startDynamicInformer(ctx, podGroupGVR, cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { pl.podGroupChanged(obj) },
+		UpdateFunc: func(_, obj any) { pl.podGroupChanged(obj) },
+		DeleteFunc: func(obj any) { pl.groupDeleted(obj) },
+	})
+}
+
+// startDynamicInformer watches gvr (a CRD, read as unstructured) with h.
+func (pl *Tessera) startDynamicInformer(ctx context.Context, gvr schema.GroupVersionResource, h cache.ResourceEventHandler) error {
 	cfg := pl.handle.KubeConfig()
 	if cfg == nil {
 		return fmt.Errorf("no kubeconfig in the framework handle")
@@ -91,12 +100,7 @@ func (pl *Tessera) startPodGroupInformer(ctx context.Context) error {
 		return fmt.Errorf("dynamic client: %w", err)
 	}
 	f := dynamicinformer.NewDynamicSharedInformerFactory(dc, 0)
-	inf := f.ForResource(podGroupGVR).Informer()
-	if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(obj any) { pl.podGroupChanged(obj) },
-		UpdateFunc: func(_, obj any) { pl.podGroupChanged(obj) },
-		DeleteFunc: func(obj any) { pl.groupDeleted(obj) },
-	}); err != nil {
+	if _, err := f.ForResource(gvr).Informer().AddEventHandler(h); err != nil {
 		return err
 	}
 	f.Start(ctx.Done())
@@ -108,16 +112,6 @@ func (pl *Tessera) startPodGroupInformer(ctx context.Context) error {
 // its leader must bind first (gangRegistry.leaderReady). Everything else
 // about an LWS group comes from its pods.
 func (pl *Tessera) startLWSInformer(ctx context.Context) error {
-	cfg := pl.handle.KubeConfig()
-	if cfg == nil {
-		return fmt.Errorf("no kubeconfig in the framework handle")
-	}
-	dc, err := dynamic.NewForConfig(cfg)
-	if err != nil {
-		return fmt.Errorf("dynamic client: %w", err)
-	}
-	f := dynamicinformer.NewDynamicSharedInformerFactory(dc, 0)
-	inf := f.ForResource(lwsGVR).Informer()
 	changed := func(obj any) {
 		u, ok := obj.(*unstructured.Unstructured)
 		if !ok {
@@ -126,7 +120,7 @@ func (pl *Tessera) startLWSInformer(ctx context.Context) error {
 		policy, _, _ := unstructured.NestedString(u.Object, "spec", "startupPolicy")
 		pl.gangs.setLWSLeaderReady(u.GetNamespace()+"/"+u.GetName(), policy == lwsLeaderReady)
 	}
-	if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+	return pl.startDynamicInformer(ctx, lwsGVR, cache.ResourceEventHandlerFuncs{
 		AddFunc:    changed,
 		UpdateFunc: func(_, obj any) { changed(obj) },
 		DeleteFunc: func(obj any) {
@@ -137,11 +131,7 @@ func (pl *Tessera) startLWSInformer(ctx context.Context) error {
 				pl.gangs.setLWSLeaderReady(m.GetNamespace()+"/"+m.GetName(), false)
 			}
 		},
-	}); err != nil {
-		return err
-	}
-	f.Start(ctx.Done())
-	return nil
+	})
 }
 
 // lwsLeaderReady is LWS's spec.startupPolicy that creates a group's

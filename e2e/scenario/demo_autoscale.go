@@ -12,14 +12,11 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/tessera-gpu/tessera/api"
 )
-
-var hpaResource = schema.GroupVersionResource{Group: "autoscaling", Version: "v2", Resource: "horizontalpodautoscalers"}
 
 // RunAutoscaleDemo shows LeaderWorkerSet groups scaling out and in: on the
 // simulated nodes an LWS of 4-rank groups scaled 2 → 5 → 2 through its
@@ -68,20 +65,7 @@ func RunAutoscaleDemo(ctx context.Context, e *Env, out io.Writer) error {
 	if _, err := lws.Create(ctx, ShardServerLWS(ns, "chat", "fortunes", prefix, prefix+1), metav1.CreateOptions{}); err != nil {
 		return fmt.Errorf("creating LeaderWorkerSet chat: %w", err)
 	}
-	hpa := &unstructured.Unstructured{Object: map[string]any{
-		"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
-		"metadata": map[string]any{"name": "chat", "namespace": ns},
-		"spec": map[string]any{
-			"scaleTargetRef": map[string]any{"apiVersion": "leaderworkerset.x-k8s.io/v1", "kind": "LeaderWorkerSet", "name": "chat"},
-			"minReplicas":    int64(1), "maxReplicas": int64(2),
-			"metrics": []any{map[string]any{"type": "Pods", "pods": map[string]any{
-				"metric": map[string]any{"name": "tessera_inference_requests_in_flight"},
-				"target": map[string]any{"type": "AverageValue", "averageValue": "1500m"},
-			}}},
-			"behavior": map[string]any{"scaleDown": map[string]any{"stabilizationWindowSeconds": int64(0)}},
-		},
-	}}
-	if _, err := e.Dynamic.Resource(hpaResource).Namespace(ns).Create(ctx, hpa, metav1.CreateOptions{}); err != nil {
+	if _, err := e.Dynamic.Resource(HPAResource).Namespace(ns).Create(ctx, ShardServerHPA(ns, "chat"), metav1.CreateOptions{}); err != nil {
 		return fmt.Errorf("creating the HPA: %w", err)
 	}
 	if _, err := e.waitLWSGroups(ctx, ns, "chat", 1, 2, 3*time.Minute); err != nil {

@@ -133,6 +133,28 @@ func ShardServerLWS(ns, name, model string, httpPrefix, collPrefix int) *unstruc
 	}}
 }
 
+// HPAResource is the autoscaling/v2 HorizontalPodAutoscaler API.
+var HPAResource = schema.GroupVersionResource{Group: "autoscaling", Version: "v2", Resource: "horizontalpodautoscalers"}
+
+// ShardServerHPA scales LeaderWorkerSet name between 1 and 2 groups on
+// tessera_inference_requests_in_flight (AdapterRules), 1.5 per group, and
+// scales in as soon as the load is gone (the default waits 5 minutes).
+func ShardServerHPA(ns, name string) *unstructured.Unstructured {
+	return &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+		"metadata": map[string]any{"name": name, "namespace": ns},
+		"spec": map[string]any{
+			"scaleTargetRef": map[string]any{"apiVersion": "leaderworkerset.x-k8s.io/v1", "kind": "LeaderWorkerSet", "name": name},
+			"minReplicas":    int64(1), "maxReplicas": int64(2),
+			"metrics": []any{map[string]any{"type": "Pods", "pods": map[string]any{
+				"metric": map[string]any{"name": "tessera_inference_requests_in_flight"},
+				"target": map[string]any{"type": "AverageValue", "averageValue": "1500m"},
+			}}},
+			"behavior": map[string]any{"scaleDown": map[string]any{"stabilizationWindowSeconds": int64(0)}},
+		},
+	}}
+}
+
 // GroupURL is group g's leader on loopback.
 func GroupURL(httpPrefix, g int) string {
 	return fmt.Sprintf("http://127.0.0.1:%d%d0", httpPrefix, g)

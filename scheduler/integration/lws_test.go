@@ -342,6 +342,8 @@ func TestLeaderWorkerSet(t *testing.T) {
 		// partly bound, or holding slices) is checked over 2 s, several
 		// scheduler retry rounds (backoffSeconds 1 in testArgs).
 		for range 8 {
+			// A hold, not a wait: the state is sampled every 250 ms for
+			// 2 s to prove nothing changes (see above).
 			time.Sleep(250 * time.Millisecond)
 			if problem := check(); problem != "" {
 				t.Fatalf("LWS %s at saturation changed: %s", name, problem)
