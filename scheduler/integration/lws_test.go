@@ -289,6 +289,8 @@ func TestLeaderWorkerSet(t *testing.T) {
 		if len(watch.lasting) > 0 {
 			t.Errorf("rolling update: partly bound groups: %v", watch.lasting)
 		}
+		// LWS may still be replacing a pod when the counts first match.
+		waitLWSWhole(t, ctx, ns, name, replicas, size, 60*time.Second)
 		for g, ps := range lwsGroups(t, ctx, ns, name) {
 			if _, aligned := checkGang(t, ctx, name+"/"+g, ps, slicesPerRank, map[string]string{}); !aligned {
 				t.Errorf("rolled group %s spans cliques", g)
@@ -304,36 +306,38 @@ func TestLeaderWorkerSet(t *testing.T) {
 	// no rank bound and nothing held; scaling back in removes them.
 	{
 		const name = "sat"
-		used := map[string]bool{}
-		all, err := env.client.CoreV1().Pods("").List(ctx, metav1.ListOptions{})
-		if err != nil {
-			t.Fatal(err)
-		}
-		cache := map[string]string{}
-		for _, p := range all.Items {
-			if p.Spec.NodeName != "" && !podDone(&p) && p.DeletionTimestamp == nil {
-				used[cliqueOf(t, ctx, p.Spec.NodeName, cache)] = true
-			}
-		}
-		free := numNodes/nodesPerClique - len(used)
-		if free < 1 {
-			t.Fatalf("no clique free of other gangs (%d used)", len(used))
-		}
-		obj := lwsObject(ns, name, free+2, size, 4, true, "v1")
+		// More groups than the cluster has cliques: at least two cannot
+		// fit, whatever other tests left running.
+		cliques := numNodes / nodesPerClique
+		want := cliques + 2
+		free := 0 // groups placed, known once settled
+		obj := lwsObject(ns, name, want, size, 4, true, "v1")
 		if _, err := env.dyn.Resource(lwsGVR).Namespace(ns).Create(ctx, obj, metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
 		check := func() string {
 			whole, partial, pending := lwsState(t, ctx, ns, name, size)
-			if whole != free || pending != 2 || len(partial) > 0 {
-				return fmt.Sprintf("%d whole (want %d), %d pending (want 2), partial: %v", whole, free, pending, partial)
+			if whole < 1 || pending < 2 || whole+pending != want || len(partial) > 0 || (free != 0 && whole != free) {
+				return fmt.Sprintf("%d whole, %d pending of %d (want all whole or pending, at least 2 pending, unchanged), partial: %v", whole, pending, want, partial)
 			}
+			free = whole
 			return ""
 		}
 		var last string
-		err = wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, 90*time.Second, true, func(ctx context.Context) (bool, error) {
-			last = check()
-			return last == "", nil
+		prev, stable := -1, 0
+		err := wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, 90*time.Second, true, func(ctx context.Context) (bool, error) {
+			free = 0 // still settling: any count of placed groups
+			if last = check(); last != "" {
+				stable = 0
+				return false, nil
+			}
+			// Settled: the same count of placed groups for a second.
+			if free == prev {
+				stable++
+			} else {
+				prev, stable = free, 0
+			}
+			return stable >= 4, nil
 		})
 		if err != nil {
 			t.Fatalf("LWS %s at saturation: %s\n%s", name, last, describeLWSPods(t, ctx, ns, name))
@@ -350,7 +354,19 @@ func TestLeaderWorkerSet(t *testing.T) {
 			}
 		}
 		waitNoLeak(t, ctx) // the waiting groups hold no slice
-		t.Logf("exclusive LWS at saturation: %d groups whole in %d free cliques, 2 waiting whole with nothing held", free, free)
+		groups := lwsGroups(t, ctx, ns, name)
+		seen := map[string]string{}
+		for g, ps := range groups {
+			if ps[0].Spec.NodeName == "" {
+				continue
+			}
+			c, _ := checkGang(t, ctx, name+"/"+g, ps, 4, map[string]string{})
+			if other, ok := seen[c]; ok {
+				t.Errorf("exclusive groups %s and %s share clique %s", other, g, c)
+			}
+			seen[c] = g
+		}
+		t.Logf("exclusive LWS at saturation: %d groups whole in distinct cliques, %d waiting whole with nothing held", free, want-free)
 		patch := []byte(fmt.Sprintf(`{"spec":{"replicas":%d}}`, free))
 		if _, err := env.dyn.Resource(lwsGVR).Namespace(ns).Patch(ctx, name, types.MergePatchType, patch, metav1.PatchOptions{}, "scale"); err != nil {
 			t.Fatal(err)
