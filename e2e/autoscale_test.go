@@ -204,6 +204,24 @@ func TestLeaderWorkerSetAutoscaling(t *testing.T) {
 
 	// Rolling update (maxSurge 1, maxUnavailable 0): a new model version.
 	// Every new group is placed whole; at least 2 groups stay ready.
+	// The rollout runs under a load that needs both groups: with 3
+	// clients (1.5 in flight per group, exactly the target) a dip while a
+	// group is replaced let the HPA scale the LWS to 1 mid-rollout, and
+	// LWS then rightly deleted the surge group and an old one together
+	// (its promise of 2 ready groups holds for spec.replicas, which the
+	// HPA had lowered). With 6 clients, even spread over the surge group
+	// the HPA sees 2 per group and keeps asking for its maximum.
+	rollLoadCtx, stopRollLoad := context.WithCancel(loadCtx)
+	defer stopRollLoad()
+	for i := 0; i < 3; i++ {
+		load.Add(1)
+		go func() {
+			defer load.Done()
+			for n := 0; n < 20000 && rollLoadCtx.Err() == nil; n++ { // bounded in count and, by rollLoadCtx, in time
+				lb.Request(rollLoadCtx)
+			}
+		}()
+	}
 	servedBefore, failedBefore = lb.Counts()
 	rollStart := time.Now()
 	patch := []byte(`{"spec":{"leaderWorkerTemplate":{"leaderTemplate":{"metadata":{"labels":{"model-version":"v2"}}},"workerTemplate":{"metadata":{"labels":{"model-version":"v2"}}}}}}`)
@@ -251,6 +269,7 @@ func TestLeaderWorkerSetAutoscaling(t *testing.T) {
 		t.Fatalf("rolling update not done in 4 min")
 	}
 	rollTime := time.Since(rollStart)
+	stopRollLoad()
 	served, failed = lb.Counts()
 	t.Logf("rolling update of 2 groups: %s; at least %d whole ready groups at every sample; %d requests served, %d failed", rollTime.Round(100*time.Millisecond), minReady, served-servedBefore, failed-failedBefore)
 	t.Logf("first failures: %s", strings.Join(lb.FirstErrors(), "\n  "))

@@ -60,19 +60,22 @@ const LocalScrapeConfig = `- job_name: tessera-shard-servers
 `
 
 // AdapterRules is the prometheus-adapter rule that turns a shard server's
-// load into a pods metric: requests in flight = sequences being generated
-// plus requests queued for a KV-cache slot. The same rule is in
-// docs/autoscaling.md for real clusters.
+// load into a pods metric: requests in flight (generating plus queued for a
+// KV-cache slot), averaged over the last 20 s from the server's exact
+// integral of them (the gauges are instants: the HPA acting on them scaled
+// a busy LWS in mid-rollout). docs/autoscaling.md has the same rule with a
+// 1 m window, for Prometheus's usual 15-30 s scrape interval; this cluster
+// scrapes every 2 s.
 const AdapterRules = `rules:
-- seriesQuery: 'tessera_inference_running_sequences{namespace!="",pod!=""}'
+- seriesQuery: 'tessera_inference_requests_in_flight_seconds_total{namespace!="",pod!=""}'
   resources:
     overrides:
       namespace: {resource: namespace}
       pod: {resource: pod}
   name:
-    matches: ^tessera_inference_running_sequences$
+    matches: ^tessera_inference_requests_in_flight_seconds_total$
     as: tessera_inference_requests_in_flight
-  metricsQuery: 'sum(tessera_inference_running_sequences{<<.LabelMatchers>>} + tessera_inference_queued_requests{<<.LabelMatchers>>}) by (<<.GroupBy>>)'
+  metricsQuery: 'sum(rate(<<.Series>>{<<.LabelMatchers>>}[20s])) by (<<.GroupBy>>)'
 `
 
 // ShardServerLWS is a LeaderWorkerSet of 2-rank shard-server groups on the

@@ -53,6 +53,16 @@ type Options struct {
 	// ShutdownGrace, or until rank 0 ends the group, so rank 0's last
 	// requests complete. Zero stops at once.
 	DrainDelay time.Duration
+	// RejoinDelay is how long a worker whose group rank 0 ended in order
+	// (rank 0 was stopped) waits for its own stop signal before it exits.
+	// A group is replaced whole, its workers stopped right after rank 0
+	// (LeaderWorkerSet deletes the workers once the leader pod is gone):
+	// a worker that exited at once was restarted by the kubelet and joined
+	// the replacement rank 0 listening at the same address, which made
+	// LeaderWorkerSet tear the new group down for the old pod's restart.
+	// A worker whose rank 0 really comes back in a pod of the same name (a
+	// plain StatefulSet) rejoins after this delay.
+	RejoinDelay time.Duration
 	// MaxQueued bounds the requests waiting for a KV-cache slot (429
 	// beyond).
 	MaxQueued int
@@ -102,6 +112,7 @@ func ParseArgs(args []string, getenv func(string) string, out io.Writer) (Option
 	fs.DurationVar(&o.Heartbeat, "heartbeat", 2*time.Second, "interval of idle liveness checks across ranks")
 	fs.DurationVar(&o.ShutdownGrace, "shutdown-grace", 10*time.Second, "time to finish in-flight requests on exit")
 	fs.DurationVar(&o.DrainDelay, "drain-delay", 5*time.Second, "on SIGTERM, rank 0 reports unready but keeps serving this long before it stops taking requests (load balancers need time to notice); keep drain-delay + shutdown-grace below the pod's terminationGracePeriodSeconds")
+	fs.DurationVar(&o.RejoinDelay, "rejoin-delay", 30*time.Second, "a worker whose rank 0 ended the group (rank 0 was stopped) waits this long for its own stop signal before exiting to be restarted and join the next rank 0; a group replaced whole stops its workers within it")
 	fs.IntVar(&o.MaxQueued, "max-queued", server.DefaultMaxQueued, "requests that may wait for a KV-cache slot; more get 429 with Retry-After")
 	fs.IntVar(&o.MaxBatch, "max-batch", DefaultMaxBatch, "most sequences decoded together (KV-cache slots), fewer if memory holds fewer")
 	fs.IntVar(&o.KVCacheMiB, "kv-cache-mib", 0, "memory for the KV cache on each rank (default: "+EnvMemoryLimitMiB+" less the rank's weights; unbounded without it)")
@@ -393,7 +404,12 @@ func Run(ctx context.Context, o Options, log *slog.Logger) error {
 		return engine.Err()
 	case err := <-roleDone:
 		if err == nil {
-			log.Info("worker finished: leader shut the group down")
+			log.Info("worker finished: leader shut the group down; waiting for this pod to be stopped before rejoining", "limit", o.RejoinDelay)
+			select {
+			case <-ctx.Done():
+			case <-time.After(o.RejoinDelay):
+				log.Info("not stopped: exiting to join the next rank 0")
+			}
 			return nil
 		}
 		if ctx.Err() != nil {

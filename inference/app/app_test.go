@@ -171,6 +171,49 @@ func TestTwoRanks(t *testing.T) {
 	}
 }
 
+// TestWorkerWaitsToBeStoppedAfterItsGroupEnded: rank 0 is stopped alone
+// (its pod replaced); the worker, not asked to stop, does not exit at once
+// (the kubelet would restart it into the replacement group) but waits for
+// its own stop signal, or --rejoin-delay.
+func TestWorkerWaitsToBeStoppedAfterItsGroupEnded(t *testing.T) {
+	for name, tc := range map[string]struct {
+		rejoinDelay string
+		stopWorker  bool
+	}{
+		"stopped while waiting": {rejoinDelay: "10m", stopWorker: true},
+		"rejoin delay passed":   {rejoinDelay: "100ms"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			leader := start(t, []string{"--rank", "0", "--world-size", "2", "--drain-delay", "0"}, nil)
+			base := "http://" + <-leader.http
+			worker := start(t, []string{"--rank", "1", "--world-size", "2", "--leader-addr", <-leader.coll, "--rejoin-delay", tc.rejoinDelay}, nil)
+			workerBase := "http://" + <-worker.http
+			waitFor(t, "readiness", func() bool { return status(t, "GET", base+"/readyz", "") == 200 })
+			leader.cancel()
+			if err := wait(t, leader); err != nil {
+				t.Fatalf("leader exit: %v", err)
+			}
+			if !tc.stopWorker {
+				if err := wait(t, worker); err != nil {
+					t.Errorf("worker exit after its rejoin delay: %v", err)
+				}
+				return
+			}
+			// The worker got rank 0's shutdown: unready, and still running.
+			waitFor(t, "worker unready", func() bool { return status(t, "GET", workerBase+"/readyz", "") == 503 })
+			select {
+			case err := <-worker.done:
+				t.Fatalf("worker exited (%v) once rank 0 ended the group; it must wait to be stopped", err)
+			default:
+			}
+			worker.cancel()
+			if err := wait(t, worker); err != nil {
+				t.Errorf("worker exit on its stop signal: %v", err)
+			}
+		})
+	}
+}
+
 // TestRankLossExits: when a worker goes away, rank 0 notices through its
 // heartbeat and Run fails, which main turns into a non-zero exit.
 func TestRankLossExits(t *testing.T) {
@@ -216,7 +259,11 @@ func TestFortunesModel(t *testing.T) {
 		if err := json.NewDecoder(resp.Body).Decode(&out); err != nil || len(out.Choices) != 1 {
 			t.Fatalf("completion: %v, %+v", err, out)
 		}
+		// The group is stopped whole, as its pods would be.
 		leader.cancel()
+		if worker != nil {
+			worker.cancel()
+		}
 		if err := wait(t, leader); err != nil {
 			t.Errorf("leader exit: %v", err)
 		}

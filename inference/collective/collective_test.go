@@ -234,6 +234,63 @@ func TestDialRetries(t *testing.T) {
 	}
 }
 
+// TestSuccessorGroupOnTheSameAddress is a group replaced in place while it
+// drains (a rolling update with hostNetwork ports): the new worker must not
+// be turned away for good by the old, formed group still holding the
+// address; it joins the new leader that takes the address once free.
+func TestSuccessorGroupOnTheSameAddress(t *testing.T) {
+	old := tcpGroup(t, 2)
+	addr := old[0].(*Leader).Addr().String()
+
+	failed := &failedDials{n: 1, reached: make(chan struct{})}
+	done := make(chan error, 1)
+	var successorWorker *Worker
+	go func() {
+		w, err := Dial(context.Background(), addr, Options{Self: PeerInfo{Rank: 1, WorldSize: 2, ModelHash: "m"}, OpTimeout: 5 * time.Second, Logger: slog.New(failed)},
+			Backoff{Initial: 20 * time.Millisecond, Max: 50 * time.Millisecond})
+		successorWorker = w
+		done <- err
+	}()
+	select {
+	case <-failed.reached:
+	case err := <-done:
+		t.Fatalf("the new worker's Dial ended while only the old, formed group had the address: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("the new worker did not try the address in 10s")
+	}
+	// The old group still works, and the address is free for a successor
+	// while it does.
+	if errs := onAll(old, func(c Comm) error { return c.AllReduceSum([]float32{1}) }); errors.Join(errs...) != nil {
+		t.Fatalf("old group after the new worker's attempts: %v", errs)
+	}
+	leader, err := Listen(addr, Options{Self: PeerInfo{Rank: 0, WorldSize: 2, ModelHash: "m"}, OpTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatalf("successor leader on the old group's address while the old group lives: %v", err)
+	}
+	defer leader.Close()
+	if err := <-done; err != nil {
+		t.Fatalf("new worker: %v", err)
+	}
+	defer successorWorker.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := leader.Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	buf := []float32{2}
+	if errs := onAll([]Comm{leader, successorWorker}, func(c Comm) error {
+		if c == Comm(leader) {
+			return c.AllReduceSum(buf)
+		}
+		return c.AllReduceSum([]float32{3})
+	}); errors.Join(errs...) != nil || buf[0] != 5 {
+		t.Fatalf("successor group all-reduce: %v, sum %v, want 5", errs, buf[0])
+	}
+	if errs := onAll(old, func(c Comm) error { return c.AllReduceSum([]float32{1}) }); errors.Join(errs...) != nil {
+		t.Fatalf("old group beside its successor: %v", errs)
+	}
+}
+
 // TestRankLoss checks that when one rank leaves, blocked and later calls on
 // the others fail with ErrGroupBroken instead of hanging.
 func TestRankLoss(t *testing.T) {

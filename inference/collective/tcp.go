@@ -44,6 +44,10 @@ type PeerInfo struct {
 
 type welcome struct {
 	Error string `json:"error,omitempty"`
+	// Retry marks a refusal that another attempt at the same address may
+	// not meet: this leader is going away and a successor may take its
+	// address (a pod replaced in place, hostNetwork ports).
+	Retry bool `json:"retry,omitempty"`
 }
 
 // Options configure a TCP rank.
@@ -285,13 +289,14 @@ func (l *Leader) acceptLoop() {
 func (l *Leader) handshake(conn net.Conn) {
 	p := newPeer(conn, &l.stats, l.opts.BusyPoll)
 	p.deadline(l.opts.HelloTimeout)
-	reject := func(msg string) {
-		l.opts.Logger.Warn("rejecting rank", "remote", conn.RemoteAddr().String(), "reason", msg)
-		if b, err := json.Marshal(welcome{Error: msg}); err == nil && p.writeFrame(frameWelcome, b) == nil {
+	rejectWith := func(w welcome) {
+		l.opts.Logger.Warn("rejecting rank", "remote", conn.RemoteAddr().String(), "reason", w.Error)
+		if b, err := json.Marshal(w); err == nil && p.writeFrame(frameWelcome, b) == nil {
 			_ = p.w.Flush()
 		}
 		conn.Close()
 	}
+	reject := func(msg string) { rejectWith(welcome{Error: msg}) }
 	b, err := p.readFrame(frameHello)
 	if err != nil {
 		reject(fmt.Sprintf("bad hello: %v", err))
@@ -307,7 +312,7 @@ func (l *Leader) handshake(conn net.Conn) {
 	switch {
 	case l.closed:
 		l.mu.Unlock()
-		reject("leader shutting down")
+		rejectWith(welcome{Error: "leader shutting down", Retry: true})
 		return
 	case info.WorldSize != self.WorldSize:
 		l.mu.Unlock()
@@ -354,6 +359,15 @@ func (l *Leader) handshake(conn net.Conn) {
 	}
 	l.opts.Logger.Info("rank joined", "rank", info.Rank, "remote", info.Addr)
 	if done {
+		// A formed group takes no one else, so the listener goes now: a
+		// rank dialing this address later (a replacement group whose pods
+		// reuse it while this one drains, a restarted worker) retries on
+		// "connection refused" until a leader that wants it listens there,
+		// instead of being refused for good by a group it can never join.
+		// It also frees the address for that successor at once.
+		if err := l.ln.Close(); err != nil && !errors.Is(err, net.ErrClosed) {
+			l.opts.Logger.Warn("closing the collective listener", "err", err)
+		}
 		close(l.formed)
 	}
 }
@@ -462,6 +476,9 @@ func (l *Leader) Close() error {
 	}
 	l.closed = true
 	err := l.ln.Close()
+	if errors.Is(err, net.ErrClosed) {
+		err = nil // closed when the group formed
+	}
 	for _, p := range l.peers {
 		if p != nil {
 			p.conn.Close()
@@ -477,7 +494,9 @@ type Worker struct {
 	stats Stats
 }
 
-// ErrRejected wraps a leader's refusal at HELLO; retrying cannot help.
+// ErrRejected wraps a leader's refusal at HELLO that retrying cannot help
+// (world size, rank or model mismatch). A leader that is shutting down
+// refuses with Retry set instead, and Dial keeps trying.
 var ErrRejected = errors.New("rejected by leader")
 
 // Backoff is the retry schedule for reaching the leader.
@@ -551,6 +570,9 @@ func dialOnce(ctx context.Context, addr string, opts Options) (*Worker, error) {
 	}
 	if wel.Error != "" {
 		conn.Close()
+		if wel.Retry {
+			return nil, fmt.Errorf("leader refused for now: %s", wel.Error)
+		}
 		return nil, fmt.Errorf("%w: %s", ErrRejected, wel.Error)
 	}
 	w.p.deadline(0)

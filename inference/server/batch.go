@@ -67,7 +67,7 @@ func (e *Engine) enqueue(sq *sequence) error {
 		return ErrQueueFull
 	}
 	s.waiting = append(s.waiting, sq)
-	e.m.Queued.Set(float64(len(s.waiting)))
+	e.m.SetQueued(len(s.waiting))
 	if !s.started {
 		s.started = true
 		go e.loop()
@@ -85,7 +85,7 @@ func (e *Engine) dequeue(sq *sequence) bool {
 	for i, w := range s.waiting {
 		if w == sq {
 			s.waiting = append(s.waiting[:i], s.waiting[i+1:]...)
-			e.m.Queued.Set(float64(len(s.waiting)))
+			e.m.SetQueued(len(s.waiting))
 			return true
 		}
 	}
@@ -100,7 +100,7 @@ func (e *Engine) drain(ctx context.Context) {
 	s.draining = true
 	waiting := s.waiting
 	s.waiting = nil
-	e.m.Queued.Set(0)
+	e.m.SetQueued(0)
 	started := s.started
 	s.mu.Unlock()
 	for _, sq := range waiting {
@@ -133,11 +133,11 @@ func (e *Engine) loop() {
 		waiting := s.waiting
 		s.waiting = nil
 		s.mu.Unlock()
-		e.m.Queued.Set(0)
+		e.m.SetQueued(0)
 		for _, sq := range append(running, waiting...) {
 			sq.finish(err)
 		}
-		e.m.Running.Set(0)
+		e.m.SetRunning(0)
 		e.m.KVUsed.Set(0)
 	}
 	for {
@@ -162,9 +162,9 @@ func (e *Engine) loop() {
 			running = append(running, sq)
 		}
 		draining := s.draining
-		e.m.Queued.Set(float64(len(s.waiting)))
+		e.m.SetQueued(len(s.waiting))
 		s.mu.Unlock()
-		e.m.Running.Set(float64(len(running)))
+		e.m.SetRunning(len(running))
 		e.m.KVUsed.Set(float64(len(running)))
 
 		if len(running) == 0 {
@@ -215,7 +215,7 @@ func (e *Engine) loop() {
 		running = kept
 		// The gauges first: a client that reads them after its answer
 		// sees its slot free.
-		e.m.Running.Set(float64(len(running)))
+		e.m.SetRunning(len(running))
 		e.m.KVUsed.Set(float64(len(running)))
 		for _, sq := range finished {
 			sq.finish(nil)

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -27,6 +28,61 @@ type Metrics struct {
 	KVUsed  prometheus.Gauge
 	// BatchTokens is the tokens fed per batched step.
 	BatchTokens prometheus.Histogram
+
+	// load integrates Queued + Running over time for
+	// tessera_inference_requests_in_flight_seconds_total; set the gauges
+	// through SetQueued and SetRunning so it sees every change.
+	load inFlightIntegral
+}
+
+// inFlightIntegral is the time integral of requests in flight, in
+// request-seconds. The gauges are instants: Prometheus sees whatever is in
+// flight at the moment of its scrape, which for short requests swings
+// between 0 and several from one scrape to the next, and an autoscaler
+// acting on that scales a busy group in (it did, mid-rollout, in the
+// autoscaling e2e test). The integral is exact: its rate over a window is
+// that window's average number of requests in flight.
+type inFlightIntegral struct {
+	mu              sync.Mutex
+	now             func() time.Time
+	queued, running int
+	since           time.Time
+	total           float64
+}
+
+// advance adds what was in flight since the last change; mu held.
+func (l *inFlightIntegral) advance() {
+	now := l.now()
+	if !l.since.IsZero() {
+		l.total += float64(l.queued+l.running) * now.Sub(l.since).Seconds()
+	}
+	l.since = now
+}
+
+func (l *inFlightIntegral) set(field *int, n int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.advance()
+	*field = n
+}
+
+func (l *inFlightIntegral) read() float64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.advance()
+	return l.total
+}
+
+// SetQueued records the requests waiting for a KV-cache slot.
+func (m *Metrics) SetQueued(n int) {
+	m.Queued.Set(float64(n))
+	m.load.set(&m.load.queued, n)
+}
+
+// SetRunning records the sequences being generated.
+func (m *Metrics) SetRunning(n int) {
+	m.Running.Set(float64(n))
+	m.load.set(&m.load.running, n)
 }
 
 // NewMetrics creates the metric set; ranks reports how many ranks have
@@ -72,6 +128,11 @@ func NewMetrics(ranks func() int) *Metrics {
 			Buckets: prometheus.ExponentialBuckets(1, 2, 8),
 		}),
 	}
+	m.load.now = time.Now
+	inFlightSeconds := prometheus.NewCounterFunc(prometheus.CounterOpts{
+		Name: "tessera_inference_requests_in_flight_seconds_total",
+		Help: "Requests in flight (queued plus generating) integrated over time, in request-seconds: its rate over a window is the window's average number of requests in flight, what an autoscaler should act on.",
+	}, m.load.read)
 	connected := prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "tessera_inference_ranks_connected", Help: "Ranks in the group that have joined, this one included.",
 	}, func() float64 {
@@ -80,7 +141,7 @@ func NewMetrics(ranks func() int) *Metrics {
 		}
 		return float64(ranks())
 	})
-	m.Registry.MustRegister(m.Requests, m.Tokens, m.TTFT, m.TokenLatency, m.AllReduce, m.Ready, m.Queued, m.Running, m.KVSlots, m.KVUsed, m.BatchTokens, connected)
+	m.Registry.MustRegister(m.Requests, m.Tokens, m.TTFT, m.TokenLatency, m.AllReduce, m.Ready, m.Queued, m.Running, m.KVSlots, m.KVUsed, m.BatchTokens, inFlightSeconds, connected)
 	return m
 }
 
