@@ -1,7 +1,6 @@
 package cluster
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -13,14 +12,14 @@ import (
 	"strings"
 	"time"
 
-	admissionv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 	"k8s.io/client-go/kubernetes"
 	"sigs.k8s.io/yaml"
+
+	"github.com/tessera-gpu/tessera/api"
 )
 
 // LWSNamespace is where the LeaderWorkerSet controller keeps its
@@ -35,7 +34,7 @@ const lwsIdentity = "lws"
 // lwsSetLabel is on every pod LWS creates; the upstream kustomization
 // limits LWS's pod webhooks to such pods with this object selector, so
 // other pods never wait on (or fail with) the LWS webhook server.
-const lwsSetLabel = "leaderworkerset.sigs.k8s.io/name"
+const lwsSetLabel = api.LabelLWSName
 
 // StartLeaderWorkerSet installs the LeaderWorkerSet CRDs and runs the real controller
 // (make tools builds it unmodified from sigs.k8s.io/lws, with its CRDs,
@@ -201,66 +200,16 @@ func (c *Cluster) grantLWS(ctx context.Context, client kubernetes.Interface, rol
 // and with the object selector the upstream kustomization patches onto the
 // pod webhooks (only pods LWS created).
 func registerLWSWebhooks(ctx context.Context, client kubernetes.Interface, path, url string, caPEM []byte) error {
-	raw, err := os.ReadFile(path)
-	if err != nil {
-		return err
-	}
 	lwsPods := &metav1.LabelSelector{MatchExpressions: []metav1.LabelSelectorRequirement{{Key: lwsSetLabel, Operator: metav1.LabelSelectorOpExists}}}
-	retarget := func(cc *admissionv1.WebhookClientConfig, objSel **metav1.LabelSelector) error {
-		if cc.Service == nil || cc.Service.Path == nil {
-			return errors.New("webhook without a service path")
-		}
-		if strings.HasSuffix(*cc.Service.Path, "-v1-pod") {
-			*objSel = lwsPods
-		}
-		u := url + *cc.Service.Path
-		cc.Service, cc.URL, cc.CABundle = nil, &u, caPEM
-		return nil
-	}
-	hooks := client.AdmissionregistrationV1()
-	dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(raw), 4096)
-	for {
-		var doc map[string]any
-		if err := dec.Decode(&doc); err != nil {
-			break
-		}
-		if doc == nil {
-			continue
-		}
-		b, err := yaml.Marshal(doc)
-		if err != nil {
-			return err
-		}
-		switch doc["kind"] {
-		case "MutatingWebhookConfiguration":
-			var wc admissionv1.MutatingWebhookConfiguration
-			if err := yaml.UnmarshalStrict(b, &wc); err != nil {
-				return fmt.Errorf("%s: %w", path, err)
+	_, err := RegisterWebhooks(ctx, client, Webhooks{
+		Manifest: path, BaseURL: url, CAPEM: caPEM,
+		MutatingName: "lws-mutating-webhook-configuration", ValidatingName: "lws-validating-webhook-configuration",
+		Keep: func(servicePath string, sel WebhookSelectors) bool {
+			if strings.HasSuffix(servicePath, "-v1-pod") {
+				*sel.Object = lwsPods
 			}
-			wc.ObjectMeta = metav1.ObjectMeta{Name: "lws-mutating-webhook-configuration"}
-			for i := range wc.Webhooks {
-				if err := retarget(&wc.Webhooks[i].ClientConfig, &wc.Webhooks[i].ObjectSelector); err != nil {
-					return fmt.Errorf("%s: %s: %w", path, wc.Webhooks[i].Name, err)
-				}
-			}
-			if _, err := hooks.MutatingWebhookConfigurations().Create(ctx, &wc, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-				return err
-			}
-		case "ValidatingWebhookConfiguration":
-			var wc admissionv1.ValidatingWebhookConfiguration
-			if err := yaml.UnmarshalStrict(b, &wc); err != nil {
-				return fmt.Errorf("%s: %w", path, err)
-			}
-			wc.ObjectMeta = metav1.ObjectMeta{Name: "lws-validating-webhook-configuration"}
-			for i := range wc.Webhooks {
-				if err := retarget(&wc.Webhooks[i].ClientConfig, &wc.Webhooks[i].ObjectSelector); err != nil {
-					return fmt.Errorf("%s: %s: %w", path, wc.Webhooks[i].Name, err)
-				}
-			}
-			if _, err := hooks.ValidatingWebhookConfigurations().Create(ctx, &wc, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
-				return err
-			}
-		}
-	}
-	return nil
+			return true
+		},
+	})
+	return err
 }

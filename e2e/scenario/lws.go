@@ -23,7 +23,7 @@ var LWSResource = schema.GroupVersionResource{Group: "leaderworkerset.x-k8s.io",
 
 // LWS labels on the pods it creates.
 const (
-	LWSNameLabel        = "leaderworkerset.sigs.k8s.io/name"
+	LWSNameLabel        = api.LabelLWSName
 	LWSGroupIndexLabel  = "leaderworkerset.sigs.k8s.io/group-index"
 	LWSWorkerIndexLabel = "leaderworkerset.sigs.k8s.io/worker-index"
 	// PortPrefixAnnotation tells the local cluster's Prometheus how a

@@ -22,7 +22,6 @@ import (
 	"testing"
 	"time"
 
-	admissionv1 "k8s.io/api/admissionregistration/v1"
 	v1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -30,9 +29,9 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/util/wait"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
-	"sigs.k8s.io/yaml"
 
 	"github.com/tessera-gpu/tessera/api"
+	"github.com/tessera-gpu/tessera/e2e/cluster"
 )
 
 // Kueue's pod integration: labels and annotation that put a pod in a queue
@@ -500,84 +499,25 @@ exec %[3]s --config %[4]s --feature-gates=VisibilityOnDemand=false`, overlay, ce
 // Kueue's own objects and pointing them at url.
 func registerKueueWebhooks(t *testing.T, ctx context.Context, path, url string, caPEM []byte) {
 	t.Helper()
-	raw, err := os.ReadFile(path)
+	onlyLabelled := &metav1.LabelSelector{MatchLabels: map[string]string{kueueNamespaceLabel: "true"}}
+	remove, err := cluster.RegisterWebhooks(ctx, env.client, cluster.Webhooks{
+		Manifest: path, BaseURL: url, CAPEM: caPEM,
+		MutatingName: "tessera-it-kueue-mutating", ValidatingName: "tessera-it-kueue-validating",
+		// Keep the webhooks for pods and for Kueue's own objects; limit the
+		// pod ones to the labelled namespaces.
+		Keep: func(servicePath string, sel cluster.WebhookSelectors) bool {
+			pod := strings.HasSuffix(servicePath, "-v1-pod")
+			if pod {
+				*sel.Namespace = onlyLabelled
+			}
+			return pod || strings.Contains(servicePath, "-kueue-x-k8s-io-")
+		},
+	})
+	if remove != nil {
+		t.Cleanup(func() { _ = remove(context.Background()) })
+	}
 	if err != nil {
 		t.Fatal(err)
-	}
-	onlyLabelled := &metav1.LabelSelector{MatchLabels: map[string]string{kueueNamespaceLabel: "true"}}
-	// retarget keeps a webhook for pods or for Kueue's own objects, points
-	// it at url and limits a pod webhook to the labelled namespaces; false
-	// drops the webhook.
-	retarget := func(cc *admissionv1.WebhookClientConfig, nsSel **metav1.LabelSelector) bool {
-		if cc.Service == nil || cc.Service.Path == nil {
-			return false
-		}
-		path := *cc.Service.Path
-		pod := strings.HasSuffix(path, "-v1-pod")
-		if !pod && !strings.Contains(path, "-kueue-x-k8s-io-") {
-			return false
-		}
-		if pod {
-			*nsSel = onlyLabelled
-		}
-		u := url + path
-		cc.Service, cc.URL, cc.CABundle = nil, &u, caPEM
-		return true
-	}
-	dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(raw), 4096)
-	for {
-		var doc map[string]any
-		if err := dec.Decode(&doc); err != nil {
-			break
-		}
-		if doc == nil {
-			continue
-		}
-		b, err := yaml.Marshal(doc)
-		if err != nil {
-			t.Fatal(err)
-		}
-		hooks := env.client.AdmissionregistrationV1()
-		switch doc["kind"] {
-		case "MutatingWebhookConfiguration":
-			var c admissionv1.MutatingWebhookConfiguration
-			if err := yaml.UnmarshalStrict(b, &c); err != nil {
-				t.Fatal(err)
-			}
-			c.ObjectMeta = metav1.ObjectMeta{Name: "tessera-it-kueue-mutating"}
-			var ws []admissionv1.MutatingWebhook
-			for _, w := range c.Webhooks {
-				if retarget(&w.ClientConfig, &w.NamespaceSelector) {
-					ws = append(ws, w)
-				}
-			}
-			c.Webhooks = ws
-			if _, err := hooks.MutatingWebhookConfigurations().Create(ctx, &c, metav1.CreateOptions{}); err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() {
-				_ = hooks.MutatingWebhookConfigurations().Delete(context.Background(), c.Name, metav1.DeleteOptions{})
-			})
-		case "ValidatingWebhookConfiguration":
-			var c admissionv1.ValidatingWebhookConfiguration
-			if err := yaml.UnmarshalStrict(b, &c); err != nil {
-				t.Fatal(err)
-			}
-			c.ObjectMeta = metav1.ObjectMeta{Name: "tessera-it-kueue-validating"}
-			var ws []admissionv1.ValidatingWebhook
-			for _, w := range c.Webhooks {
-				if retarget(&w.ClientConfig, &w.NamespaceSelector) {
-					ws = append(ws, w)
-				}
-			}
-			c.Webhooks = ws
-			if _, err := hooks.ValidatingWebhookConfigurations().Create(ctx, &c, metav1.CreateOptions{}); err != nil {
-				t.Fatal(err)
-			}
-			t.Cleanup(func() {
-				_ = hooks.ValidatingWebhookConfigurations().Delete(context.Background(), c.Name, metav1.DeleteOptions{})
-			})
-		}
 	}
 }
 

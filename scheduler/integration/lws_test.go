@@ -13,20 +13,20 @@ import (
 	v1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
 
 	"github.com/tessera-gpu/tessera/api"
+	"github.com/tessera-gpu/tessera/e2e/scenario"
 )
 
-var lwsGVR = schema.GroupVersionResource{Group: "leaderworkerset.x-k8s.io", Version: "v1", Resource: "leaderworkersets"}
+var lwsGVR = scenario.LWSResource
 
 // LWS labels on the pods it creates.
 const (
-	lwsNameLabel   = "leaderworkerset.sigs.k8s.io/name"
-	lwsGroupIndex  = "leaderworkerset.sigs.k8s.io/group-index"
-	lwsWorkerIndex = "leaderworkerset.sigs.k8s.io/worker-index"
+	lwsNameLabel   = scenario.LWSNameLabel
+	lwsGroupIndex  = scenario.LWSGroupIndexLabel
+	lwsWorkerIndex = scenario.LWSWorkerIndexLabel
 )
 
 var lwsOnce struct {
