@@ -84,6 +84,11 @@ func startCollector(tCtx ktesting.TContext) error {
 		return err
 	}
 	stop := make(chan struct{})
+	if isCeilingWorkload(tCtx.Name() + "/") {
+		if err := startCeilingBinder(tCtx, inf, stop); err != nil {
+			return err
+		}
+	}
 	f.Start(stop)
 	go c.sampleHeap(stop)
 	tCtx.Cleanup(func() {

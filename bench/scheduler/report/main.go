@@ -65,7 +65,17 @@ func main() {
 	if err := os.MkdirAll(*outDir, 0o755); err != nil {
 		fail(err)
 	}
-	table, accept := tables(recs)
+	var ceilings []*sb.Record
+	var sched []*sb.Record
+	for _, r := range recs {
+		if r.Case == ceilingCase {
+			ceilings = append(ceilings, r)
+		} else {
+			sched = append(sched, r)
+		}
+	}
+	table, accept := tables(sched)
+	accept += ceilingSection(sched, ceilings)
 	var b strings.Builder
 	fmt.Fprintf(&b, "# Scheduler benchmark, %s (%s mode)\n\n", date, *mode)
 	fmt.Fprintf(&b, "Machine: %s\n\n", *machine)
@@ -157,6 +167,57 @@ func mergeDataItems(dir string, recs []*sb.Record) {
 
 // throughput is scheduler_perf's average, or the collector's own figure
 // when scheduler_perf had too few samples.
+// ceilingCase is the empty-bind ceiling workload (bench/scheduler
+// ceiling_test.go): Bindings only, no scheduler.
+const ceilingCase = "BindCeiling"
+
+// ceilingSection compares each scheduler's bind rate with the empty-bind
+// ceiling of the same size, measured in the same invocation (so only rows
+// of the 1.37 module; the coscheduling baseline runs on another API
+// server). Both rates are the collector's own: bound pods over the time
+// from the first to the last bind.
+func ceilingSection(recs, ceilings []*sb.Record) string {
+	if len(ceilings) == 0 {
+		return ""
+	}
+	var b strings.Builder
+	b.WriteString("\n## Empty-bind ceiling\n\nThe rate at which this API server and etcd accept Bindings when nothing is scheduled: the `BindCeiling` workload creates the pods of `SchedulingBasic` for a scheduler that does not exist, and once they exist the collector binds them round robin over the nodes with 32 Bindings in flight (bench/scheduler/ceiling_test.go). Rates below are bound pods over the time from the first to the last bind (the collector's own; a scheduler's includes creating its pods, which it schedules as they come).\n\n")
+	b.WriteString("| workload | ceiling binds/s | scheduler | pods/s | ÷ ceiling |\n|---|---|---|---|---|\n")
+	for _, c := range ceilings {
+		if c.PodsPerSec <= 0 {
+			fmt.Fprintf(&b, "| %s | not measured (%d of %d pods bound) | | | |\n", c.Workload, c.BoundPods, c.Pods)
+			continue
+		}
+		for _, r := range recs {
+			f, v := family(r.Case)
+			if r.Workload != c.Workload || v == "Coscheduling" || f == "GPUMix" || r.PodsPerSec <= 0 {
+				continue // GPUMix runs to saturation: its last binds wait for room, not for the API server
+			}
+			name := "Tessera"
+			if v != "Tessera" {
+				name = baselineName(f, v)
+			}
+			fmt.Fprintf(&b, "| %s/%s | %.0f | %s | %.0f | %.0f%% |\n", f, r.Workload, c.PodsPerSec, name, r.PodsPerSec, 100*r.PodsPerSec/c.PodsPerSec)
+		}
+	}
+	b.WriteString("\n| target | result | met |\n|---|---|---|\n")
+	for _, c := range ceilings {
+		for _, r := range recs {
+			f, v := family(r.Case)
+			if r.Workload != c.Workload || v != "Tessera" || (f != "SchedulingBasic" && f != "TAS") || c.PodsPerSec <= 0 {
+				continue
+			}
+			share := r.PodsPerSec / c.PodsPerSec
+			met := "yes"
+			if share < 0.7 {
+				met = "**no**"
+			}
+			fmt.Fprintf(&b, "| Tessera's bind rate ≥ 70%% of the ceiling (%s/%s) | %.0f%% (%.0f of %.0f binds/s) | %s |\n", f, r.Workload, 100*share, r.PodsPerSec, c.PodsPerSec, met)
+		}
+	}
+	return b.String()
+}
+
 func throughput(r *sb.Record) float64 {
 	if r.ThroughputAvg > 0 {
 		return r.ThroughputAvg
