@@ -69,6 +69,25 @@ elif [ $rc -ne 0 ]; then
   { echo "bench/baseline (coscheduling v0.34.7, Kubernetes 1.34.4) exited with $rc; no coscheduling figures where rows are missing. Last lines:"; echo '```'; grep -E -- '--- FAIL|Error|error in|\.go:[0-9]+:|cannot|undefined' "$WORK/baseline.log" | grep -v 'etcd output' | tail -20; echo '```'; } >>"$NOTES"
 fi
 
+echo ">> [2b/4] fractional peers (KAI-Scheduler, HAMi) from the Go module proxy"
+# The GPU mix should also run against a fractional-GPU scheduler users would
+# pick instead of Tessera. Each run asks the proxy again for the versions
+# below and writes what it answered into the results: a peer that cannot be
+# fetched is reported with its exact error, never estimated.
+PEERS="github.com/NVIDIA/KAI-scheduler@v0.9.3 github.com/NVIDIA/KAI-scheduler@v0.8.5 github.com/NVIDIA/KAI-scheduler@v0.5.0 github.com/Project-HAMi/HAMi@v2.6.0+incompatible github.com/Project-HAMi/HAMi@v2.5.0+incompatible"
+peerdir=$(mktemp -d "$WORK/peers.XXXX")
+(cd "$peerdir" && $GO mod init tessera-bench-peers >/dev/null 2>&1)
+{ echo "Fractional peer for the GPU mix (issue 20): each version asked of the Go module proxy in this run:"; echo
+  for m in $PEERS; do
+    out=$(cd "$peerdir" && $GO mod download -json "$m" 2>&1)
+    err=$(printf '%s' "$out" | sed -n 's/^[[:space:]]*"Error": "\(.*\)",\{0,1\}$/\1/p' | sed 's/\\n\\t/ /g' | head -1)
+    if [ -n "$err" ]; then echo "- \`$m\`: refused: \`$err\`"; else echo "- \`$m\`: downloaded, but no harness runs it yet: no figures"; fi
+  done
+  echo; echo "No fractional peer row is in the tables."
+} >"$WORK/peers.md"
+grep -E '^- `' "$WORK/peers.md" | cut -c1-160
+cat "$WORK/peers.md" >>"$NOTES"
+
 echo ">> [3/4] bench/deviceplugin"
 DPN=2000; [ "$MODE" = smoke ] && DPN=200
 $GO test ./bench/deviceplugin -run '^$' -bench . -benchtime ${DPN}x >"$WORK/deviceplugin.txt" 2>&1 || \
