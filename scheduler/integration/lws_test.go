@@ -3,6 +3,7 @@ package integration
 import (
 	"context"
 	"fmt"
+	"maps"
 	"slices"
 	"sort"
 	"strings"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	v1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/types"
@@ -185,9 +187,8 @@ func TestLeaderWorkerSet(t *testing.T) {
 		slices         int
 		exclusive      bool
 	}{{"llama-lws", 1, 2, 2, true}, {"tp4", replicas, size, slicesPerRank, false}, {"tp4-excl", replicas, size, slicesPerRank, true}, {"tp4-ready", replicas, size, slicesPerRank, false}} {
-		waitLWSWhole(t, ctx, ns, w.name, w.replicas, w.size, 90*time.Second)
 		cliques := map[string]string{}
-		for g, ps := range lwsGroups(t, ctx, ns, w.name) {
+		for g, ps := range waitLWSWhole(t, ctx, ns, w.name, w.replicas, w.size, 90*time.Second) {
 			clique, aligned := checkGang(t, ctx, w.name+"/"+g, ps, w.slices, cliques)
 			if !aligned {
 				t.Errorf("LWS %s group %s spans cliques", w.name, g)
@@ -216,13 +217,33 @@ func TestLeaderWorkerSet(t *testing.T) {
 	for _, name := range []string{"tp4", "tp4-excl"} {
 		leader := lwsGroups(t, ctx, ns, name)["0"][0]
 		victim := name + "-0-2"
+		// The victim terminates the way a real kubelet's pod does: it stays
+		// Terminating (a finalizer this test holds) until LWS has reacted.
+		// LWS re-creates a group only when it sees a member with a deletion
+		// timestamp; kwok finishes a deletion at once, and a pod gone before
+		// LWS's reconcile read it left the group as it was (1 run in ~5).
+		hold := []byte(`{"metadata":{"finalizers":["tessera.dev/test-terminating"]}}`)
+		if _, err := env.client.CoreV1().Pods(ns).Patch(ctx, victim, types.MergePatchType, hold, metav1.PatchOptions{}); err != nil {
+			t.Fatalf("holding rank %s: %v", victim, err)
+		}
 		start := time.Now()
 		if err := env.client.CoreV1().Pods(ns).Delete(ctx, victim, metav1.DeleteOptions{}); err != nil {
 			t.Fatalf("killing rank %s: %v", victim, err)
 		}
+		err := wait.PollUntilContextTimeout(ctx, 50*time.Millisecond, 30*time.Second, true, func(ctx context.Context) (bool, error) {
+			l, err := env.client.CoreV1().Pods(ns).Get(ctx, leader.Name, metav1.GetOptions{})
+			return apierrors.IsNotFound(err) || (err == nil && (l.UID != leader.UID || l.DeletionTimestamp != nil)), nil
+		})
+		if err != nil {
+			t.Fatalf("LWS %s: leader not deleted 30s after its rank %s began terminating", name, victim)
+		}
+		release := []byte(`{"metadata":{"finalizers":null}}`)
+		if _, err := env.client.CoreV1().Pods(ns).Patch(ctx, victim, types.MergePatchType, release, metav1.PatchOptions{}); err != nil && !apierrors.IsNotFound(err) {
+			t.Fatalf("releasing rank %s: %v", victim, err)
+		}
 		watch := newPartialWatch()
 		var last string
-		err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 90*time.Second, true, func(ctx context.Context) (bool, error) {
+		err = wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 90*time.Second, true, func(ctx context.Context) (bool, error) {
 			gs := lwsGroups(t, ctx, ns, name)
 			whole, partial, pending := lwsState(t, ctx, ns, name, size)
 			if name == "tp4" {
@@ -290,8 +311,7 @@ func TestLeaderWorkerSet(t *testing.T) {
 			t.Errorf("rolling update: partly bound groups: %v", watch.lasting)
 		}
 		// LWS may still be replacing a pod when the counts first match.
-		waitLWSWhole(t, ctx, ns, name, replicas, size, 60*time.Second)
-		for g, ps := range lwsGroups(t, ctx, ns, name) {
+		for g, ps := range waitLWSWhole(t, ctx, ns, name, replicas, size, 60*time.Second) {
 			if _, aligned := checkGang(t, ctx, name+"/"+g, ps, slicesPerRank, map[string]string{}); !aligned {
 				t.Errorf("rolled group %s spans cliques", g)
 			}
@@ -466,19 +486,42 @@ func waitLWSReady(t testing.TB, ctx context.Context, ns, name string, replicas, 
 	}
 }
 
-// waitLWSWhole waits until LWS name has replicas groups of size ranks, each
-// bound whole.
-func waitLWSWhole(t testing.TB, ctx context.Context, ns, name string, replicas, size int, timeout time.Duration) {
+// waitLWSWhole waits until LWS name has replicas groups bound whole,
+// nothing pending or partly bound, and the same pods for a second (LWS may
+// still replace a pod when the counts first match), and returns those
+// groups.
+func waitLWSWhole(t testing.TB, ctx context.Context, ns, name string, replicas, size int, timeout time.Duration) map[string][]*v1.Pod {
 	t.Helper()
-	var last string
+	var last, seen string
+	var since time.Time
+	var groups map[string][]*v1.Pod
 	err := wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, timeout, true, func(ctx context.Context) (bool, error) {
 		whole, partial, pending := lwsState(t, ctx, ns, name, size)
 		last = fmt.Sprintf("%d whole, %d pending, partial: %s", whole, pending, strings.Join(partial, "; "))
-		return whole == replicas && pending == 0 && len(partial) == 0, nil
+		gs := lwsGroups(t, ctx, ns, name)
+		var sig strings.Builder
+		bound := true
+		for _, g := range slices.Sorted(maps.Keys(gs)) {
+			for _, p := range gs[g] {
+				fmt.Fprintf(&sig, "%s/%s@%s ", p.Name, p.UID, p.Spec.NodeName)
+				bound = bound && p.Spec.NodeName != ""
+			}
+		}
+		if whole != replicas || pending != 0 || len(partial) != 0 || !bound {
+			seen = ""
+			return false, nil
+		}
+		if sig.String() != seen {
+			seen, since = sig.String(), time.Now()
+			return false, nil
+		}
+		groups = gs
+		return time.Since(since) >= time.Second, nil
 	})
 	if err != nil {
-		t.Fatalf("LWS %s: groups not placed whole in %s: %s\n%s", name, timeout, last, describeLWSPods(t, ctx, ns, name))
+		t.Fatalf("LWS %s: groups not placed whole (and settled) in %s: %s\n%s", name, timeout, last, describeLWSPods(t, ctx, ns, name))
 	}
+	return groups
 }
 
 // describeLWSPods prints each pod of an LWS with its node and conditions.
