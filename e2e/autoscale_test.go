@@ -222,6 +222,20 @@ func TestLeaderWorkerSetAutoscaling(t *testing.T) {
 			}
 		}()
 	}
+	// And the HPA's floor is pinned at 2 for the rollout, as an operator
+	// rolling a model under load does: even on the window average, the HPA
+	// once read the rollout as 1 group's worth of load (the draining leader
+	// and the new one each see part of it) and lowered spec.replicas in
+	// CI. What this step checks is that LWS and Tessera keep the promise
+	// of maxUnavailable 0, which follows spec.replicas.
+	setHPAFloor := func(n int) {
+		t.Helper()
+		floor := []byte(fmt.Sprintf(`{"spec":{"minReplicas":%d}}`, n))
+		if _, err := e.Dynamic.Resource(scenario.HPAResource).Namespace(ns).Patch(ctx, "chat", types.MergePatchType, floor, metav1.PatchOptions{}); err != nil {
+			t.Fatalf("setting the HPA's minReplicas to %d: %v", n, err)
+		}
+	}
+	setHPAFloor(2)
 	servedBefore, failedBefore = lb.Counts()
 	rollStart := time.Now()
 	patch := []byte(`{"spec":{"leaderWorkerTemplate":{"leaderTemplate":{"metadata":{"labels":{"model-version":"v2"}}},"workerTemplate":{"metadata":{"labels":{"model-version":"v2"}}}}}}`)
@@ -270,6 +284,7 @@ func TestLeaderWorkerSetAutoscaling(t *testing.T) {
 	}
 	rollTime := time.Since(rollStart)
 	stopRollLoad()
+	setHPAFloor(1)
 	served, failed = lb.Counts()
 	t.Logf("rolling update of 2 groups: %s; at least %d whole ready groups at every sample; %d requests served, %d failed", rollTime.Round(100*time.Millisecond), minReady, served-servedBefore, failed-failedBefore)
 	t.Logf("first failures: %s", strings.Join(lb.FirstErrors(), "\n  "))
