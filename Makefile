@@ -11,6 +11,8 @@ CLUSTER_DIR ?= /tmp/tessera-cluster
 NODES ?= 8
 # make cluster-up runs the LeaderWorkerSet controller too; LWS=false skips it.
 LWS ?= true
+# CONTAINERD=v2 runs the real node on containerd v2 built from the module proxy (CDI); empty: Debian's 1.6.
+CONTAINERD ?=
 APISERVER_PORT ?= 16443
 export TESSERA_CLUSTER_DIR := $(CLUSTER_DIR)
 
@@ -69,6 +71,22 @@ $(TOOLS)/kueue: hack/tools/kueue/go.mod hack/tools/kueue/go.sum
 	  cp $$dir/config/components/crd/bases/*.yaml $(TOOLS)/kueue-config/crds/ && \
 	  cp $$dir/config/components/webhook/manifests.yaml $(TOOLS)/kueue-config/webhook.yaml && \
 	  chmod -R u+w $(TOOLS)/kueue-config
+# containerd v2 from its own module (hack/tools/containerd): the real node's
+# runtime with CDI when CONTAINERD=v2 (make cluster-up, TESSERA_CONTAINERD=v2
+# for the e2e tests). Not in TOOL_BINS: the default real node runs Debian's
+# containerd 1.6. no_btrfs: the btrfs snapshotter needs C headers we do not
+# install, and the node uses overlayfs.
+CONTAINERD_V2_BINS := $(TOOLS)/containerd $(TOOLS)/containerd-shim-runc-v2 $(TOOLS)/ctr
+.PHONY: containerd-v2
+containerd-v2: $(CONTAINERD_V2_BINS)
+$(CONTAINERD_V2_BINS) &: hack/tools/containerd/go.mod hack/tools/containerd/go.sum
+	@mkdir -p $(TOOLS)
+	@echo ">> building containerd v2"
+	cd hack/tools/containerd && CGO_ENABLED=0 $(GO) build -tags no_btrfs -ldflags "-s -w" -o $(abspath $(TOOLS))/ \
+	  github.com/containerd/containerd/v2/cmd/containerd \
+	  github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2 \
+	  github.com/containerd/containerd/v2/cmd/ctr
+
 # LeaderWorkerSet from its own module (hack/tools/lws), with its CRDs, webhook
 # manifests and the controller's ClusterRole from the same module zip
 # (.tools/lws-config). v0.9.0: the proxy lists v0.10.0 but refuses its zip.
@@ -145,8 +163,8 @@ reliability: tools build
 	RELIABILITY_OUT=$(RELIABILITY_OUT) FUZZTIME=$(RELIABILITY_FUZZTIME) LOAD_DURATION=$(LOAD_DURATION) \
 		LOAD_NODES=$(LOAD_NODES) TOOLS_DIR=$(abspath $(TOOLS)) BIN_DIR=$(abspath $(BIN)) GO=$(GO) ./hack/reliability.sh
 
-cluster-up: tools build
-	$(BIN)/tessera-localcluster up -dir $(CLUSTER_DIR) -tools $(TOOLS) -bin $(BIN) -nodes $(NODES) -apiserver-port $(APISERVER_PORT) -lws=$(LWS)
+cluster-up: tools build $(if $(filter v2,$(CONTAINERD)),containerd-v2)
+	$(BIN)/tessera-localcluster up -dir $(CLUSTER_DIR) -tools $(TOOLS) -bin $(BIN) -nodes $(NODES) -apiserver-port $(APISERVER_PORT) -lws=$(LWS) -containerd=$(CONTAINERD)
 
 cluster-down:
 	@if [ -x $(BIN)/tessera-localcluster ]; then $(BIN)/tessera-localcluster down -dir $(CLUSTER_DIR); \

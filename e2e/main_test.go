@@ -60,11 +60,14 @@ func run(m *testing.M) int {
 		ToolsDir:         tools,
 		RealNode:         true,
 		DefaultScheduler: true,
-		PauseBinary:      filepath.Join(bin, "tessera-pause"),
-		Images:           cluster.DefaultImages(bin),
-		SimulatedNodes:   simulatedNodes,
-		Topology:         cluster.Topology{NodesPerClique: 4, CliquesPerRack: 1, RacksPerZone: 2},
-		GPUs:             &cluster.SimulatedGPUs{Count: 8, SlicesPerGPU: 4, Product: "NVIDIA H100 80GB HBM3", MemoryMiB: 81559, NVLink: "all"},
+		// TESSERA_CONTAINERD=v2 runs the real node on containerd v2 (make
+		// containerd-v2); the default is Debian's containerd 1.6.
+		Containerd:     os.Getenv("TESSERA_CONTAINERD"),
+		PauseBinary:    filepath.Join(bin, "tessera-pause"),
+		Images:         cluster.DefaultImages(bin),
+		SimulatedNodes: simulatedNodes,
+		Topology:       cluster.Topology{NodesPerClique: 4, CliquesPerRack: 1, RacksPerZone: 2},
+		GPUs:           &cluster.SimulatedGPUs{Count: 8, SlicesPerGPU: 4, Product: "NVIDIA H100 80GB HBM3", MemoryMiB: 81559, NVLink: "all"},
 		Progress: func(format string, args ...any) {
 			fmt.Printf("e2e: cluster: %s\n", fmt.Sprintf(format, args...))
 		},

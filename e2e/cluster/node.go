@@ -71,6 +71,13 @@ func lastLines(s string, n int) string {
 	return strings.Join(lines, "\n")
 }
 
+// ContainerdV2 selects containerd v2 (Config.Containerd).
+const ContainerdV2 = "v2"
+
+// CDISpecDir is where the real node's containerd v2 reads CDI specs, under
+// the cluster's directory.
+func (c *Cluster) CDISpecDir() string { return filepath.Join(c.Dir, "containerd", "cdi") }
+
 func (c *Cluster) containerdSocket() string {
 	return filepath.Join(c.Dir, "containerd", "containerd.sock")
 }
@@ -102,32 +109,30 @@ func (c *Cluster) startContainerd(ctx context.Context) error {
 `, PodBridge, filepath.Join(base, "ipam"))), 0o644); err != nil {
 		return err
 	}
-	config := fmt.Sprintf(`version = 2
-root = %q
-state = %q
-[grpc]
-  address = %q
-[ttrpc]
-  address = %q
-[debug]
-  level = "warn"
-[plugins."io.containerd.grpc.v1.cri"]
-  sandbox_image = %q
-  # runc fails with "can't get final child's PID from pipe" when it may not
-  # lower oom_score_adj, as in unprivileged or nested environments.
-  restrict_oom_score_adj = true
-  disable_apparmor = true
-  [plugins."io.containerd.grpc.v1.cri".cni]
-    bin_dir = "/usr/lib/cni"
-    conf_dir = %q
-  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
-    runtime_type = "io.containerd.runc.v2"
-`, filepath.Join(base, "root"), filepath.Join(base, "state"), c.containerdSocket(), c.containerdSocket()+".ttrpc", PauseImage, cniConf)
+	bin, config := "/usr/bin/containerd", containerd16Config(filepath.Join(base, "root"), filepath.Join(base, "state"), c.containerdSocket(), cniConf)
+	var env []string
+	switch c.cfg.Containerd {
+	case "":
+	case ContainerdV2:
+		bin = c.tool("containerd")
+		if _, err := os.Stat(bin); err != nil {
+			return fmt.Errorf("containerd v2 not built (make containerd-v2): %w", err)
+		}
+		if err := os.MkdirAll(c.CDISpecDir(), 0o755); err != nil {
+			return err
+		}
+		config = containerd2Config(filepath.Join(base, "root"), filepath.Join(base, "state"), c.containerdSocket(), cniConf, c.CDISpecDir())
+		// containerd starts the runc shim it finds on PATH: its own, not
+		// Debian's 1.6 one.
+		env = []string{"PATH=" + filepath.Dir(bin) + string(os.PathListSeparator) + os.Getenv("PATH")}
+	default:
+		return fmt.Errorf("unknown containerd %q: want \"\" (Debian's 1.6) or %q", c.cfg.Containerd, ContainerdV2)
+	}
 	cfgPath := filepath.Join(base, "config.toml")
 	if err := os.WriteFile(cfgPath, []byte(config), 0o644); err != nil {
 		return err
 	}
-	p, err := c.startProc("containerd", "/usr/bin/containerd", []string{"--config", cfgPath}, nil)
+	p, err := c.startProc("containerd", bin, []string{"--config", cfgPath}, env)
 	if err != nil {
 		return err
 	}
@@ -155,6 +160,61 @@ state = %q
 		}
 	}
 	return nil
+}
+
+// containerd16Config is the real node's containerd 1.6 configuration
+// (version 2 of the file format).
+func containerd16Config(root, state, socket, cniConf string) string {
+	return fmt.Sprintf(`version = 2
+root = %q
+state = %q
+[grpc]
+  address = %q
+[ttrpc]
+  address = %q
+[debug]
+  level = "warn"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = %q
+  # runc fails with "can't get final child's PID from pipe" when it may not
+  # lower oom_score_adj, as in unprivileged or nested environments.
+  restrict_oom_score_adj = true
+  disable_apparmor = true
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "/usr/lib/cni"
+    conf_dir = %q
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+    runtime_type = "io.containerd.runc.v2"
+`, root, state, socket, socket+".ttrpc", PauseImage, cniConf)
+}
+
+// containerd2Config is the same node on containerd v2 (version 3 of the
+// file format: the CRI plugin split into images and runtime), with CDI
+// specs read from cdiDir only (v2 always enables CDI).
+func containerd2Config(root, state, socket, cniConf, cdiDir string) string {
+	return fmt.Sprintf(`version = 3
+root = %q
+state = %q
+[grpc]
+  address = %q
+[ttrpc]
+  address = %q
+[debug]
+  level = "warn"
+[plugins.'io.containerd.cri.v1.images']
+  [plugins.'io.containerd.cri.v1.images'.pinned_images]
+    sandbox = %q
+[plugins.'io.containerd.cri.v1.runtime']
+  # As for 1.6: runc may not lower oom_score_adj in nested environments.
+  restrict_oom_score_adj = true
+  disable_apparmor = true
+  cdi_spec_dirs = [%q]
+  [plugins.'io.containerd.cri.v1.runtime'.cni]
+    bin_dirs = ["/usr/lib/cni"]
+    conf_dir = %q
+  [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
+    runtime_type = "io.containerd.runc.v2"
+`, root, state, socket, socket+".ttrpc", PauseImage, cdiDir, cniConf)
 }
 
 // ImportImage imports an image tarball into the real node's containerd.
