@@ -16,6 +16,10 @@
 # 2 cores (500 nodes; GPU mix 128 nodes x 8 GPUs). full: 5000 nodes; GPU mix
 # 1000 nodes x 8 GPUs (about an hour on 2 cores, 16+ GiB RAM).
 #
+# BENCH_RUNS=N (default 1) repeats steps 1 and 2 N times, interleaved; the
+# report adds the spread over the runs. A quick run takes ~13 min on 2 cores,
+# of which steps 1-2 ~8: N=3 takes about 30 min.
+#
 # BENCH_FILTER='PerfScheduling/(TAS|GPUMix)_' runs only the matching test
 # cases (a go test -bench pattern, used in both modules); a filtered run
 # leaves bench/README.md alone. BENCH_NAME=<name> writes
@@ -43,31 +47,40 @@ echo ">> work dir $WORK"
   sed -e 's/^package scheduler_bench/package baseline/' -e '/^\/\/ Package scheduler_bench/,/^\/\/ bench\/results.*$/d' bench/scheduler/record.go
 } >bench/baseline/record.go.new && mv bench/baseline/record.go.new bench/baseline/record.go
 
-echo ">> [1/4] bench/scheduler ($MODE): Tessera vs default kube-scheduler / native gang+TAS 1.37"
-mkdir -p "$WORK/tessera"
-(cd bench/scheduler && $GO test . "${FLAGS[@]}" -tessera-records "$WORK/tessera/records.jsonl" \
-    -data-items-dir "$WORK/tessera") >"$WORK/tessera.log" 2>&1
+# BENCH_RUNS=N repeats steps 1 and 2, Tessera and baselines interleaved run
+# by run; the report shows each row's median run and a spread section
+# (median and min-max of every throughput and within-run ratio).
+RUNS=${BENCH_RUNS:-1}
+RUNDIRS=""
+for k in $(seq 1 "$RUNS"); do
+R=$WORK/run$k
+RUNDIRS="$RUNDIRS${RUNDIRS:+,}$R"
+echo ">> [1/4] bench/scheduler ($MODE, run $k of $RUNS): Tessera vs default kube-scheduler / native gang+TAS 1.37"
+mkdir -p "$R/tessera"
+(cd bench/scheduler && $GO test . "${FLAGS[@]}" -tessera-records "$R/tessera/records.jsonl" \
+    -data-items-dir "$R/tessera") >"$R/tessera.log" 2>&1
 rc=$?
-grep -E '^(Benchmark|--- (FAIL|SKIP)|FAIL|ok)' "$WORK/tessera.log" | cut -c1-160
+grep -E '^(Benchmark|--- (FAIL|SKIP)|FAIL|ok)' "$R/tessera.log" | cut -c1-160
 if [ $rc -ne 0 ]; then
-  { echo "bench/scheduler exited with $rc; last lines of its log:"; echo '```'; grep -E -- '--- FAIL|Error|error in|\.go:[0-9]+:' "$WORK/tessera.log" | grep -v 'etcd output' | tail -20; echo '```'; } >>"$NOTES"
+  { echo "bench/scheduler (run $k) exited with $rc; last lines of its log:"; echo '```'; grep -E -- '--- FAIL|Error|error in|\.go:[0-9]+:' "$R/tessera.log" | grep -v 'etcd output' | tail -20; echo '```'; } >>"$NOTES"
 fi
 
-echo ">> [2/4] bench/baseline ($MODE): scheduler-plugins coscheduling v0.34.7 on Kubernetes 1.34.4"
-mkdir -p "$WORK/baseline"
-(cd bench/baseline && $GO test . "${FLAGS[@]}" -tessera-records "$WORK/baseline/records.jsonl" \
-    -data-items-dir "$WORK/baseline") >"$WORK/baseline.log" 2>&1
+echo ">> [2/4] bench/baseline ($MODE, run $k of $RUNS): scheduler-plugins coscheduling v0.34.7 on Kubernetes 1.34.4"
+mkdir -p "$R/baseline"
+(cd bench/baseline && $GO test . "${FLAGS[@]}" -tessera-records "$R/baseline/records.jsonl" \
+    -data-items-dir "$R/baseline") >"$R/baseline.log" 2>&1
 rc=$?
-grep -E '^(Benchmark|--- (FAIL|SKIP)|FAIL|ok)' "$WORK/baseline.log" | cut -c1-160
+grep -E '^(Benchmark|--- (FAIL|SKIP)|FAIL|ok)' "$R/baseline.log" | cut -c1-160
 # scheduler_perf's goroutine-leak check fails every coscheduling workload
 # (its go-cache janitor is never stopped); that alone is not a failed run.
-fails=$(grep -cE -- '^--- FAIL: BenchmarkPerfScheduling/[^/]+/[^/ ]+$' "$WORK/baseline.log")
-leaks=$(grep -c 'found unexpected goroutines' "$WORK/baseline.log")
-if [ $rc -ne 0 ] && [ -s "$WORK/baseline/records.jsonl" ] && [ "$fails" -le "$leaks" ]; then
-  echo "bench/baseline: scheduler_perf's goroutine-leak check marks the coscheduling benchmarks FAIL (coscheduling v0.34.7 starts a github.com/patrickmn/go-cache janitor goroutine that is never stopped); the workloads themselves completed and their figures are above." >>"$NOTES"
+fails=$(grep -cE -- '^--- FAIL: BenchmarkPerfScheduling/[^/]+/[^/ ]+$' "$R/baseline.log")
+leaks=$(grep -c 'found unexpected goroutines' "$R/baseline.log")
+if [ $rc -ne 0 ] && [ -s "$R/baseline/records.jsonl" ] && [ "$fails" -le "$leaks" ]; then
+  [ "$k" = 1 ] && echo "bench/baseline: scheduler_perf's goroutine-leak check marks the coscheduling benchmarks FAIL (coscheduling v0.34.7 starts a github.com/patrickmn/go-cache janitor goroutine that is never stopped); the workloads themselves completed and their figures are above." >>"$NOTES"
 elif [ $rc -ne 0 ]; then
-  { echo "bench/baseline (coscheduling v0.34.7, Kubernetes 1.34.4) exited with $rc; no coscheduling figures where rows are missing. Last lines:"; echo '```'; grep -E -- '--- FAIL|Error|error in|\.go:[0-9]+:|cannot|undefined' "$WORK/baseline.log" | grep -v 'etcd output' | tail -20; echo '```'; } >>"$NOTES"
+  { echo "bench/baseline (coscheduling v0.34.7, Kubernetes 1.34.4; run $k) exited with $rc; no coscheduling figures where rows are missing. Last lines:"; echo '```'; grep -E -- '--- FAIL|Error|error in|\.go:[0-9]+:|cannot|undefined' "$R/baseline.log" | grep -v 'etcd output' | tail -20; echo '```'; } >>"$NOTES"
 fi
+done
 
 echo ">> [2b/4] fractional peers (KAI-Scheduler, HAMi) from the Go module proxy"
 # The GPU mix should also run against a fractional-GPU scheduler users would
@@ -107,8 +120,7 @@ README=bench/README.md
 [ "$MODE" = smoke ] && README=""
 [ "$FILTER" != . ] && README=""
 $GO run ./bench/scheduler/report -mode "$MODE" -machine "$MACHINE" -name "${BENCH_NAME:-}" \
-  -records "$WORK/tessera/records.jsonl,$WORK/baseline/records.jsonl" \
-  -data-items "$WORK/tessera,$WORK/baseline" -deviceplugin "$WORK/deviceplugin.txt" \
+  -runs "$RUNDIRS" -deviceplugin "$WORK/deviceplugin.txt" \
   -preemption "$WORK/preemption.txt" \
   -notes "$NOTES" -out "$OUTDIR" -readme "$README"
 echo ">> logs in $WORK"

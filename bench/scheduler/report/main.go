@@ -15,6 +15,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -40,19 +41,21 @@ func main() {
 	outDir := flag.String("out", "bench/results", "results directory")
 	readme := flag.String("readme", "bench/README.md", "README whose latest table is replaced")
 	name := flag.String("name", "", "results file name without .md (default: today's UTC date); an existing file of that name is refused")
+	runDirs := flag.String("runs", "", "comma-separated run directories of a repeated run (bench/run.sh with BENCH_RUNS > 1), each with tessera/ and baseline/ holding records.jsonl and scheduler_perf's data items; replaces -records and -data-items")
 	flag.Parse()
 
-	var recs []*sb.Record
-	for _, f := range split(*records) {
-		rs, err := readRecords(f)
-		if err != nil {
-			fmt.Fprintln(os.Stderr, "report:", err)
+	var runs [][]*sb.Record
+	if *runDirs == "" {
+		runs = append(runs, loadRun(split(*records), split(*itemsDirs)))
+	} else {
+		for _, d := range split(*runDirs) {
+			parts := []string{filepath.Join(d, "tessera"), filepath.Join(d, "baseline")}
+			runs = append(runs, loadRun([]string{filepath.Join(parts[0], "records.jsonl"), filepath.Join(parts[1], "records.jsonl")}, parts))
 		}
-		recs = append(recs, rs...)
 	}
-	for _, d := range split(*itemsDirs) {
-		mergeDataItems(d, recs)
-	}
+	// The tables show, per workload and scheduler, the run with the median
+	// throughput; the spread section gives every run's figures.
+	recs := medianRun(runs)
 	date := time.Now().UTC().Format("2006-01-02")
 	file := date
 	if *name != "" {
@@ -76,6 +79,7 @@ func main() {
 	}
 	table, accept := tables(sched)
 	accept += ceilingSection(sched, ceilings)
+	accept += spreadSection(runs)
 	var b strings.Builder
 	fmt.Fprintf(&b, "# Scheduler benchmark, %s (%s mode)\n\n", date, *mode)
 	fmt.Fprintf(&b, "Machine: %s\n\n", *machine)
@@ -104,6 +108,124 @@ func main() {
 		updateReadme(*readme, file, table+"\n"+accept)
 	}
 	fmt.Println(base + ".md")
+}
+
+// loadRun reads one run's records and merges scheduler_perf's data items
+// of the same run into them.
+func loadRun(recordFiles, itemDirs []string) []*sb.Record {
+	var recs []*sb.Record
+	for _, f := range recordFiles {
+		rs, err := readRecords(f)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "report:", err)
+		}
+		recs = append(recs, rs...)
+	}
+	for _, d := range itemDirs {
+		mergeDataItems(d, recs)
+	}
+	return recs
+}
+
+func recordKey(r *sb.Record) string { return r.Case + "/" + r.Workload }
+
+// medianRun picks, for every workload and scheduler, the record of the run
+// with the median throughput (the lower middle one for an even count), so
+// each row of the tables is one real run's figures.
+func medianRun(runs [][]*sb.Record) []*sb.Record {
+	if len(runs) == 1 {
+		return runs[0]
+	}
+	byKey := map[string][]*sb.Record{}
+	var order []string
+	for _, run := range runs {
+		for _, r := range run {
+			k := recordKey(r)
+			if _, ok := byKey[k]; !ok {
+				order = append(order, k)
+			}
+			byKey[k] = append(byKey[k], r)
+		}
+	}
+	var out []*sb.Record
+	for _, k := range order {
+		rs := slices.Clone(byKey[k])
+		sort.SliceStable(rs, func(i, j int) bool { return throughput(rs[i]) < throughput(rs[j]) })
+		out = append(out, rs[(len(rs)-1)/2])
+	}
+	return out
+}
+
+// spread summarises values over runs: median and min-max.
+type spread struct{ med, lo, hi float64 }
+
+func spreadOf(vs []float64) spread {
+	vs = slices.Clone(vs)
+	slices.Sort(vs)
+	n := len(vs)
+	med := vs[n/2]
+	if n%2 == 0 {
+		med = (vs[n/2-1] + vs[n/2]) / 2
+	}
+	return spread{med, vs[0], vs[n-1]}
+}
+
+// spreadSection reports, over the runs of a repeated invocation, each
+// workload's throughput and each Tessera ÷ baseline ratio (computed within
+// each run, Tessera and baseline from the same run) as median and min-max.
+func spreadSection(runs [][]*sb.Record) string {
+	if len(runs) < 2 {
+		return ""
+	}
+	var b strings.Builder
+	fmt.Fprintf(&b, "\n## Spread over %d runs\n\nbench/run.sh ran the workloads %d times, Tessera and its baselines interleaved run by run; the tables above show the run with the median throughput of each row (so their ratio and acceptance rows compare median rows, which may come from different runs). Below, ratios are computed within each run.\n\n", len(runs), len(runs))
+	b.WriteString("| workload | scheduler | pods/s median | min–max | Tessera ÷ this, median | min–max | per run |\n|---|---|---|---|---|---|---|\n")
+	tp := map[string][]float64{}
+	ratios := map[string][]float64{}
+	var order []string
+	for _, run := range runs {
+		tess := map[string]*sb.Record{}
+		for _, r := range run {
+			if f, v := family(r.Case); v == "Tessera" {
+				tess[f+"/"+r.Workload] = r
+			}
+		}
+		for _, r := range run {
+			if r.Case == ceilingCase {
+				continue
+			}
+			k := recordKey(r)
+			if _, ok := tp[k]; !ok {
+				order = append(order, k)
+			}
+			tp[k] = append(tp[k], throughput(r))
+			f, v := family(r.Case)
+			if t := tess[f+"/"+r.Workload]; v != "Tessera" && t != nil && throughput(r) > 0 {
+				ratios[k] = append(ratios[k], throughput(t)/throughput(r))
+			}
+		}
+	}
+	for _, k := range order {
+		parts := strings.SplitN(k, "/", 2)
+		f, v := family(parts[0])
+		name := "Tessera"
+		if v != "Tessera" {
+			name = baselineName(f, v)
+		}
+		s := spreadOf(tp[k])
+		ratio, rng, per := "", "", ""
+		if rs := ratios[k]; len(rs) > 0 {
+			r := spreadOf(rs)
+			ratio, rng = fmt.Sprintf("**%.2f×**", r.med), fmt.Sprintf("%.2f–%.2f×", r.lo, r.hi)
+			var ps []string
+			for _, x := range rs {
+				ps = append(ps, fmt.Sprintf("%.2f", x))
+			}
+			per = strings.Join(ps, ", ")
+		}
+		fmt.Fprintf(&b, "| %s/%s | %s | %.0f | %.0f–%.0f | %s | %s | %s |\n", f, parts[1], name, s.med, s.lo, s.hi, ratio, rng, per)
+	}
+	return b.String()
 }
 
 func split(s string) []string {
