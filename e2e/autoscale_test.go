@@ -142,15 +142,19 @@ func TestLeaderWorkerSetAutoscaling(t *testing.T) {
 	loadCtx, stopLoad := context.WithCancel(ctx)
 	defer stopLoad()
 	var load sync.WaitGroup
-	for i := 0; i < 3; i++ {
-		load.Add(1)
-		go func() {
-			defer load.Done()
-			for n := 0; n < 20000 && loadCtx.Err() == nil; n++ { // bounded in count and, by loadCtx, in time
-				lb.Request(loadCtx)
-			}
-		}()
+	// clients starts n clients that send completions until ctx ends.
+	clients := func(ctx context.Context, n int) {
+		for i := 0; i < n; i++ {
+			load.Add(1)
+			go func() {
+				defer load.Done()
+				for n := 0; n < 20000 && ctx.Err() == nil; n++ { // bounded in count and, by ctx, in time
+					lb.Request(ctx)
+				}
+			}()
+		}
 	}
+	clients(loadCtx, 3)
 	// The HPA adds a group; Tessera places it whole; it serves.
 	err = waitServing(ctx, scenario.GroupURL(httpPrefix, 1), 4*time.Minute)
 	scaleOut := time.Since(loadStart)
@@ -213,15 +217,7 @@ func TestLeaderWorkerSetAutoscaling(t *testing.T) {
 	// the HPA sees 2 per group and keeps asking for its maximum.
 	rollLoadCtx, stopRollLoad := context.WithCancel(loadCtx)
 	defer stopRollLoad()
-	for i := 0; i < 3; i++ {
-		load.Add(1)
-		go func() {
-			defer load.Done()
-			for n := 0; n < 20000 && rollLoadCtx.Err() == nil; n++ { // bounded in count and, by rollLoadCtx, in time
-				lb.Request(rollLoadCtx)
-			}
-		}()
-	}
+	clients(rollLoadCtx, 3)
 	// And the HPA's floor is pinned at 2 for the rollout, as an operator
 	// rolling a model under load does: even on the window average, the HPA
 	// once read the rollout as 1 group's worth of load (the draining leader

@@ -137,5 +137,3 @@ func (b *ceilingBinder) run(stop <-chan struct{}) {
 // isCeilingWorkload says whether a scheduler_perf test name is the
 // BindCeiling case.
 func isCeilingWorkload(name string) bool { return strings.Contains(name, "/BindCeiling/") }
-
-

@@ -165,16 +165,7 @@ func (c *Cluster) startContainerd(ctx context.Context) error {
 // containerd16Config is the real node's containerd 1.6 configuration
 // (version 2 of the file format).
 func containerd16Config(root, state, socket, cniConf string) string {
-	return fmt.Sprintf(`version = 2
-root = %q
-state = %q
-[grpc]
-  address = %q
-[ttrpc]
-  address = %q
-[debug]
-  level = "warn"
-[plugins."io.containerd.grpc.v1.cri"]
+	return fmt.Sprintf("version = 2\n%s", containerdHeader(root, state, socket)) + fmt.Sprintf(`[plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = %q
   # runc fails with "can't get final child's PID from pipe" when it may not
   # lower oom_score_adj, as in unprivileged or nested environments.
@@ -185,23 +176,14 @@ state = %q
     conf_dir = %q
   [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
     runtime_type = "io.containerd.runc.v2"
-`, root, state, socket, socket+".ttrpc", PauseImage, cniConf)
+`, PauseImage, cniConf)
 }
 
 // containerd2Config is the same node on containerd v2 (version 3 of the
 // file format: the CRI plugin split into images and runtime), with CDI
 // specs read from cdiDir only (v2 always enables CDI).
 func containerd2Config(root, state, socket, cniConf, cdiDir string) string {
-	return fmt.Sprintf(`version = 3
-root = %q
-state = %q
-[grpc]
-  address = %q
-[ttrpc]
-  address = %q
-[debug]
-  level = "warn"
-[plugins.'io.containerd.cri.v1.images']
+	return fmt.Sprintf("version = 3\n%s", containerdHeader(root, state, socket)) + fmt.Sprintf(`[plugins.'io.containerd.cri.v1.images']
   [plugins.'io.containerd.cri.v1.images'.pinned_images]
     sandbox = %q
 [plugins.'io.containerd.cri.v1.runtime']
@@ -214,7 +196,21 @@ state = %q
     conf_dir = %q
   [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
     runtime_type = "io.containerd.runc.v2"
-`, root, state, socket, socket+".ttrpc", PauseImage, cdiDir, cniConf)
+`, PauseImage, cdiDir, cniConf)
+}
+
+// containerdHeader is what both file formats share: the node's own root,
+// state and sockets under the cluster directory.
+func containerdHeader(root, state, socket string) string {
+	return fmt.Sprintf(`root = %q
+state = %q
+[grpc]
+  address = %q
+[ttrpc]
+  address = %q
+[debug]
+  level = "warn"
+`, root, state, socket, socket+".ttrpc")
 }
 
 // ImportImage imports an image tarball into the real node's containerd.

@@ -92,17 +92,11 @@ func RegisterWebhooks(ctx context.Context, client kubernetes.Interface, w Webhoo
 				return remove, fmt.Errorf("%s: %w", w.Manifest, err)
 			}
 			c.ObjectMeta = metav1.ObjectMeta{Name: w.MutatingName}
-			var kept []admissionv1.MutatingWebhook
-			for _, h := range c.Webhooks {
-				ok, err := retarget(h.Name, &h.ClientConfig, WebhookSelectors{Namespace: &h.NamespaceSelector, Object: &h.ObjectSelector})
-				if err != nil {
-					return remove, err
-				}
-				if ok {
-					kept = append(kept, h)
-				}
+			if c.Webhooks, err = keptWebhooks(c.Webhooks, func(h *admissionv1.MutatingWebhook) (bool, error) {
+				return retarget(h.Name, &h.ClientConfig, WebhookSelectors{Namespace: &h.NamespaceSelector, Object: &h.ObjectSelector})
+			}); err != nil {
+				return remove, err
 			}
-			c.Webhooks = kept
 			api := hooks.MutatingWebhookConfigurations()
 			if err := createOrReplace(ctx, &c, api.Create, api.Get, api.Update); err != nil {
 				return remove, err
@@ -114,17 +108,11 @@ func RegisterWebhooks(ctx context.Context, client kubernetes.Interface, w Webhoo
 				return remove, fmt.Errorf("%s: %w", w.Manifest, err)
 			}
 			c.ObjectMeta = metav1.ObjectMeta{Name: w.ValidatingName}
-			var kept []admissionv1.ValidatingWebhook
-			for _, h := range c.Webhooks {
-				ok, err := retarget(h.Name, &h.ClientConfig, WebhookSelectors{Namespace: &h.NamespaceSelector, Object: &h.ObjectSelector})
-				if err != nil {
-					return remove, err
-				}
-				if ok {
-					kept = append(kept, h)
-				}
+			if c.Webhooks, err = keptWebhooks(c.Webhooks, func(h *admissionv1.ValidatingWebhook) (bool, error) {
+				return retarget(h.Name, &h.ClientConfig, WebhookSelectors{Namespace: &h.NamespaceSelector, Object: &h.ObjectSelector})
+			}); err != nil {
+				return remove, err
 			}
-			c.Webhooks = kept
 			api := hooks.ValidatingWebhookConfigurations()
 			if err := createOrReplace(ctx, &c, api.Create, api.Get, api.Update); err != nil {
 				return remove, err
@@ -133,6 +121,23 @@ func RegisterWebhooks(ctx context.Context, client kubernetes.Interface, w Webhoo
 		}
 	}
 	return remove, nil
+}
+
+// keptWebhooks retargets each webhook of a configuration in place and keeps
+// those retarget accepts (mutating and validating webhooks are distinct
+// types with the same fields).
+func keptWebhooks[W any](hooks []W, retarget func(*W) (bool, error)) ([]W, error) {
+	var kept []W
+	for i := range hooks {
+		ok, err := retarget(&hooks[i])
+		if err != nil {
+			return nil, err
+		}
+		if ok {
+			kept = append(kept, hooks[i])
+		}
+	}
+	return kept, nil
 }
 
 // createOrReplace creates obj, or replaces the object of that name (a

@@ -221,7 +221,7 @@ func TestLeaderWorkerSet(t *testing.T) {
 		// Terminating (a finalizer this test holds) until LWS has reacted.
 		// LWS re-creates a group only when it sees a member with a deletion
 		// timestamp; kwok finishes a deletion at once, and a pod gone before
-		// LWS's reconcile read it left the group as it was (1 run in ~5).
+		// LWS's reconcile read it left the group as it was (seen in a CI run).
 		hold := []byte(`{"metadata":{"finalizers":["tessera.dev/test-terminating"]}}`)
 		if _, err := env.client.CoreV1().Pods(ns).Patch(ctx, victim, types.MergePatchType, hold, metav1.PatchOptions{}); err != nil {
 			t.Fatalf("holding rank %s: %v", victim, err)
