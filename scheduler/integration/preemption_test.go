@@ -361,13 +361,23 @@ func emptyClique(t testing.TB, ctx context.Context) string {
 		}
 	}
 	sort.Strings(cliques)
-	for i := len(cliques) - 1; i >= 0; i-- {
-		if cliqueSlicesInUse(t, ctx, cliques[i]) == 0 {
-			return cliques[i]
+	// Tests share the cluster: the pods of one that just ended may still
+	// be going (a namespace deleted in the background), so wait a while
+	// for a clique to empty rather than judge at the first look.
+	var empty string
+	err = wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, 60*time.Second, true, func(ctx context.Context) (bool, error) {
+		for i := len(cliques) - 1; i >= 0; i-- {
+			if cliqueSlicesInUse(t, ctx, cliques[i]) == 0 {
+				empty = cliques[i]
+				return true, nil
+			}
 		}
+		return false, nil
+	})
+	if err != nil {
+		t.Fatalf("no empty clique among %v after 60s", cliques)
 	}
-	t.Fatalf("no empty clique among %v", cliques)
-	return ""
+	return empty
 }
 
 // cliqueSlicesInUse sums the slices assigned to pods bound to clique's
