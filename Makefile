@@ -30,7 +30,8 @@ CGO_CMDS := $(filter tessera-device-plugin,$(CMDS))
 TOOL_BINS := $(TOOLS)/etcd $(TOOLS)/kube-apiserver $(TOOLS)/kube-controller-manager \
 	$(TOOLS)/kube-scheduler $(TOOLS)/kubelet $(TOOLS)/kwok $(TOOLS)/kubectl $(TOOLS)/helm \
 	$(TOOLS)/kueue \
-	$(TOOLS)/lws $(TOOLS)/prometheus $(TOOLS)/prometheus-adapter
+	$(TOOLS)/lws $(TOOLS)/prometheus $(TOOLS)/prometheus-adapter \
+	$(TOOLS)/coredns $(TOOLS)/registry
 
 .PHONY: all build tools lint bench test test-unit test-repeat test-fuzz test-e2e reliability cluster-up cluster-down demo demo-model install manifests clean
 
@@ -112,6 +113,16 @@ $(TOOLS)/prometheus-adapter: hack/tools/prometheus-adapter/go.mod hack/tools/pro
 	@mkdir -p $(TOOLS)
 	@echo ">> building prometheus-adapter"
 	cd hack/tools/prometheus-adapter && $(GO) build -ldflags "-s -w" -o $(abspath $(TOOLS))/prometheus-adapter sigs.k8s.io/prometheus-adapter/cmd/adapter
+# The real node's cluster DNS and image registry (e2e/cluster/dns.go,
+# registry.go): CoreDNS and CNCF Distribution, each from its own module.
+$(TOOLS)/coredns: hack/tools/coredns/go.mod hack/tools/coredns/go.sum
+	@mkdir -p $(TOOLS)
+	@echo ">> building coredns"
+	cd hack/tools/coredns && $(GO) build -ldflags "-s -w" -o $(abspath $(TOOLS))/coredns github.com/coredns/coredns
+$(TOOLS)/registry: hack/tools/registry/go.mod hack/tools/registry/go.sum
+	@mkdir -p $(TOOLS)
+	@echo ">> building registry"
+	cd hack/tools/registry && $(GO) build -ldflags "-s -w" -o $(abspath $(TOOLS))/registry github.com/distribution/distribution/v3/cmd/registry
 $(TOOLS)/%: go.mod go.sum
 	@mkdir -p $(TOOLS)
 	@echo ">> building $*"

@@ -3,18 +3,26 @@ package e2e
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
+	"net"
+	"net/http"
 	"os"
+	"strings"
 	"testing"
 	"time"
 
+	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apimachinery/pkg/types"
 	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
 
 	"github.com/tessera-gpu/tessera/api"
+	"github.com/tessera-gpu/tessera/e2e/cluster"
 	"github.com/tessera-gpu/tessera/e2e/scenario"
 )
 
@@ -104,4 +112,147 @@ func TestStatefulSetExample(t *testing.T) {
 	if len(cliques) != 1 {
 		t.Errorf("the StatefulSet's ranks span cliques %v", cliques)
 	}
+}
+
+// TestLeaderWorkerSetExampleServes applies
+// manifests/examples/shard-server-leaderworkerset.yaml exactly as shipped to
+// the real LWS controller, in a namespace an admin pinned to the real node
+// (PodNodeSelector): the kubelet pulls ghcr.io/tessera-gpu/tessera-shard-server:latest
+// from the cluster's registry, the worker finds its leader through
+// LWS_LEADER_ADDRESS in the cluster DNS, Tessera places the group whole in
+// the real node's clique on distinct GPUs, and the leader answers a
+// completion on its pod IP.
+func TestLeaderWorkerSetExampleServes(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	e := env(t)
+	ensureLWS(t)
+	ns := createNamespace(ctx, t, "lws-example")
+	defer freeRealNode(t, e, ns)
+	pin := []byte(`{"metadata":{"annotations":{"scheduler.alpha.kubernetes.io/node-selector":"` + scenario.RealNodeLabel + `=true"}}}`)
+	if _, err := e.Client.CoreV1().Namespaces().Patch(ctx, ns, types.MergePatchType, pin, metav1.PatchOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var lwsName string
+	for _, obj := range readExample(t, "../manifests/examples/shard-server-leaderworkerset.yaml") {
+		if obj.GetKind() != "LeaderWorkerSet" {
+			t.Fatalf("example has unexpected kind %s", obj.GetKind())
+		}
+		lwsName = obj.GetName()
+		if _, err := e.Dynamic.Resource(lwsResource).Namespace(ns).Create(ctx, obj, metav1.CreateOptions{}); err != nil {
+			t.Fatalf("creating LeaderWorkerSet %s: %v", obj.GetName(), err)
+		}
+	}
+	defer func() {
+		_ = e.Dynamic.Resource(lwsResource).Namespace(ns).Delete(context.Background(), lwsName, metav1.DeleteOptions{})
+	}()
+	t0 := time.Now()
+	pods, err := e.WaitPods(ctx, ns, scenario.LWSNameLabel+"="+lwsName, 2, 3*time.Minute, "running", scenario.Running)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leader := pods[0] // sorted by name: <lws>-0, then its worker <lws>-0-1
+	if leader.Labels[scenario.LWSWorkerIndexLabel] != "0" {
+		t.Fatalf("pod %s is not the leader (worker index %q)", leader.Name, leader.Labels[scenario.LWSWorkerIndexLabel])
+	}
+	if _, err := e.WaitPods(ctx, ns, scenario.LWSNameLabel+"="+lwsName+","+scenario.LWSWorkerIndexLabel+"=0", 1, 2*time.Minute, "ready", scenario.Ready); err != nil {
+		t.Fatal(err)
+	}
+	figure(t, "lws_example_ready_seconds", time.Since(t0).Seconds(), "s")
+
+	// Pulled from the cluster's registry, the digest it serves.
+	digest, err := testCluster.PublishedDigest(ctx, cluster.ShardServerPublished)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gpus := map[string]string{}
+	for _, p := range pods {
+		if p.Spec.NodeName != testCluster.RealNodeName {
+			t.Errorf("pod %s on %s, want the real node", p.Name, p.Spec.NodeName)
+		}
+		if len(p.Status.ContainerStatuses) != 1 || !strings.HasSuffix(p.Status.ContainerStatuses[0].ImageID, "@"+digest) {
+			t.Errorf("pod %s runs image %v, want %s@%s from the cluster's registry", p.Name, p.Status.ContainerStatuses, cluster.ShardServerPublished, digest)
+		}
+		ids, err := scenario.Slices(&p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(ids) != 2 {
+			t.Errorf("pod %s holds %v, want 2 slices", p.Name, ids)
+		}
+		for _, g := range api.GPUsOf(ids) {
+			if other, ok := gpus[g]; ok {
+				t.Errorf("pods %s and %s share GPU %s", other, p.Name, g)
+			}
+			gpus[g] = p.Name
+		}
+	}
+
+	// The worker joined through LWS_LEADER_ADDRESS, which the cluster DNS
+	// resolves to the leader's pod IP, as it does for the test.
+	addr := fmt.Sprintf("%s.%s.%s.svc.%s", leader.Name, lwsName, ns, cluster.ClusterDomain)
+	ips, err := testCluster.DNSResolver().LookupHost(ctx, addr)
+	if err != nil || len(ips) != 1 || ips[0] != leader.Status.PodIP {
+		t.Errorf("cluster DNS: %s -> %v (%v), want the leader's pod IP %s", addr, ips, err, leader.Status.PodIP)
+	}
+	logs, err := e.Client.CoreV1().Pods(ns).GetLogs(pods[1].Name, &corev1.PodLogOptions{}).DoRaw(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := fmt.Sprintf("leader=%s.%s.%s:", leader.Name, lwsName, ns); !strings.Contains(string(logs), "joined leader") || !strings.Contains(string(logs), want) {
+		t.Errorf("worker %s did not join its leader through LWS_LEADER_ADDRESS (%q); its log:\n%s", pods[1].Name, want, logs)
+	}
+
+	// A completion from the leader, on its pod IP and the example's port.
+	base := "http://" + net.JoinHostPort(leader.Status.PodIP, "8000")
+	client := &http.Client{Timeout: time.Minute}
+	var models struct {
+		Data []struct {
+			ID string `json:"id"`
+		} `json:"data"`
+	}
+	if err := getJSON(ctx, client, base+"/v1/models", &models); err != nil || len(models.Data) != 1 {
+		t.Fatalf("GET /v1/models: %+v, %v", models, err)
+	}
+	body := fmt.Sprintf(`{"model":%q,"prompt":"Once upon a time","max_tokens":8}`, models.Data[0].ID)
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+"/v1/completions", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var out struct {
+		Choices []struct {
+			Text string `json:"text"`
+		} `json:"choices"`
+		Usage struct {
+			CompletionTokens int `json:"completion_tokens"`
+		} `json:"usage"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("POST /v1/completions: %s, %v", resp.Status, err)
+	}
+	if len(out.Choices) != 1 || out.Choices[0].Text == "" || out.Usage.CompletionTokens != 8 {
+		t.Errorf("completion %+v, want one choice of 8 tokens", out)
+	}
+}
+
+func getJSON(ctx context.Context, client *http.Client, url string, v any) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+	if err != nil {
+		return err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s: %s", url, resp.Status)
+	}
+	return json.NewDecoder(resp.Body).Decode(v)
 }

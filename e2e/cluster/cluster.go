@@ -80,6 +80,10 @@ type Image struct {
 	Entrypoint []string
 	// User defaults to 65532 (nonroot); set "0" where root is needed.
 	User string
+	// Publish, when set, is a MirroredRegistry reference the image is
+	// also pushed under to the cluster's registry, so manifests that name
+	// it pull it (e.g. the examples' ghcr.io/tessera-gpu/...:latest).
+	Publish string
 }
 
 // Cluster is a running local cluster.
@@ -155,7 +159,7 @@ func Up(ctx context.Context, cfg Config) (_ *Cluster, err error) {
 	if err := Down(dir); err != nil {
 		return nil, fmt.Errorf("cleaning up a previous run in %s: %w", dir, err)
 	}
-	for _, d := range []string{"logs", "pki", "etcd", "kubelet", "containerd", "images", "kwok"} {
+	for _, d := range []string{"logs", "pki", "etcd", "kubelet", "containerd", "images", "kwok", "registry", "dns"} {
 		if err := os.MkdirAll(filepath.Join(dir, d), 0o755); err != nil {
 			return nil, err
 		}
@@ -221,6 +225,9 @@ func Up(ctx context.Context, cfg Config) (_ *Cluster, err error) {
 		if err := step("kubelet (real node)", c.startKubelet); err != nil {
 			return nil, err
 		}
+		if err := step("cluster DNS (CoreDNS)", c.startDNS); err != nil {
+			return nil, err
+		}
 	}
 	if cfg.SimulatedNodes > 0 {
 		if err := step(fmt.Sprintf("kwok (%d simulated nodes)", cfg.SimulatedNodes), c.startKwok); err != nil {
@@ -272,8 +279,8 @@ func preflight(cfg Config) error {
 	if os.Geteuid() != 0 && cfg.RealNode {
 		return errors.New("the local cluster runs containerd and a kubelet, which need root: run as root (e.g. `sudo make cluster-up`)")
 	}
-	for _, t := range []string{"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kwok"} {
-		if t == "kubelet" && !cfg.RealNode || t == "kwok" && cfg.SimulatedNodes == 0 || t == "kube-scheduler" && !cfg.DefaultScheduler {
+	for _, t := range []string{"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "coredns", "registry", "kwok"} {
+		if (t == "kubelet" || t == "coredns" || t == "registry") && !cfg.RealNode || t == "kwok" && cfg.SimulatedNodes == 0 || t == "kube-scheduler" && !cfg.DefaultScheduler {
 			continue
 		}
 		if _, err := os.Stat(filepath.Join(cfg.ToolsDir, t)); err != nil {

@@ -31,6 +31,8 @@ var identities = []struct {
 	// The custom metrics pipeline (metrics.go).
 	{prometheusID, "prometheus", nil},
 	{metricsAdapterID, "prometheus-adapter", nil},
+	// Cluster DNS (dns.go).
+	{dnsIdentity, "coredns", nil},
 	// node is filled in with the real node's name: the Node authorizer
 	// confines the kubelet to its own node's objects.
 	{"node", "", []string{"system:nodes"}},
@@ -114,7 +116,7 @@ func (c *Cluster) makePKI(context.Context) error {
 	if err := os.WriteFile(filepath.Join(c.Dir, "access.json"), b, 0o600); err != nil {
 		return err
 	}
-	for _, id := range []string{"admin", "kube-controller-manager", "kube-scheduler", "kwok", "node", lwsIdentity, prometheusID, metricsAdapterID} {
+	for _, id := range []string{"admin", "kube-controller-manager", "kube-scheduler", "kwok", "node", lwsIdentity, prometheusID, metricsAdapterID, dnsIdentity} {
 		name := id + ".kubeconfig"
 		if id == "admin" {
 			name = "kubeconfig"
@@ -217,7 +219,10 @@ func (c *Cluster) startAPIServer(ctx context.Context) error {
 		"--client-ca-file", pki("ca.crt"),
 		"--token-auth-file", pki("tokens.csv"),
 		"--authorization-mode", "Node,RBAC",
-		"--enable-admission-plugins", "NodeRestriction",
+		// PodNodeSelector: a namespace's scheduler.alpha.kubernetes.io/node-selector
+		// annotation pins its pods to nodes, so an example manifest applies
+		// unchanged to the real node (or to simulated ones).
+		"--enable-admission-plugins", "NodeRestriction,PodNodeSelector",
 		"--service-account-key-file", pki("sa.pub"),
 		"--service-account-signing-key-file", pki("sa.key"),
 		"--service-account-issuer", "https://kubernetes.default.svc",

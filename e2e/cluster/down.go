@@ -53,8 +53,9 @@ func Down(dir string) error {
 	stop("containerd", 10*time.Second)
 	killLeftovers(dir, st.ContainerdSocket)
 	removeContainerCgroups(dir)
-	if st.ContainerdSocket != "" {
-		// The pod bridge is the one thing the cluster made outside dir.
+	if st.ContainerdSocket != "" || st.RegistryAddr != "" {
+		// The pod bridge is the one thing the cluster made outside dir
+		// (made right after the registry started).
 		_ = exec.Command("ip", "link", "delete", PodBridge).Run()
 	}
 	// Whatever else ran, in reverse start order.

@@ -28,23 +28,39 @@ func BuildImage(img Image, out string) error {
 	if err != nil {
 		return fmt.Errorf("image reference %q: %w", img.Ref, err)
 	}
+	image, err := buildImage(img)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
+		return err
+	}
+	if err := tarball.WriteToFile(out, ref, image); err != nil {
+		return fmt.Errorf("writing image %s: %w", img.Ref, err)
+	}
+	return nil
+}
+
+// buildImage is img as an image: one layer, the nonroot user unless img
+// says otherwise, the entrypoint.
+func buildImage(img Image) (v1.Image, error) {
 	files := map[string]string{"/" + filepath.Base(img.Binary): img.Binary}
 	for dst, src := range img.Files {
 		files[dst] = src
 	}
 	layerTar, err := layerFromFiles(files)
 	if err != nil {
-		return fmt.Errorf("image %s: %w", img.Ref, err)
+		return nil, fmt.Errorf("image %s: %w", img.Ref, err)
 	}
 	layer, err := tarball.LayerFromOpener(func() (io.ReadCloser, error) {
 		return io.NopCloser(bytes.NewReader(layerTar)), nil
 	})
 	if err != nil {
-		return err
+		return nil, err
 	}
 	image, err := mutate.AppendLayers(empty.Image, layer)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	user := img.User
 	if user == "" {
@@ -56,22 +72,16 @@ func BuildImage(img Image, out string) error {
 	}
 	cf, err := image.ConfigFile()
 	if err != nil {
-		return err
+		return nil, err
 	}
 	cf = cf.DeepCopy()
 	cf.Architecture, cf.OS = "amd64", "linux"
 	cf.Config = v1.Config{Entrypoint: entry, User: user, WorkingDir: "/", Env: []string{"PATH=/"}}
 	image, err = mutate.ConfigFile(image, cf)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	if err := os.MkdirAll(filepath.Dir(out), 0o755); err != nil {
-		return err
-	}
-	if err := tarball.WriteToFile(out, ref, image); err != nil {
-		return fmt.Errorf("writing image %s: %w", img.Ref, err)
-	}
-	return nil
+	return image, nil
 }
 
 // epoch keeps layers reproducible: the same binary gives the same digest.
@@ -141,21 +151,27 @@ func layerFromFiles(files map[string]string) ([]byte, error) {
 	return buf.Bytes(), nil
 }
 
+// ShardServerPublished is the shard server's public image name, which the
+// example manifests use; the local cluster's registry serves it.
+const ShardServerPublished = MirroredRegistry + "/tessera-gpu/tessera-shard-server:latest"
+
 // DefaultImages are the images of Tessera's own binaries found in binDir;
 // binaries not built yet are skipped.
 func DefaultImages(binDir string) []Image {
 	var out []Image
 	for _, b := range []struct {
-		bin, ref, user string
+		bin, ref, user, publish string
 	}{
-		{"tessera-scheduler", "localhost/tessera/scheduler:dev", ""},
-		{"tessera-device-plugin", "localhost/tessera/device-plugin:dev", "0"},
-		{"tessera-shard-server", "localhost/tessera/shard-server:dev", ""},
-		{"tessera-e2e-probe", "localhost/tessera/e2e-probe:dev", ""},
+		{"tessera-scheduler", "localhost/tessera/scheduler:dev", "", ""},
+		{"tessera-device-plugin", "localhost/tessera/device-plugin:dev", "0", ""},
+		// The examples in manifests/examples/ name this one: they apply
+		// unchanged to the local cluster.
+		{"tessera-shard-server", "localhost/tessera/shard-server:dev", "", ShardServerPublished},
+		{"tessera-e2e-probe", "localhost/tessera/e2e-probe:dev", "", ""},
 	} {
 		p := filepath.Join(binDir, b.bin)
 		if _, err := os.Stat(p); err == nil {
-			out = append(out, Image{Ref: b.ref, Binary: p, User: b.user})
+			out = append(out, Image{Ref: b.ref, Binary: p, User: b.user, Publish: b.publish})
 		}
 	}
 	return out

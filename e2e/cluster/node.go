@@ -15,8 +15,31 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 )
 
-// PodBridge is the host-side bridge of the real node's pod network.
-const PodBridge = "tessera0"
+// The real node's pod network: a bridge with the host address PodGateway
+// in PodSubnet; pods get addresses from podRangeStart on.
+const (
+	PodBridge     = "tessera0"
+	PodSubnet     = "10.244.0.0/24"
+	PodGateway    = "10.244.0.1"
+	podRangeStart = "10.244.0.2"
+)
+
+// makePodBridge creates the pod bridge with the host's address on it (the
+// CNI bridge plugin would create it without one, since pods get no
+// gateway), after removing one a crashed run left.
+func makePodBridge() error {
+	_ = exec.Command("ip", "link", "delete", PodBridge).Run()
+	for _, args := range [][]string{
+		{"link", "add", PodBridge, "type", "bridge"},
+		{"addr", "add", PodGateway + "/24", "dev", PodBridge},
+		{"link", "set", PodBridge, "up"},
+	} {
+		if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+			return fmt.Errorf("pod bridge: ip %s: %w: %s", strings.Join(args, " "), err, out)
+		}
+	}
+	return nil
+}
 
 // PauseImage is the sandbox image of the real node, built from our own
 // tiny binary so nothing is pulled.
@@ -86,15 +109,22 @@ func (c *Cluster) startContainerd(ctx context.Context) error {
 	if err := ensureNodePackages(ctx, c.progress); err != nil {
 		return err
 	}
+	if err := c.startRegistry(ctx); err != nil {
+		return fmt.Errorf("registry: %w", err)
+	}
+	if err := makePodBridge(); err != nil {
+		return err
+	}
 	base := filepath.Join(c.Dir, "containerd")
 	cniConf := filepath.Join(base, "net.d")
 	if err := os.MkdirAll(cniConf, 0o755); err != nil {
 		return err
 	}
-	// Pods that do not use hostNetwork join a bridge that has no address
-	// on the host and no default route: they reach each other and nothing
-	// else, so no traffic leaves network namespaces the cluster made. e2e
-	// pods use hostNetwork and loopback ports.
+	// Pods that do not use hostNetwork join the pod bridge, which has the
+	// host address PodGateway and gives pods no default route: they reach
+	// each other and the host (the kubelet's probes, cluster DNS, tests)
+	// and nothing else, so no traffic leaves network namespaces the
+	// cluster made.
 	if err := os.WriteFile(filepath.Join(cniConf, "10-tessera.conflist"), []byte(fmt.Sprintf(`{
   "cniVersion": "1.0.0",
   "name": "tessera-pods",
@@ -103,13 +133,13 @@ func (c *Cluster) startContainerd(ctx context.Context) error {
     "bridge": %q,
     "isGateway": false,
     "ipMasq": false,
-    "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.244.0.0/24"}]], "dataDir": %q}
+    "ipam": {"type": "host-local", "ranges": [[{"subnet": %q, "rangeStart": %q}]], "dataDir": %q}
   }]
 }
-`, PodBridge, filepath.Join(base, "ipam"))), 0o644); err != nil {
+`, PodBridge, PodSubnet, podRangeStart, filepath.Join(base, "ipam"))), 0o644); err != nil {
 		return err
 	}
-	bin, config := "/usr/bin/containerd", containerd16Config(filepath.Join(base, "root"), filepath.Join(base, "state"), c.containerdSocket(), cniConf)
+	bin, config := "/usr/bin/containerd", containerd16Config(filepath.Join(base, "root"), filepath.Join(base, "state"), c.containerdSocket(), cniConf, c.registryHostsDir())
 	var env []string
 	switch c.cfg.Containerd {
 	case "":
@@ -121,7 +151,7 @@ func (c *Cluster) startContainerd(ctx context.Context) error {
 		if err := os.MkdirAll(c.CDISpecDir(), 0o755); err != nil {
 			return err
 		}
-		config = containerd2Config(filepath.Join(base, "root"), filepath.Join(base, "state"), c.containerdSocket(), cniConf, c.CDISpecDir())
+		config = containerd2Config(filepath.Join(base, "root"), filepath.Join(base, "state"), c.containerdSocket(), cniConf, c.CDISpecDir(), c.registryHostsDir())
 		// containerd starts the runc shim it finds on PATH: its own, not
 		// Debian's 1.6 one.
 		env = []string{"PATH=" + filepath.Dir(bin) + string(os.PathListSeparator) + os.Getenv("PATH")}
@@ -158,13 +188,18 @@ func (c *Cluster) startContainerd(ctx context.Context) error {
 		if err := c.ImportImage(ctx, tarball); err != nil {
 			return err
 		}
+		if img.Publish != "" {
+			if _, err := c.PublishImage(ctx, img, img.Publish); err != nil {
+				return err
+			}
+		}
 	}
 	return nil
 }
 
 // containerd16Config is the real node's containerd 1.6 configuration
 // (version 2 of the file format).
-func containerd16Config(root, state, socket, cniConf string) string {
+func containerd16Config(root, state, socket, cniConf, registryHosts string) string {
 	return fmt.Sprintf("version = 2\n%s", containerdHeader(root, state, socket)) + fmt.Sprintf(`[plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = %q
   # runc fails with "can't get final child's PID from pipe" when it may not
@@ -176,16 +211,20 @@ func containerd16Config(root, state, socket, cniConf string) string {
     conf_dir = %q
   [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
     runtime_type = "io.containerd.runc.v2"
-`, PauseImage, cniConf)
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = %q
+`, PauseImage, cniConf, registryHosts)
 }
 
 // containerd2Config is the same node on containerd v2 (version 3 of the
 // file format: the CRI plugin split into images and runtime), with CDI
 // specs read from cdiDir only (v2 always enables CDI).
-func containerd2Config(root, state, socket, cniConf, cdiDir string) string {
+func containerd2Config(root, state, socket, cniConf, cdiDir, registryHosts string) string {
 	return fmt.Sprintf("version = 3\n%s", containerdHeader(root, state, socket)) + fmt.Sprintf(`[plugins.'io.containerd.cri.v1.images']
   [plugins.'io.containerd.cri.v1.images'.pinned_images]
     sandbox = %q
+  [plugins.'io.containerd.cri.v1.images'.registry]
+    config_path = %q
 [plugins.'io.containerd.cri.v1.runtime']
   # As for 1.6: runc may not lower oom_score_adj in nested environments.
   restrict_oom_score_adj = true
@@ -196,7 +235,7 @@ func containerd2Config(root, state, socket, cniConf, cdiDir string) string {
     conf_dir = %q
   [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
     runtime_type = "io.containerd.runc.v2"
-`, PauseImage, cdiDir, cniConf)
+`, PauseImage, registryHosts, cdiDir, cniConf)
 }
 
 // containerdHeader is what both file formats share: the node's own root,
@@ -282,12 +321,15 @@ imageGCHighThresholdPercent: 100
 imageGCLowThresholdPercent: 99
 serializeImagePulls: false
 registerNode: true
+# Cluster DNS (CoreDNS, dns.go) listens on the pod bridge's host address.
+clusterDNS: [%s]
+clusterDomain: %s
 staticPodPath: ""
 fileCheckFrequency: 5s
 syncFrequency: 10s
 nodeStatusUpdateFrequency: 5s
 maxPods: 110
-`, c.ports.kubelet, c.ports.kubeletHealthz, c.containerdSocket(), filepath.Join(c.Dir, "pki", "ca.crt"))
+`, c.ports.kubelet, c.ports.kubeletHealthz, c.containerdSocket(), filepath.Join(c.Dir, "pki", "ca.crt"), PodGateway, ClusterDomain)
 	cfgPath := filepath.Join(c.Dir, "kubelet-config.yaml")
 	if err := os.WriteFile(cfgPath, []byte(config), 0o644); err != nil {
 		return err

@@ -35,6 +35,9 @@ type state struct {
 	// ContainerdSocket is set once containerd was started; Down uses it to
 	// stop the containers containerd's shims run outside our process groups.
 	ContainerdSocket string `json:"containerdSocket,omitempty"`
+	// RegistryAddr is the cluster registry's host:port on loopback, once
+	// it runs.
+	RegistryAddr string `json:"registryAddr,omitempty"`
 }
 
 const stateFile = "state.json"

@@ -82,8 +82,10 @@ const AdapterRules = `rules:
 // real node. Ports: rank w of group g serves HTTP on <http><g><w> and
 // group g's collective on <coll><g>0, built by the kubelet from the
 // group-index label (downward API) and LWS's LWS_WORKER_INDEX; the ranks
-// find each other on loopback, not through LWS_LEADER_ADDRESS (the local
-// cluster has no DNS).
+// find each other on loopback, not through LWS_LEADER_ADDRESS (the
+// example manifest's test, TestLeaderWorkerSetExampleServes, covers that
+// path on pod IPs and the cluster DNS; hostNetwork keeps every rank's
+// metrics on a loopback port Prometheus scrapes from the host).
 func ShardServerLWS(ns, name, model string, httpPrefix, collPrefix int) *unstructured.Unstructured {
 	podTemplate := func() map[string]any {
 		return map[string]any{
