@@ -10,6 +10,7 @@ import (
 
 	"github.com/google/go-containerregistry/pkg/name"
 	v1 "github.com/google/go-containerregistry/pkg/v1"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
 	"github.com/google/go-containerregistry/pkg/v1/remote"
 )
 
@@ -93,6 +94,19 @@ func (c *Cluster) registryHostsDir() string { return filepath.Join(c.Dir, "conta
 func (c *Cluster) PublishImage(ctx context.Context, img Image, ref string) (string, error) {
 	image, err := buildImage(img)
 	if err != nil {
+		return "", err
+	}
+	// A config of its own, so the published image has an image ID of its
+	// own: when a pull moved the ID that img.Ref (imported, pull policy
+	// Never) shares with it to the pulled manifest, containerd 1.6's CRI
+	// stopped finding img.Ref ("ErrImageNeverPull: not present").
+	cf, err := image.ConfigFile()
+	if err != nil {
+		return "", err
+	}
+	cf = cf.DeepCopy()
+	cf.Config.Labels = map[string]string{"dev.tessera.published-as": ref}
+	if image, err = mutate.ConfigFile(image, cf); err != nil {
 		return "", err
 	}
 	return c.pushImage(ctx, image, ref)
