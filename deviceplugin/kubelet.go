@@ -22,6 +22,14 @@ import (
 // health, reconciliation and inventory publishing. Every loop is bound to
 // ctx; none exits the process.
 func (p *Plugin) Run(ctx context.Context) error {
+	return p.RunWith(ctx, p.serveKubelet)
+}
+
+// RunWith runs the plugin's loops (config, health, Xid, reconciliation,
+// inventory) with serve in place of the device-plugin registration with the
+// kubelet: the DRA driver (deviceplugin/dra) serves the kubelet instead on
+// nodes where the node agent runs in DRA mode.
+func (p *Plugin) RunWith(ctx context.Context, serve func(context.Context) error) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	var wg sync.WaitGroup
@@ -39,7 +47,7 @@ func (p *Plugin) Run(ctx context.Context) error {
 			loop(ctx)
 		}()
 	}
-	err := p.serveKubelet(ctx)
+	err := serve(ctx)
 	cancel()
 	wg.Wait()
 	return err

@@ -290,6 +290,14 @@ func (p *Plugin) republish() {
 	p.publishLocked(st.layout, st.eff)
 }
 
+// Advertisement returns the current layout, the GPUs' health and a channel
+// closed at the next change of either (the DRA driver republishes its
+// ResourceSlices on it).
+func (p *Plugin) Advertisement() (*slicing.Layout, slicing.Health, <-chan struct{}) {
+	st := p.state.Load()
+	return st.layout, st.healthy, st.changed
+}
+
 // Layout returns the current slicing.
 func (p *Plugin) Layout() *slicing.Layout { return p.state.Load().layout }
 

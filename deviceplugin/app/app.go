@@ -31,6 +31,7 @@ import (
 	"github.com/tessera-gpu/tessera/api"
 	"github.com/tessera-gpu/tessera/deviceplugin"
 	"github.com/tessera-gpu/tessera/deviceplugin/config"
+	"github.com/tessera-gpu/tessera/deviceplugin/dra"
 	"github.com/tessera-gpu/tessera/deviceplugin/nvml"
 	"github.com/tessera-gpu/tessera/deviceplugin/simulate"
 	"github.com/tessera-gpu/tessera/deviceplugin/slicing"
@@ -55,7 +56,8 @@ type flags struct {
 	kubeconfig, nodeName, configPath, fakeGPUs, nvmlLib string
 	pluginDir, podResourcesSocket, metricsAddr          string
 	cdiKind, mpsPipeDir                                 string
-	labelClique, jsonOut, noKube                        bool
+	draPluginDir, draRegistrarDir, cdiDir               string
+	labelClique, jsonOut, noKube, dra                   bool
 	xidWait, reconcileInterval, configPoll              time.Duration
 	qps                                                 float64
 	burst, workers, cliqueSize                          int
@@ -79,6 +81,10 @@ func newFlags(mode string, stderr io.Writer) *flags {
 	fs.StringVar(&f.mpsPipeDir, "mps-pipe-dir", "/run/nvidia/mps", "host directory of the MPS control daemon's pipes (strategy mps)")
 	fs.BoolVar(&f.labelClique, "label-clique", true, "also label the node nvidia.com/gpu.clique when its GPUs share a fabric clique")
 	fs.BoolVar(&f.noKube, "no-kube", false, "run without the API server: no inventory, no assignments (best fit only), no reconciliation")
+	fs.BoolVar(&f.dra, "dra", false, "serve the kubelet as DRA driver "+dra.DriverName+" (ResourceSlices, CDI specs per claim) instead of as device plugin; one API per node (docs/design.md, DRA)")
+	fs.StringVar(&f.draPluginDir, "dra-plugin-dir", "/var/lib/kubelet/plugins/"+dra.DriverName, "DRA: the driver's socket directory")
+	fs.StringVar(&f.draRegistrarDir, "dra-registrar-dir", "/var/lib/kubelet/plugins_registry", "DRA: the kubelet's plugin registration directory")
+	fs.StringVar(&f.cdiDir, "cdi-dir", "/var/run/cdi", "DRA: where the container runtime reads CDI specs")
 	fs.DurationVar(&f.reconcileInterval, "reconcile-interval", 10*time.Second, "PodResources reconciliation period")
 	fs.DurationVar(&f.configPoll, "config-poll-interval", 5*time.Second, "config file and node label poll period")
 	fs.Float64Var(&f.qps, "kube-api-qps", 20, "API client QPS")
@@ -198,14 +204,31 @@ func serve(ctx context.Context, f *flags) error {
 		Env:                slicing.EnvOptions{CDIKind: f.cdiKind, MPSPipeDir: f.mpsPipeDir},
 	}
 	deps := deviceplugin.Deps{NVML: nv, Clock: clock.RealClock{}}
+	if f.dra && f.noKube {
+		return fmt.Errorf("--dra needs the API server (ResourceSlices, claims): drop --no-kube")
+	}
+	var client kubernetes.Interface
 	if !f.noKube {
 		if f.nodeName == "" {
 			return fmt.Errorf("--node-name (or $NODE_NAME) is required unless --no-kube")
 		}
-		client, err := kubeClient(f)
+		client, err = kubeClient(f)
 		if err != nil {
 			return err
 		}
+	}
+	switch {
+	case f.dra:
+		// The kubelet hands the driver each claim's allocation: no
+		// scheduler assignments to follow and no device-plugin
+		// allocations to reconcile.
+		node := deviceplugin.NewKubeNode(client, f.nodeName)
+		node.Start(ctx)
+		if !node.WaitForSync(ctx) {
+			return fmt.Errorf("waiting for the node cache: %w", ctx.Err())
+		}
+		deps.Nodes = node
+	case !f.noKube:
 		pods := deviceplugin.NewPodCache(client, f.nodeName)
 		node := deviceplugin.NewKubeNode(client, f.nodeName)
 		pods.Start(ctx)
@@ -230,6 +253,14 @@ func serve(ctx context.Context, f *flags) error {
 			return err
 		}
 		defer stop()
+	}
+	if f.dra {
+		return p.RunWith(ctx, func(ctx context.Context) error {
+			return dra.Run(ctx, p, dra.Options{
+				NodeName: f.nodeName, Client: client, PluginDir: f.draPluginDir, RegistrarDir: f.draRegistrarDir,
+				CDIDir: f.cdiDir, Env: opts.Env,
+			})
+		})
 	}
 	return p.Run(ctx)
 }

@@ -105,15 +105,50 @@ func (l *Layout) Response(ids []string, o EnvOptions) (*pluginapi.ContainerAlloc
 	if err != nil {
 		return nil, g, err
 	}
+	e := l.Edits(g, o)
+	r := &pluginapi.ContainerAllocateResponse{Envs: e.Env}
+	for _, m := range e.Mounts {
+		r.Mounts = append(r.Mounts, &pluginapi.Mount{ContainerPath: m.ContainerPath, HostPath: m.HostPath, ReadOnly: m.ReadOnly})
+	}
+	for _, d := range e.CDIDevices {
+		r.CdiDevices = append(r.CdiDevices, &pluginapi.CDIDevice{Name: d})
+	}
+	return r, g, nil
+}
+
+// Mount is a host directory mounted into the container.
+type Mount struct {
+	HostPath, ContainerPath string
+	ReadOnly                bool
+}
+
+// Edits are the container settings of a grant, whichever kubelet API
+// carries them: the device plugin's Allocate answer or the CDI spec a DRA
+// claim's preparation writes. Written once here so both paths give a
+// container the same view.
+type Edits struct {
+	Env    map[string]string
+	Mounts []Mount
+	// CDIDevices are fully qualified CDI device names ("<kind>=<uuid>")
+	// of the visible devices, when EnvOptions.CDIKind is set.
+	CDIDevices []string
+}
+
+// Edits renders g's container settings: visible devices, slices (when the
+// grant has any), memory limit per device, and under strategy mps the MPS
+// limits and pipe directory.
+func (l *Layout) Edits(g Grant, o EnvOptions) Edits {
 	mem := make([]string, len(g.MemoryMiB))
 	for i, m := range g.MemoryMiB {
 		mem[i] = strconv.FormatInt(m, 10)
 	}
-	r := &pluginapi.ContainerAllocateResponse{Envs: map[string]string{
+	e := Edits{Env: map[string]string{
 		api.EnvVisibleDevices: strings.Join(g.Devices, ","),
-		api.EnvSlices:         api.FormatSliceList(g.Slices),
 		api.EnvMemoryLimitMiB: strings.Join(mem, ","),
 	}}
+	if len(g.Slices) > 0 {
+		e.Env[api.EnvSlices] = api.FormatSliceList(g.Slices)
+	}
 	if l.Strategy == api.StrategyMPS {
 		limits := make([]string, len(g.MemoryMiB))
 		for i, m := range g.MemoryMiB {
@@ -125,17 +160,17 @@ func (l *Layout) Response(ids []string, o EnvOptions) (*pluginapi.ContainerAlloc
 		if pipes == "" {
 			pipes = DefaultMPSContainerPipes
 		}
-		r.Envs[EnvMPSPinnedMemLimit] = strings.Join(limits, ",")
-		r.Envs[EnvMPSActiveThreadPct] = strconv.Itoa(g.ThreadPercentage)
-		r.Envs[EnvMPSPipeDirectory] = pipes
+		e.Env[EnvMPSPinnedMemLimit] = strings.Join(limits, ",")
+		e.Env[EnvMPSActiveThreadPct] = strconv.Itoa(g.ThreadPercentage)
+		e.Env[EnvMPSPipeDirectory] = pipes
 		if o.MPSPipeDir != "" {
-			r.Mounts = append(r.Mounts, &pluginapi.Mount{ContainerPath: pipes, HostPath: o.MPSPipeDir, ReadOnly: false})
+			e.Mounts = append(e.Mounts, Mount{ContainerPath: pipes, HostPath: o.MPSPipeDir})
 		}
 	}
 	if o.CDIKind != "" {
 		for _, d := range g.Devices {
-			r.CdiDevices = append(r.CdiDevices, &pluginapi.CDIDevice{Name: o.CDIKind + "=" + d})
+			e.CDIDevices = append(e.CDIDevices, o.CDIKind+"="+d)
 		}
 	}
-	return r, g, nil
+	return e
 }
