@@ -11,7 +11,7 @@ CLUSTER_DIR ?= /tmp/tessera-cluster
 NODES ?= 8
 # make cluster-up runs the LeaderWorkerSet controller too; LWS=false skips it.
 LWS ?= true
-# CONTAINERD=v2 runs the real node on containerd v2 built from the module proxy (CDI); empty: Debian's 1.6.
+# The real node's runtime: empty or v2 for containerd v2 built from the module proxy (CDI, the DRA path); 1.6 for Debian's.
 CONTAINERD ?=
 APISERVER_PORT ?= 16443
 export TESSERA_CLUSTER_DIR := $(CLUSTER_DIR)
@@ -31,7 +31,8 @@ TOOL_BINS := $(TOOLS)/etcd $(TOOLS)/kube-apiserver $(TOOLS)/kube-controller-mana
 	$(TOOLS)/kube-scheduler $(TOOLS)/kubelet $(TOOLS)/kwok $(TOOLS)/kubectl $(TOOLS)/helm \
 	$(TOOLS)/kueue \
 	$(TOOLS)/lws $(TOOLS)/prometheus $(TOOLS)/prometheus-adapter \
-	$(TOOLS)/coredns $(TOOLS)/registry
+	$(TOOLS)/coredns $(TOOLS)/registry \
+	$(TOOLS)/containerd $(TOOLS)/containerd-shim-runc-v2 $(TOOLS)/ctr
 
 .PHONY: all build tools lint bench test test-unit test-repeat test-fuzz test-e2e reliability cluster-up cluster-down demo demo-model install manifests clean
 
@@ -73,10 +74,9 @@ $(TOOLS)/kueue: hack/tools/kueue/go.mod hack/tools/kueue/go.sum
 	  cp $$dir/config/components/webhook/manifests.yaml $(TOOLS)/kueue-config/webhook.yaml && \
 	  chmod -R u+w $(TOOLS)/kueue-config
 # containerd v2 from its own module (hack/tools/containerd): the real node's
-# runtime with CDI when CONTAINERD=v2 (make cluster-up, TESSERA_CONTAINERD=v2
-# for the e2e tests). Not in TOOL_BINS: the default real node runs Debian's
-# containerd 1.6. no_btrfs: the btrfs snapshotter needs C headers we do not
-# install, and the node uses overlayfs.
+# runtime, with CDI for the DRA driver's claims (CONTAINERD=1.6 /
+# TESSERA_CONTAINERD=1.6 runs Debian's 1.6 instead). no_btrfs: the btrfs
+# snapshotter needs C headers we do not install, and the node uses overlayfs.
 CONTAINERD_V2_BINS := $(TOOLS)/containerd $(TOOLS)/containerd-shim-runc-v2 $(TOOLS)/ctr
 .PHONY: containerd-v2
 containerd-v2: $(CONTAINERD_V2_BINS)
@@ -174,7 +174,7 @@ reliability: tools build
 	RELIABILITY_OUT=$(RELIABILITY_OUT) FUZZTIME=$(RELIABILITY_FUZZTIME) LOAD_DURATION=$(LOAD_DURATION) \
 		LOAD_NODES=$(LOAD_NODES) TOOLS_DIR=$(abspath $(TOOLS)) BIN_DIR=$(abspath $(BIN)) GO=$(GO) ./hack/reliability.sh
 
-cluster-up: tools build $(if $(filter v2,$(CONTAINERD)),containerd-v2)
+cluster-up: tools build
 	$(BIN)/tessera-localcluster up -dir $(CLUSTER_DIR) -tools $(TOOLS) -bin $(BIN) -nodes $(NODES) -apiserver-port $(APISERVER_PORT) -lws=$(LWS) -containerd=$(CONTAINERD)
 
 cluster-down:

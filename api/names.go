@@ -43,6 +43,10 @@ const (
 	LabelRack   = "topology.kubernetes.io/rack"
 	LabelZone   = "topology.kubernetes.io/zone"
 
+	// DRADriverName is the node agent's DRA driver (deviceplugin/dra), the
+	// domain of its device attributes and capacities.
+	DRADriverName = "gpu.tessera.dev"
+
 	// Environment the device plugin hands to containers at Allocate.
 	EnvVisibleDevices = "NVIDIA_VISIBLE_DEVICES"
 	EnvSlices         = "TESSERA_SLICES"

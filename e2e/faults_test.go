@@ -116,6 +116,13 @@ func devicePluginPod(ctx context.Context, e *scenario.Env) (*corev1.Pod, error) 
 // returns how long the node was without a plugin.
 func killDevicePlugin(ctx context.Context, t *testing.T, e *scenario.Env) time.Duration {
 	t.Helper()
+	return killNodeAgent(ctx, t, e, testCluster.WaitForTessera)
+}
+
+// killNodeAgent is killDevicePlugin with ready meaning what ready says
+// (WaitForTessera, or WaitForTesseraDRA for the DRA driver).
+func killNodeAgent(ctx context.Context, t *testing.T, e *scenario.Env, ready func(context.Context, time.Duration) error) time.Duration {
+	t.Helper()
 	old, err := devicePluginPod(ctx, e)
 	if err != nil {
 		t.Fatal(err)
@@ -145,7 +152,7 @@ func killDevicePlugin(ctx context.Context, t *testing.T, e *scenario.Env) time.D
 		resp.Body.Close()
 		return resp.StatusCode == http.StatusOK, resp.Status
 	})
-	if err := testCluster.WaitForTessera(ctx, 2*time.Minute); err != nil {
+	if err := ready(ctx, 2*time.Minute); err != nil {
 		t.Fatal(err)
 	}
 	return time.Since(start)

@@ -60,8 +60,8 @@ func run(m *testing.M) int {
 		ToolsDir:         tools,
 		RealNode:         true,
 		DefaultScheduler: true,
-		// TESSERA_CONTAINERD=v2 runs the real node on containerd v2 (make
-		// containerd-v2); the default is Debian's containerd 1.6.
+		// The real node runs on containerd v2 (make tools);
+		// TESSERA_CONTAINERD=1.6 runs it on Debian's containerd 1.6.
 		Containerd:     os.Getenv("TESSERA_CONTAINERD"),
 		PauseBinary:    filepath.Join(bin, "tessera-pause"),
 		Images:         cluster.DefaultImages(bin),

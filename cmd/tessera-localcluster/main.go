@@ -41,7 +41,7 @@ func run() error {
 	overlay := fs.String("overlay", "manifests/overlays/local", "kustomize overlay to install (install)")
 	realNode := fs.Bool("real-node", true, "start containerd and a real kubelet")
 	lws := fs.Bool("lws", true, "install the LeaderWorkerSet CRDs and run the LWS controller (make tools builds it)")
-	containerd := fs.String("containerd", envOr("TESSERA_CONTAINERD", ""), "the real node's runtime: empty for Debian's containerd 1.6, v2 for containerd v2 with CDI (make containerd-v2 builds it)")
+	containerd := fs.String("containerd", envOr("TESSERA_CONTAINERD", ""), "the real node's runtime: v2 (default, also when empty) for containerd v2 with CDI (make tools builds it), 1.6 for Debian's containerd without CDI")
 	if err := fs.Parse(os.Args[2:]); err != nil {
 		return err
 	}

@@ -147,6 +147,24 @@ func TestResourcesLeaveOutUnhealthyGPUs(t *testing.T) {
 	}
 }
 
+// A node past the API's per-slice caps (8 counter sets, 64 devices that
+// consume counters) gets more slices, none over a cap.
+func TestResourcesSplitLargeNodes(t *testing.T) {
+	l := layoutOf(t, "16xH100-80GB", config.Sharing{Strategy: api.StrategyTimeSlice, SlicesPerGPU: 8})
+	p := poolOf(t, "n1", l, allHealthy)
+	sets, devs := 0, 0
+	for _, s := range p.slices {
+		if len(s.Counters) > resourceapi.ResourceSliceMaxCounterSets || len(s.Devices) > resourceapi.ResourceSliceMaxDevicesWithAdvancedFeatures {
+			t.Errorf("slice with %d counter sets and %d devices", len(s.Counters), len(s.Devices))
+		}
+		sets += len(s.Counters)
+		devs += len(s.Devices)
+	}
+	if sets != 16 || devs != 16*10 {
+		t.Errorf("%d counter sets and %d devices, want 16 and 160", sets, devs)
+	}
+}
+
 func TestParseDeviceName(t *testing.T) {
 	for name, want := range map[string]struct {
 		typ      string

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 
 	resourceapi "k8s.io/api/resource/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -79,6 +80,10 @@ func Run(ctx context.Context, src Source, o Options) error {
 		l, _, _ := src.Advertisement()
 		return l
 	}}}
+	// The kubelet creates its registration directory, not ours.
+	if err := os.MkdirAll(o.PluginDir, 0o750); err != nil {
+		return fmt.Errorf("DRA plugin directory: %w", err)
+	}
 	helper, err := kubeletplugin.Start(ctx, d,
 		kubeletplugin.DriverName(DriverName),
 		kubeletplugin.KubeClient(o.Client),

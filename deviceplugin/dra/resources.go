@@ -38,7 +38,7 @@ import (
 
 // DriverName is the DRA driver's name, the domain of its attributes and
 // capacities.
-const DriverName = "gpu.tessera.dev"
+const DriverName = api.DRADriverName
 
 // Device types (the "type" attribute).
 const (
@@ -169,9 +169,18 @@ func Resources(nodeName string, l *slicing.Layout, healthy slicing.Health) resou
 			ConsumesCounters: []resourceapi.DeviceCounterConsumption{{CounterSet: total.Name, Counters: total.Counters}},
 		})
 	}
-	pool := resourceslice.Pool{Slices: []resourceslice.Slice{{SharedCounters: counters}, {Devices: devices}}}
-	if len(counters) == 0 {
-		pool.Slices = []resourceslice.Slice{{Devices: devices}}
+	// The API caps a slice at 8 counter sets and at 64 devices that
+	// consume counters: larger nodes get more slices.
+	var pool resourceslice.Pool
+	for len(counters) > 0 {
+		n := min(len(counters), resourceapi.ResourceSliceMaxCounterSets)
+		pool.Slices = append(pool.Slices, resourceslice.Slice{SharedCounters: counters[:n]})
+		counters = counters[n:]
+	}
+	for len(devices) > 0 {
+		n := min(len(devices), resourceapi.ResourceSliceMaxDevicesWithAdvancedFeatures)
+		pool.Slices = append(pool.Slices, resourceslice.Slice{Devices: devices[:n]})
+		devices = devices[n:]
 	}
 	return resourceslice.DriverResources{Pools: map[string]resourceslice.Pool{nodeName: pool}}
 }

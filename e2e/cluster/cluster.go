@@ -59,10 +59,10 @@ type Config struct {
 	// LeaderWorkerSet installs the LWS CRDs and runs the real LWS controller
 	// (make tools builds it) with its webhooks on loopback.
 	LeaderWorkerSet bool
-	// Containerd is the real node's container runtime: "" for Debian's
-	// containerd 1.6 (no CDI), ContainerdV2 for containerd v2 built from the
-	// Go module proxy (make containerd-v2), which reads CDI specs from
-	// CDISpecDir.
+	// Containerd is the real node's container runtime: "" or ContainerdV2
+	// for containerd v2 built from the Go module proxy (make tools), which
+	// reads CDI specs from CDISpecDir; Containerd16 for Debian's
+	// containerd 1.6 (no CDI, so no DRA claims).
 	Containerd string
 	// Progress receives one line per step; nil discards.
 	Progress func(format string, args ...any)

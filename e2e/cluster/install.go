@@ -57,6 +57,22 @@ func (c *Cluster) runTool(ctx context.Context, name string, env []string, args .
 // gets --feature-gates=<that value>; unset, the scheduler's gates keep
 // their defaults (both off in 1.37).
 func (c *Cluster) InstallTessera(ctx context.Context, overlay string) error {
+	return c.install(ctx, overlay, false)
+}
+
+// DRAComponent is the kustomize component that turns the node agent into
+// the DRA driver (relative to the repository root).
+const DRAComponent = "manifests/components/dra"
+
+// InstallTesseraDRA is InstallTessera with the node agent as DRA driver
+// (DRAComponent on top of overlay, normally manifests/overlays/local), its
+// kubelet and CDI paths those of this cluster; it waits until the real
+// node's ResourceSlices are published instead of for slice capacity.
+func (c *Cluster) InstallTesseraDRA(ctx context.Context, overlay string) error {
+	return c.install(ctx, overlay, true)
+}
+
+func (c *Cluster) install(ctx context.Context, overlay string, dra bool) error {
 	gates, err := schedulerGatesPatch(os.Getenv(SchedulerGatesEnv))
 	if err != nil {
 		return err
@@ -74,13 +90,27 @@ func (c *Cluster) InstallTessera(ctx context.Context, overlay string) error {
 	if err != nil {
 		return err
 	}
-	port := strings.TrimPrefix(c.APIServerURL, "https://127.0.0.1:")
-	kustomization := installKustomization(rel, filepath.Dir(c.PodResourcesSocket()), port, gates)
-	if err := os.WriteFile(filepath.Join(dir, "kustomization.yaml"), []byte(kustomization), 0o644); err != nil {
+	k := installSpec{overlay: rel, podResourcesDir: filepath.Dir(c.PodResourcesSocket()), port: strings.TrimPrefix(c.APIServerURL, "https://127.0.0.1:"), gates: gates}
+	if dra {
+		comp, err := filepath.Abs(filepath.Join(filepath.Dir(overlay), "..", "..", DRAComponent))
+		if err != nil {
+			return err
+		}
+		if k.draComponent, err = filepath.Rel(dir, comp); err != nil {
+			return err
+		}
+		k.kubeletDir, k.cdiDir = c.kubeletRoot(), c.CDISpecDir()
+	}
+	if err := os.WriteFile(filepath.Join(dir, "kustomization.yaml"), []byte(k.kustomization()), 0o644); err != nil {
 		return err
 	}
-	if _, err := c.Kubectl(ctx, "apply", "--server-side", "-k", dir); err != nil {
+	// --force-conflicts: switching between the two modes changes the
+	// DaemonSet's args list, which the previous apply owns.
+	if _, err := c.Kubectl(ctx, "apply", "--server-side", "--force-conflicts", "-k", dir); err != nil {
 		return err
+	}
+	if dra {
+		return c.WaitForTesseraDRA(ctx, 3*time.Minute)
 	}
 	return c.WaitForTessera(ctx, 3*time.Minute)
 }
@@ -129,6 +159,53 @@ func (c *Cluster) WaitForTessera(ctx context.Context, timeout time.Duration) err
 	})
 }
 
+// WaitForTesseraDRA waits until the scheduler Deployment is available, the
+// node agent DaemonSet is ready and, as DRA driver, has published the real
+// node's devices in ResourceSlices.
+func (c *Cluster) WaitForTesseraDRA(ctx context.Context, timeout time.Duration) error {
+	client, err := c.Client()
+	if err != nil {
+		return err
+	}
+	var last string
+	return poll(ctx, time.Second, timeout, func(ctx context.Context) (bool, error) {
+		dep, err := client.AppsV1().Deployments(TesseraNamespace).Get(ctx, "tessera-scheduler", metav1.GetOptions{})
+		if err != nil || !deploymentAvailable(dep) {
+			if ctx.Err() == nil {
+				last = fmt.Sprintf("scheduler not available (%v)", err)
+			}
+			return false, nil
+		}
+		ds, err := client.AppsV1().DaemonSets(TesseraNamespace).Get(ctx, "tessera-device-plugin", metav1.GetOptions{})
+		if err != nil || ds.Status.DesiredNumberScheduled == 0 || ds.Status.UpdatedNumberScheduled < ds.Status.DesiredNumberScheduled || ds.Status.NumberReady < ds.Status.DesiredNumberScheduled {
+			if ctx.Err() == nil {
+				last = fmt.Sprintf("node agent DaemonSet not rolled out and ready (%v)", err)
+			}
+			return false, nil
+		}
+		slices, err := client.ResourceV1().ResourceSlices().List(ctx, metav1.ListOptions{FieldSelector: "spec.driver=" + api.DRADriverName + ",spec.nodeName=" + c.RealNodeName})
+		if err != nil {
+			last = err.Error()
+			return false, nil
+		}
+		devices := 0
+		for _, s := range slices.Items {
+			devices += len(s.Spec.Devices)
+		}
+		if devices == 0 {
+			last = fmt.Sprintf("no ResourceSlice of %s with devices for node %s yet", api.DRADriverName, c.RealNodeName)
+			return false, nil
+		}
+		return true, nil
+	}, func() error {
+		dctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		pods, _ := c.Kubectl(dctx, "get", "pods", "-n", TesseraNamespace, "-o", "wide")
+		logs, _ := c.Kubectl(dctx, "logs", "-n", TesseraNamespace, "ds/tessera-device-plugin", "--tail=5")
+		return fmt.Errorf("tessera (DRA) not ready after %s: %s\n%s\nnode agent:\n%s", timeout, last, pods, logs)
+	})
+}
+
 func deploymentAvailable(d *appsv1.Deployment) bool {
 	want := int32(1)
 	if d.Spec.Replicas != nil {
@@ -174,24 +251,46 @@ func gateName(s string) bool {
 	return true
 }
 
-// installKustomization is InstallTessera's kustomization.yaml: the overlay at
-// rel plus this cluster's patches; gates is schedulerGatesPatch's line.
-func installKustomization(rel, podResourcesDir, port, gates string) string {
+// installSpec is what InstallTessera's kustomization.yaml says: the overlay
+// (relative path) plus this cluster's patches; gates is
+// schedulerGatesPatch's line. With draComponent (relative path) the node
+// agent runs as DRA driver with the kubelet's plugin directories under
+// kubeletDir and CDI specs in cdiDir.
+type installSpec struct {
+	overlay, podResourcesDir, port, gates string
+	draComponent, kubeletDir, cdiDir      string
+}
+
+func (k installSpec) kustomization() string {
 	env := fmt.Sprintf(`    - {op: add, path: /spec/template/spec/containers/0/env/-, value: {name: KUBERNETES_SERVICE_HOST, value: "127.0.0.1"}}
     - {op: add, path: /spec/template/spec/containers/0/env/-, value: {name: KUBERNETES_SERVICE_PORT, value: %q}}
-`, port)
+`, k.port)
+	components, draPatch := "", ""
+	if k.draComponent != "" {
+		components = fmt.Sprintf("components:\n- %s\n", k.draComponent)
+		// The component's volumes and mounts 3-5 (its daemonset-patch.yaml):
+		// this kubelet's directories, the plugin one at the same path in
+		// the container (the socket is registered by that path).
+		plugins, registry := filepath.Join(k.kubeletDir, "plugins"), filepath.Join(k.kubeletDir, "plugins_registry")
+		draPatch = fmt.Sprintf(`    - {op: replace, path: /spec/template/spec/volumes/3/hostPath/path, value: %[1]q}
+    - {op: replace, path: /spec/template/spec/containers/0/volumeMounts/3/mountPath, value: %[1]q}
+    - {op: replace, path: /spec/template/spec/volumes/4/hostPath/path, value: %[2]q}
+    - {op: replace, path: /spec/template/spec/volumes/5/hostPath/path, value: %[3]q}
+    - {op: add, path: /spec/template/spec/containers/0/args/-, value: %[4]q}
+`, plugins, registry, k.cdiDir, "--dra-plugin-dir="+filepath.Join(plugins, api.DRADriverName))
+	}
 	return fmt.Sprintf(`apiVersion: kustomize.config.k8s.io/v1beta1
 kind: Kustomization
 resources:
 - %s
-patches:
+%spatches:
 - target: {kind: DaemonSet, name: tessera-device-plugin}
   patch: |-
     - {op: replace, path: /spec/template/spec/volumes/1/hostPath/path, value: %q}
     - {op: add, path: /spec/template/spec/containers/0/args/-, value: "--v=3"}
-%s- target: {kind: Deployment, name: tessera-scheduler}
+%s%s- target: {kind: Deployment, name: tessera-scheduler}
   patch: |-
     - {op: add, path: /spec/template/spec/containers/0/env, value: []}
     - {op: add, path: /spec/template/spec/containers/0/args/-, value: "--v=3"}
-%s%s`, rel, podResourcesDir, env, env, gates)
+%s%s`, k.overlay, components, k.podResourcesDir, env, draPatch, env, k.gates)
 }

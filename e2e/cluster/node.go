@@ -94,8 +94,14 @@ func lastLines(s string, n int) string {
 	return strings.Join(lines, "\n")
 }
 
-// ContainerdV2 selects containerd v2 (Config.Containerd).
-const ContainerdV2 = "v2"
+// The real node's runtimes (Config.Containerd): containerd v2 (the
+// default, "" or ContainerdV2), built from the Go module proxy, which has
+// CDI (the DRA driver's claims need it); Debian 12's containerd 1.6
+// (Containerd16), which has none.
+const (
+	ContainerdV2 = "v2"
+	Containerd16 = "1.6"
+)
 
 // CDISpecDir is where the real node's containerd v2 reads CDI specs, under
 // the cluster's directory.
@@ -142,11 +148,11 @@ func (c *Cluster) startContainerd(ctx context.Context) error {
 	bin, config := "/usr/bin/containerd", containerd16Config(filepath.Join(base, "root"), filepath.Join(base, "state"), c.containerdSocket(), cniConf, c.registryHostsDir())
 	var env []string
 	switch c.cfg.Containerd {
-	case "":
-	case ContainerdV2:
+	case Containerd16:
+	case "", ContainerdV2:
 		bin = c.tool("containerd")
 		if _, err := os.Stat(bin); err != nil {
-			return fmt.Errorf("containerd v2 not built (make containerd-v2): %w", err)
+			return fmt.Errorf("containerd v2 not built (make tools): %w", err)
 		}
 		if err := os.MkdirAll(c.CDISpecDir(), 0o755); err != nil {
 			return err
@@ -156,7 +162,7 @@ func (c *Cluster) startContainerd(ctx context.Context) error {
 		// Debian's 1.6 one.
 		env = []string{"PATH=" + filepath.Dir(bin) + string(os.PathListSeparator) + os.Getenv("PATH")}
 	default:
-		return fmt.Errorf("unknown containerd %q: want \"\" (Debian's 1.6) or %q", c.cfg.Containerd, ContainerdV2)
+		return fmt.Errorf("unknown containerd %q: want %q (the default) or %q (Debian's)", c.cfg.Containerd, ContainerdV2, Containerd16)
 	}
 	cfgPath := filepath.Join(base, "config.toml")
 	if err := os.WriteFile(cfgPath, []byte(config), 0o644); err != nil {
