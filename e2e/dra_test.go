@@ -297,6 +297,46 @@ func TestDRAClaimsOnRealNode(t *testing.T) {
 		t.Errorf("the 200 GiB claim: %v, allocation %+v; want none", err, c.Status.Allocation)
 	}
 
+	// A selector on an attribute Tessera's devices do not have: the claim
+	// cannot be allocated, the event says why, nothing is reserved.
+	unknown := &resourceapi.ResourceClaim{
+		ObjectMeta: metav1.ObjectMeta{Name: "unknown-attr", Namespace: ns},
+		Spec: resourceapi.ResourceClaimSpec{Devices: resourceapi.DeviceClaim{Requests: []resourceapi.DeviceRequest{{
+			Name: "gpu", Exactly: &resourceapi.ExactDeviceRequest{DeviceClassName: "gpu.tessera.dev",
+				Selectors: []resourceapi.DeviceSelector{{CEL: &resourceapi.CELDeviceSelector{Expression: `device.attributes["gpu.tessera.dev"].vendorSecret == "x"`}}}},
+		}}}},
+	}
+	if _, err := e.Client.ResourceV1().ResourceClaims(ns).Create(ctx, unknown, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	unknownPod := claimProbePod(ns, "unknown-attr", "")
+	unknownPod.Labels = map[string]string{"app": "unknown-attr"}
+	unknownPod.Spec.ResourceClaims[0] = corev1.PodResourceClaim{Name: "c0", ResourceClaimName: ptr.To("unknown-attr")}
+	if _, err := e.Client.CoreV1().Pods(ns).Create(ctx, unknownPod, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(ctx, t, "an event naming the unknown attribute", 500*time.Millisecond, time.Minute, func(ctx context.Context) (bool, string) {
+		evs, err := e.Client.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=unknown-attr,reason=FailedScheduling"})
+		if err != nil || len(evs.Items) == 0 {
+			return false, fmt.Sprint(err)
+		}
+		return strings.Contains(evs.Items[0].Message, "vendorSecret"), evs.Items[0].Message
+	})
+	if evs, err := e.Client.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=unknown-attr,reason=FailedScheduling"}); err == nil && len(evs.Items) > 0 {
+		t.Logf("the unknown-attribute claim's pod: %s", evs.Items[0].Message)
+	}
+	if c, err := e.Client.ResourceV1().ResourceClaims(ns).Get(ctx, "unknown-attr", metav1.GetOptions{}); err != nil || c.Status.Allocation != nil {
+		t.Errorf("the unknown-attribute claim: %v, allocation %+v; want none", err, c.Status.Allocation)
+	}
+	// A malformed DeviceClass never gets in: the API server says why.
+	bad := &resourceapi.DeviceClass{ObjectMeta: metav1.ObjectMeta{Name: "broken.tessera.dev"}, Spec: resourceapi.DeviceClassSpec{
+		Selectors: []resourceapi.DeviceSelector{{CEL: &resourceapi.CELDeviceSelector{Expression: `device.driver == `}}}}}
+	if _, err := e.Client.ResourceV1().DeviceClasses().Create(ctx, bad, metav1.CreateOptions{}); err == nil || !strings.Contains(err.Error(), "compilation failed") {
+		t.Errorf("malformed DeviceClass: %v, want a CEL compilation error", err)
+	} else {
+		t.Logf("malformed DeviceClass refused: %v", err)
+	}
+
 	// Deleted pods: claims unprepared (CDI specs gone) and deallocated, and
 	// every GPU can be claimed whole again.
 	if err := e.DeleteAndWait(ctx, ns, "", 2*time.Minute); err != nil {
