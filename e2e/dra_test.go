@@ -266,68 +266,15 @@ func TestDRAClaimsOnRealNode(t *testing.T) {
 		t.Errorf("example pod's KV cache not sized from its 10 GiB claim (%v):\n%s", err, logs)
 	}
 
-	// More memory than any GPU has: pending, said why, nothing reserved.
-	huge := &resourceapi.ResourceClaim{
-		ObjectMeta: metav1.ObjectMeta{Name: "huge", Namespace: ns},
-		Spec: resourceapi.ResourceClaimSpec{Devices: resourceapi.DeviceClaim{Requests: []resourceapi.DeviceRequest{{
-			Name: "gpu", Exactly: &resourceapi.ExactDeviceRequest{DeviceClassName: "gpu-memory.tessera.dev",
-				Capacity: &resourceapi.CapacityRequirements{Requests: map[resourceapi.QualifiedName]resource.Quantity{dra.CapMemory: resource.MustParse("200Gi")}}},
-		}}}},
-	}
-	if _, err := e.Client.ResourceV1().ResourceClaims(ns).Create(ctx, huge, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	hugePod := claimProbePod(ns, "huge", "")
-	hugePod.Labels = map[string]string{"app": "huge"}
-	hugePod.Spec.ResourceClaims[0] = corev1.PodResourceClaim{Name: "c0", ResourceClaimName: ptr.To("huge")}
-	if _, err := e.Client.CoreV1().Pods(ns).Create(ctx, hugePod, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(ctx, t, "an event saying why the 200 GiB claim's pod cannot be scheduled", 500*time.Millisecond, time.Minute, func(ctx context.Context) (bool, string) {
-		evs, err := e.Client.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=huge,reason=FailedScheduling"})
-		if err != nil || len(evs.Items) == 0 {
-			return false, fmt.Sprint(err)
-		}
-		return strings.Contains(evs.Items[0].Message, "cannot allocate all claims") || strings.Contains(evs.Items[0].Message, "resourceclaim"), evs.Items[0].Message
-	})
-	if evs, err := e.Client.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=huge,reason=FailedScheduling"}); err == nil && len(evs.Items) > 0 {
-		t.Logf("the 200 GiB claim's pod: %s", evs.Items[0].Message)
-	}
-	if c, err := e.Client.ResourceV1().ResourceClaims(ns).Get(ctx, "huge", metav1.GetOptions{}); err != nil || c.Status.Allocation != nil {
-		t.Errorf("the 200 GiB claim: %v, allocation %+v; want none", err, c.Status.Allocation)
-	}
-
-	// A selector on an attribute Tessera's devices do not have: the claim
-	// cannot be allocated, the event says why, nothing is reserved.
-	unknown := &resourceapi.ResourceClaim{
-		ObjectMeta: metav1.ObjectMeta{Name: "unknown-attr", Namespace: ns},
-		Spec: resourceapi.ResourceClaimSpec{Devices: resourceapi.DeviceClaim{Requests: []resourceapi.DeviceRequest{{
-			Name: "gpu", Exactly: &resourceapi.ExactDeviceRequest{DeviceClassName: "gpu.tessera.dev",
-				Selectors: []resourceapi.DeviceSelector{{CEL: &resourceapi.CELDeviceSelector{Expression: `device.attributes["gpu.tessera.dev"].vendorSecret == "x"`}}}},
-		}}}},
-	}
-	if _, err := e.Client.ResourceV1().ResourceClaims(ns).Create(ctx, unknown, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	unknownPod := claimProbePod(ns, "unknown-attr", "")
-	unknownPod.Labels = map[string]string{"app": "unknown-attr"}
-	unknownPod.Spec.ResourceClaims[0] = corev1.PodResourceClaim{Name: "c0", ResourceClaimName: ptr.To("unknown-attr")}
-	if _, err := e.Client.CoreV1().Pods(ns).Create(ctx, unknownPod, metav1.CreateOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(ctx, t, "an event naming the unknown attribute", 500*time.Millisecond, time.Minute, func(ctx context.Context) (bool, string) {
-		evs, err := e.Client.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=unknown-attr,reason=FailedScheduling"})
-		if err != nil || len(evs.Items) == 0 {
-			return false, fmt.Sprint(err)
-		}
-		return strings.Contains(evs.Items[0].Message, "vendorSecret"), evs.Items[0].Message
-	})
-	if evs, err := e.Client.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=unknown-attr,reason=FailedScheduling"}); err == nil && len(evs.Items) > 0 {
-		t.Logf("the unknown-attribute claim's pod: %s", evs.Items[0].Message)
-	}
-	if c, err := e.Client.ResourceV1().ResourceClaims(ns).Get(ctx, "unknown-attr", metav1.GetOptions{}); err != nil || c.Status.Allocation != nil {
-		t.Errorf("the unknown-attribute claim: %v, allocation %+v; want none", err, c.Status.Allocation)
-	}
+	// More memory than any GPU has, or a selector on an attribute
+	// Tessera's devices do not have: pending, the event says why, nothing
+	// allocated.
+	refusedClaim(ctx, t, e, ns, "huge", resourceapi.ExactDeviceRequest{DeviceClassName: "gpu-memory.tessera.dev",
+		Capacity: &resourceapi.CapacityRequirements{Requests: map[resourceapi.QualifiedName]resource.Quantity{dra.CapMemory: resource.MustParse("200Gi")}}},
+		"cannot allocate all claims")
+	refusedClaim(ctx, t, e, ns, "unknown-attr", resourceapi.ExactDeviceRequest{DeviceClassName: "gpu.tessera.dev",
+		Selectors: []resourceapi.DeviceSelector{{CEL: &resourceapi.CELDeviceSelector{Expression: `device.attributes["gpu.tessera.dev"].vendorSecret == "x"`}}}},
+		"vendorSecret")
 	// A malformed DeviceClass never gets in: the API server says why.
 	bad := &resourceapi.DeviceClass{ObjectMeta: metav1.ObjectMeta{Name: "broken.tessera.dev"}, Spec: resourceapi.DeviceClassSpec{
 		Selectors: []resourceapi.DeviceSelector{{CEL: &resourceapi.CELDeviceSelector{Expression: `device.driver == `}}}}}
@@ -366,4 +313,37 @@ func TestDRAClaimsOnRealNode(t *testing.T) {
 
 func fromUnstructured(u *unstructured.Unstructured, into any) error {
 	return runtime.DefaultUnstructuredConverter.FromUnstructured(u.Object, into)
+}
+
+// refusedClaim creates claim name with one request and a probe pod using
+// it, waits for the scheduler's event to contain want, and checks the
+// claim stays unallocated.
+func refusedClaim(ctx context.Context, t *testing.T, e *scenario.Env, ns, name string, req resourceapi.ExactDeviceRequest, want string) {
+	t.Helper()
+	claim := &resourceapi.ResourceClaim{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: ns},
+		Spec:       resourceapi.ResourceClaimSpec{Devices: resourceapi.DeviceClaim{Requests: []resourceapi.DeviceRequest{{Name: "gpu", Exactly: &req}}}},
+	}
+	if _, err := e.Client.ResourceV1().ResourceClaims(ns).Create(ctx, claim, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	pod := claimProbePod(ns, name, "")
+	pod.Labels = map[string]string{"app": name}
+	pod.Spec.ResourceClaims[0] = corev1.PodResourceClaim{Name: "c0", ResourceClaimName: ptr.To(name)}
+	if _, err := e.Client.CoreV1().Pods(ns).Create(ctx, pod, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	var msg string
+	waitFor(ctx, t, fmt.Sprintf("an event on pod %s saying %q", name, want), 500*time.Millisecond, time.Minute, func(ctx context.Context) (bool, string) {
+		evs, err := e.Client.CoreV1().Events(ns).List(ctx, metav1.ListOptions{FieldSelector: "involvedObject.name=" + name + ",reason=FailedScheduling"})
+		if err != nil || len(evs.Items) == 0 {
+			return false, fmt.Sprint(err)
+		}
+		msg = evs.Items[0].Message
+		return strings.Contains(msg, want), msg
+	})
+	t.Logf("claim %s refused: %s", name, msg)
+	if c, err := e.Client.ResourceV1().ResourceClaims(ns).Get(ctx, name, metav1.GetOptions{}); err != nil || c.Status.Allocation != nil {
+		t.Errorf("claim %s: %v, allocation %+v; want none", name, err, c.Status.Allocation)
+	}
 }

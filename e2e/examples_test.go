@@ -3,12 +3,10 @@ package e2e
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"net"
-	"net/http"
 	"os"
 	"strings"
 	"testing"
@@ -204,55 +202,11 @@ func TestLeaderWorkerSetExampleServes(t *testing.T) {
 	}
 
 	// A completion from the leader, on its pod IP and the example's port.
-	base := "http://" + net.JoinHostPort(leader.Status.PodIP, "8000")
-	client := &http.Client{Timeout: time.Minute}
-	var models struct {
-		Data []struct {
-			ID string `json:"id"`
-		} `json:"data"`
-	}
-	if err := getJSON(ctx, client, base+"/v1/models", &models); err != nil || len(models.Data) != 1 {
-		t.Fatalf("GET /v1/models: %+v, %v", models, err)
-	}
-	body := fmt.Sprintf(`{"model":%q,"prompt":"Once upon a time","max_tokens":8}`, models.Data[0].ID)
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, base+"/v1/completions", strings.NewReader(body))
+	c, err := scenario.Complete(ctx, "http://"+net.JoinHostPort(leader.Status.PodIP, "8000"), "Once upon a time", 8)
 	if err != nil {
 		t.Fatal(err)
 	}
-	req.Header.Set("Content-Type", "application/json")
-	resp, err := client.Do(req)
-	if err != nil {
-		t.Fatal(err)
+	if c.Text == "" || c.CompletionTokens != 8 {
+		t.Errorf("completion %+v, want 8 tokens of text", c)
 	}
-	defer resp.Body.Close()
-	var out struct {
-		Choices []struct {
-			Text string `json:"text"`
-		} `json:"choices"`
-		Usage struct {
-			CompletionTokens int `json:"completion_tokens"`
-		} `json:"usage"`
-	}
-	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil || resp.StatusCode != http.StatusOK {
-		t.Fatalf("POST /v1/completions: %s, %v", resp.Status, err)
-	}
-	if len(out.Choices) != 1 || out.Choices[0].Text == "" || out.Usage.CompletionTokens != 8 {
-		t.Errorf("completion %+v, want one choice of 8 tokens", out)
-	}
-}
-
-func getJSON(ctx context.Context, client *http.Client, url string, v any) error {
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-	if err != nil {
-		return err
-	}
-	resp, err := client.Do(req)
-	if err != nil {
-		return err
-	}
-	defer resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("%s: %s", url, resp.Status)
-	}
-	return json.NewDecoder(resp.Body).Decode(v)
 }
