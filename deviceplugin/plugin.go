@@ -93,6 +93,10 @@ type Options struct {
 	InventoryResync   time.Duration
 	// LabelClique also sets nvidia.com/gpu.clique when all GPUs share one.
 	LabelClique bool
+	// DRA: the GPUs are served through the DRA driver (RunWith with
+	// dra.Run); the node keeps its GPU labels but no slice inventory
+	// (NodeMetadata.ForDRA).
+	DRA bool
 }
 
 func (o *Options) defaults() {

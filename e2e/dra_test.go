@@ -67,6 +67,7 @@ func TestDRAClaimsOnRealNode(t *testing.T) {
 	defer cancel()
 	e := env(t)
 	const overlay = "../manifests/overlays/local"
+	inv := realNodeInventory(ctx, t, e) // gone in DRA mode
 	t0 := time.Now()
 	if err := testCluster.InstallTesseraDRA(ctx, overlay); err != nil {
 		t.Fatal(err)
@@ -85,7 +86,6 @@ func TestDRAClaimsOnRealNode(t *testing.T) {
 	})
 
 	// The published devices: each of the real node's GPUs, in its clique.
-	inv := realNodeInventory(ctx, t, e)
 	slices, err := e.Client.ResourceV1().ResourceSlices().List(ctx, metav1.ListOptions{FieldSelector: "spec.driver=" + dra.DriverName + ",spec.nodeName=" + testCluster.RealNodeName})
 	if err != nil {
 		t.Fatal(err)

@@ -81,7 +81,7 @@ func newFlags(mode string, stderr io.Writer) *flags {
 	fs.StringVar(&f.mpsPipeDir, "mps-pipe-dir", "/run/nvidia/mps", "host directory of the MPS control daemon's pipes (strategy mps)")
 	fs.BoolVar(&f.labelClique, "label-clique", true, "also label the node nvidia.com/gpu.clique when its GPUs share a fabric clique")
 	fs.BoolVar(&f.noKube, "no-kube", false, "run without the API server: no inventory, no assignments (best fit only), no reconciliation")
-	fs.BoolVar(&f.dra, "dra", false, "serve the kubelet as DRA driver "+dra.DriverName+" (ResourceSlices, CDI specs per claim) instead of as device plugin; one API per node (docs/design.md, DRA)")
+	fs.BoolVar(&f.dra, "dra", false, "DRA driver "+dra.DriverName+" instead of device plugin (docs/design.md, DRA): serve publishes ResourceSlices and prepares claims as CDI specs; simulate publishes the simulated nodes' ResourceSlices instead of slice capacity")
 	fs.StringVar(&f.draPluginDir, "dra-plugin-dir", "/var/lib/kubelet/plugins/"+dra.DriverName, "DRA: the driver's socket directory")
 	fs.StringVar(&f.draRegistrarDir, "dra-registrar-dir", "/var/lib/kubelet/plugins_registry", "DRA: the kubelet's plugin registration directory")
 	fs.StringVar(&f.cdiDir, "cdi-dir", "/var/run/cdi", "DRA: where the container runtime reads CDI specs")
@@ -201,6 +201,7 @@ func serve(ctx context.Context, f *flags) error {
 		ConfigPollInterval: f.configPoll,
 		ReconcileInterval:  f.reconcileInterval,
 		LabelClique:        f.labelClique,
+		DRA:                f.dra,
 		Env:                slicing.EnvOptions{CDIKind: f.cdiKind, MPSPipeDir: f.mpsPipeDir},
 	}
 	deps := deviceplugin.Deps{NVML: nv, Clock: clock.RealClock{}}
@@ -476,6 +477,6 @@ func runSimulate(ctx context.Context, f *flags) error {
 		return err
 	}
 	return simulate.NewSimulator(client, simulate.SimOptions{
-		Spec: spec, Config: cfg, NodeSelector: f.nodeSelector, CliqueSize: f.cliqueSize, LabelClique: f.labelClique, Workers: f.workers,
+		Spec: spec, Config: cfg, NodeSelector: f.nodeSelector, CliqueSize: f.cliqueSize, LabelClique: f.labelClique, Workers: f.workers, DRA: f.dra,
 	}).Run(ctx)
 }

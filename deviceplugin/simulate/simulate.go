@@ -14,6 +14,9 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	resourceapi "k8s.io/api/resource/v1"
+	apiequality "k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -21,11 +24,14 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/workqueue"
+	"k8s.io/dynamic-resource-allocation/resourceslice"
 	"k8s.io/klog/v2"
+	"k8s.io/utils/ptr"
 
 	"github.com/tessera-gpu/tessera/api"
 	"github.com/tessera-gpu/tessera/deviceplugin"
 	"github.com/tessera-gpu/tessera/deviceplugin/config"
+	"github.com/tessera-gpu/tessera/deviceplugin/dra"
 	"github.com/tessera-gpu/tessera/deviceplugin/nvml"
 	"github.com/tessera-gpu/tessera/deviceplugin/slicing"
 )
@@ -48,6 +54,10 @@ type SimOptions struct {
 	LabelClique bool
 	// Workers patch nodes in parallel.
 	Workers int
+	// DRA publishes each node's GPUs as ResourceSlices of the DRA driver
+	// (deviceplugin/dra), as the node agent does with --dra, instead of
+	// tessera.dev/gpu-slice capacity.
+	DRA bool
 }
 
 // Simulator publishes mock inventories, labels and tessera.dev/gpu-slice
@@ -136,24 +146,33 @@ func (s *Simulator) next(ctx context.Context) bool {
 
 // Desired computes a simulated node's metadata and slice count.
 func (s *Simulator) Desired(ctx context.Context, node *corev1.Node) (deviceplugin.NodeMetadata, int, error) {
+	layout, err := s.layout(ctx, node)
+	if err != nil {
+		return deviceplugin.NodeMetadata{}, 0, err
+	}
+	md, err := deviceplugin.InventoryMetadata(layout.Inventory(allHealthy), s.opts.LabelClique)
+	if s.opts.DRA {
+		md = md.ForDRA()
+	}
+	return md, layout.TotalSlices(), err
+}
+
+func allHealthy(string) bool { return true }
+
+func (s *Simulator) layout(ctx context.Context, node *corev1.Node) (*slicing.Layout, error) {
 	spec := s.opts.Spec
 	if s.opts.CliqueSize > 0 {
 		spec.Clique = simClique(node.Name, s.opts.CliqueSize)
 	}
-	fake := nvml.NewFake(spec, node.Name)
-	gpus, err := fake.Discover(ctx)
+	gpus, err := nvml.NewFake(spec, node.Name).Discover(ctx)
 	if err != nil {
-		return deviceplugin.NodeMetadata{}, 0, err
+		return nil, err
 	}
-	layout, err := slicing.NewLayout(gpus, s.opts.Config.Resolve(node.Labels).Sharing)
-	if err != nil {
-		return deviceplugin.NodeMetadata{}, 0, err
-	}
-	md, err := deviceplugin.InventoryMetadata(layout.Inventory(func(string) bool { return true }), s.opts.LabelClique)
-	return md, layout.TotalSlices(), err
+	return slicing.NewLayout(gpus, s.opts.Config.Resolve(node.Labels).Sharing)
 }
 
-// Sync publishes one node's inventory, labels and capacity when they differ.
+// Sync publishes one node's inventory, labels and capacity (or, with DRA,
+// ResourceSlices) when they differ.
 func (s *Simulator) Sync(ctx context.Context, node *corev1.Node) error {
 	md, total, err := s.Desired(ctx, node)
 	if err != nil {
@@ -163,6 +182,13 @@ func (s *Simulator) Sync(ctx context.Context, node *corev1.Node) error {
 		if err := deviceplugin.PatchNodeMetadata(ctx, s.client, node.Name, md.Annotations, md.Labels); err != nil {
 			return err
 		}
+	}
+	if s.opts.DRA {
+		l, err := s.layout(ctx, node)
+		if err != nil {
+			return err
+		}
+		return s.syncSlices(ctx, node, dra.Resources(node.Name, l, allHealthy))
 	}
 	q := *resource.NewQuantity(int64(total), resource.DecimalSI)
 	rn := corev1.ResourceName(api.ResourceName)
@@ -180,6 +206,64 @@ func (s *Simulator) Sync(ctx context.Context, node *corev1.Node) error {
 	}
 	if _, err := s.client.CoreV1().Nodes().Patch(ctx, node.Name, types.MergePatchType, b, metav1.PatchOptions{FieldManager: "tessera-device-plugin"}, "status"); err != nil {
 		return fmt.Errorf("patching status of node %s: %w", node.Name, err)
+	}
+	return nil
+}
+
+// syncSlices writes the node's pool as ResourceSlices named
+// <node>-gpu.tessera.dev-<i>, owned by the node (deleted with it), as the
+// kubelet plugin helper does for a real node; it writes only when a slice
+// differs, and then all of them with the next pool generation.
+func (s *Simulator) syncSlices(ctx context.Context, node *corev1.Node, res resourceslice.DriverResources) error {
+	pool := res.Pools[node.Name]
+	rs := s.client.ResourceV1().ResourceSlices()
+	existing := map[string]*resourceapi.ResourceSlice{}
+	var gen int64
+	for i := range pool.Slices {
+		name := fmt.Sprintf("%s-%s-%d", node.Name, dra.DriverName, i)
+		old, err := rs.Get(ctx, name, metav1.GetOptions{})
+		switch {
+		case apierrors.IsNotFound(err):
+		case err != nil:
+			return fmt.Errorf("reading ResourceSlice %s: %w", name, err)
+		default:
+			existing[name] = old
+			gen = max(gen, old.Spec.Pool.Generation)
+		}
+	}
+	want := make([]*resourceapi.ResourceSlice, len(pool.Slices))
+	same := len(existing) == len(pool.Slices)
+	for i, sl := range pool.Slices {
+		name := fmt.Sprintf("%s-%s-%d", node.Name, dra.DriverName, i)
+		want[i] = &resourceapi.ResourceSlice{
+			ObjectMeta: metav1.ObjectMeta{Name: name, OwnerReferences: []metav1.OwnerReference{{APIVersion: "v1", Kind: "Node", Name: node.Name, UID: node.UID}}},
+			Spec: resourceapi.ResourceSliceSpec{
+				Driver: dra.DriverName, NodeName: ptr.To(node.Name),
+				Pool:    resourceapi.ResourcePool{Name: node.Name, ResourceSliceCount: int64(len(pool.Slices))},
+				Devices: sl.Devices, SharedCounters: sl.SharedCounters,
+			},
+		}
+		if old, ok := existing[name]; ok {
+			w := want[i].Spec.DeepCopy()
+			w.Pool.Generation = old.Spec.Pool.Generation
+			same = same && apiequality.Semantic.DeepEqual(*w, old.Spec)
+		}
+	}
+	if same {
+		return nil
+	}
+	for _, w := range want {
+		w.Spec.Pool.Generation = gen + 1
+		if old, ok := existing[w.Name]; ok {
+			w.ResourceVersion = old.ResourceVersion
+			if _, err := rs.Update(ctx, w, metav1.UpdateOptions{}); err != nil {
+				return fmt.Errorf("updating ResourceSlice %s: %w", w.Name, err)
+			}
+			continue
+		}
+		if _, err := rs.Create(ctx, w, metav1.CreateOptions{}); err != nil {
+			return fmt.Errorf("creating ResourceSlice %s: %w", w.Name, err)
+		}
 	}
 	return nil
 }

@@ -11,6 +11,8 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 
 	"github.com/tessera-gpu/tessera/api"
+	"github.com/tessera-gpu/tessera/deviceplugin/config"
+	"github.com/tessera-gpu/tessera/deviceplugin/dra"
 	"github.com/tessera-gpu/tessera/deviceplugin/nvml"
 )
 
@@ -87,5 +89,74 @@ func TestSimClique(t *testing.T) {
 	}
 	if got := simClique("alpha", 18); got != simClique("alpha", 18) || got[:5] != "sim-h" {
 		t.Errorf("hashed clique %q", got)
+	}
+}
+
+// With DRA a simulated node gets its GPUs as ResourceSlices (the node
+// agent's device model), owned by the node, and no slice capacity; a
+// second sync writes nothing; a new sharing writes the next generation.
+func TestSimulatorDRA(t *testing.T) {
+	ctx := context.Background()
+	client := fake.NewSimpleClientset()
+	node := &corev1.Node{ObjectMeta: metav1.ObjectMeta{Name: "kwok-node-3", UID: "uid-3", Labels: map[string]string{"type": "kwok"}}}
+	if _, err := client.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	spec, _ := nvml.ParseFakeSpec("8xH100-80GB,nvlink=all,clique=c1")
+	sim := NewSimulator(client, SimOptions{Spec: spec, DRA: true})
+	if err := sim.Sync(ctx, node); err != nil {
+		t.Fatal(err)
+	}
+	list, err := client.ResourceV1().ResourceSlices().List(ctx, metav1.ListOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	devices, sets := 0, 0
+	for _, s := range list.Items {
+		if s.Spec.Driver != dra.DriverName || s.Spec.Pool.Name != node.Name || *s.Spec.NodeName != node.Name ||
+			s.Spec.Pool.ResourceSliceCount != int64(len(list.Items)) || s.Spec.Pool.Generation != 1 || s.OwnerReferences[0].UID != node.UID {
+			t.Errorf("slice %s: %+v", s.Name, s.Spec.Pool)
+		}
+		devices += len(s.Spec.Devices)
+		sets += len(s.Spec.SharedCounters)
+	}
+	if devices != 8*6 || sets != 8 {
+		t.Errorf("%d devices and %d counter sets, want 48 and 8", devices, sets)
+	}
+	got, _ := client.CoreV1().Nodes().Get(ctx, node.Name, metav1.GetOptions{})
+	if _, ok := got.Status.Capacity[api.ResourceName]; ok {
+		t.Errorf("a DRA node got %s capacity", api.ResourceName)
+	}
+	if _, ok := got.Annotations[api.AnnotationInventory]; ok {
+		t.Error("a DRA node got a slice inventory annotation (its GPUs would count twice)")
+	}
+	if got.Labels[api.LabelGPUCount] != "8" {
+		t.Errorf("GPU count label %q, want 8", got.Labels[api.LabelGPUCount])
+	}
+
+	client.ClearActions()
+	if err := sim.Sync(ctx, got); err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range client.Actions() {
+		if a.GetVerb() != "get" && a.GetVerb() != "list" {
+			t.Errorf("second sync wrote: %s %s", a.GetVerb(), a.GetResource().Resource)
+		}
+	}
+
+	sim.opts.Config = &config.Config{Sharing: config.Sharing{Strategy: api.StrategyTimeSlice, SlicesPerGPU: 2}}
+	if err := sim.Sync(ctx, got); err != nil {
+		t.Fatal(err)
+	}
+	list, _ = client.ResourceV1().ResourceSlices().List(ctx, metav1.ListOptions{})
+	devices = 0
+	for _, s := range list.Items {
+		if s.Spec.Pool.Generation != 2 {
+			t.Errorf("slice %s at generation %d after a change, want 2", s.Name, s.Spec.Pool.Generation)
+		}
+		devices += len(s.Spec.Devices)
+	}
+	if devices != 8*4 {
+		t.Errorf("%d devices at 2 slices per GPU, want 32", devices)
 	}
 }

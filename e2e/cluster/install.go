@@ -192,6 +192,12 @@ func (c *Cluster) WaitForTesseraDRA(ctx context.Context, timeout time.Duration) 
 		for _, s := range slices.Items {
 			devices += len(s.Spec.Devices)
 		}
+		if node, err := client.CoreV1().Nodes().Get(ctx, c.RealNodeName, metav1.GetOptions{}); err == nil {
+			if _, ok := node.Annotations[api.AnnotationInventory]; ok {
+				last = fmt.Sprintf("node %s still has the device-plugin slice inventory", c.RealNodeName)
+				return false, nil
+			}
+		}
 		if devices == 0 {
 			last = fmt.Sprintf("no ResourceSlice of %s with devices for node %s yet", api.DRADriverName, c.RealNodeName)
 			return false, nil
