@@ -28,6 +28,12 @@ type Inventory struct {
 	// step 4) waits for that confirmation only on such nodes; simulated
 	// nodes without a device plugin leave it false.
 	ReportsAllocation bool `json:"reportsAllocation,omitempty"`
+	// DeviceAPI is DeviceAPIDRA when the node agent serves the GPUs as DRA
+	// driver: pods get them through ResourceClaims (the extended resource
+	// tessera.dev/gpu-slice through its DeviceClass), and the scheduler
+	// reads what a pod holds from its claims' allocations. Empty: the
+	// kubelet device-plugin API.
+	DeviceAPI string `json:"deviceAPI,omitempty"`
 }
 
 // GPU describes one physical GPU of a node.

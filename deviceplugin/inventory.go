@@ -20,21 +20,6 @@ type NodeMetadata struct {
 	Labels      map[string]*string
 }
 
-// ForDRA is md for a node whose GPUs are served through DRA: the labels
-// stay (GPU count, product, clique: topology placement reads them) and the
-// inventory annotation is removed. The annotation is the scheduler's slice
-// ledger for tessera.dev/gpu-slice on the device-plugin path; a DRA node's
-// GPUs are its ResourceSlices, and counting them there too would offer
-// them twice.
-func (md NodeMetadata) ForDRA() NodeMetadata {
-	out := NodeMetadata{Annotations: map[string]*string{}, Labels: md.Labels}
-	for k, v := range md.Annotations {
-		out.Annotations[k] = v
-	}
-	out.Annotations[api.AnnotationInventory] = nil
-	return out
-}
-
 // InventoryMetadata renders the inventory annotation and labels for inv.
 // With labelClique, nvidia.com/gpu.clique is set when all GPUs share one
 // clique (the GPU operator's convention; same value if it set it too).
@@ -96,9 +81,6 @@ func (p *Plugin) runInventory(ctx context.Context) {
 	retry := (<-chan time.Time)(nil)
 	for {
 		md, err := InventoryMetadata(p.Inventory(), p.opts.LabelClique)
-		if p.opts.DRA {
-			md = md.ForDRA()
-		}
 		switch {
 		case err != nil:
 			logger.Error(err, "Cannot render the inventory")

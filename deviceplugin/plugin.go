@@ -94,8 +94,7 @@ type Options struct {
 	// LabelClique also sets nvidia.com/gpu.clique when all GPUs share one.
 	LabelClique bool
 	// DRA: the GPUs are served through the DRA driver (RunWith with
-	// dra.Run); the node keeps its GPU labels but no slice inventory
-	// (NodeMetadata.ForDRA).
+	// dra.Run); the inventory says so (api.DeviceAPIDRA).
 	DRA bool
 }
 
@@ -311,6 +310,10 @@ func (p *Plugin) Inventory() *api.Inventory {
 	inv := st.layout.Inventory(st.healthy)
 	// Reconcile (step 7) writes every pod's slices-allocated when it runs.
 	inv.ReportsAllocation = p.reconciles()
+	if p.opts.DRA {
+		// The claims' allocations say what each pod holds; no handoff.
+		inv.DeviceAPI, inv.ReportsAllocation = api.DeviceAPIDRA, false
+	}
 	return inv
 }
 

@@ -67,7 +67,7 @@ func TestDRAClaimsOnRealNode(t *testing.T) {
 	defer cancel()
 	e := env(t)
 	const overlay = "../manifests/overlays/local"
-	inv := realNodeInventory(ctx, t, e) // gone in DRA mode
+	inv := realNodeInventory(ctx, t, e)
 	t0 := time.Now()
 	if err := testCluster.InstallTesseraDRA(ctx, overlay); err != nil {
 		t.Fatal(err)
@@ -201,6 +201,47 @@ func TestDRAClaimsOnRealNode(t *testing.T) {
 		}
 	}
 
+	// A pod that asks for tessera.dev/gpu-slice: 2, unchanged from the
+	// device-plugin path: the extended-resource DeviceClass serves it
+	// through DRA, and the slices it gets are exactly the ones Tessera
+	// planned (tessera.dev/slice-assignment), on a GPU the three claims
+	// above leave room on (Tessera read their allocations).
+	if _, err := e.Client.CoreV1().Pods(ns).Create(ctx, scenario.SlicePod(ns, "slices", 2, scenario.PodOptions{}), metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	running, err := e.WaitPods(ctx, ns, "app.kubernetes.io/part-of=tessera-e2e", 4, 2*time.Minute, "running", scenario.Running)
+	if err != nil {
+		t.Fatalf("gpu-slice pod through DRA: %v\n%s", err, describePods(ctx, e, ns))
+	}
+	taken := map[string]string{} // GPU -> pod, for GPUs the claims hold whole
+	for _, p := range pods {
+		if p.Name != "rank" {
+			taken[uuidOf(podClaim(ctx, t, e, &p).Status.Allocation.Devices.Results[0].Device)] = p.Name
+		}
+	}
+	for _, p := range running {
+		if p.Name != "slices" {
+			continue
+		}
+		planned, err := api.ParseSliceList(p.Annotations[api.AnnotationSliceAssignment])
+		if err != nil || len(planned) != 2 {
+			t.Fatalf("pod slices: assignment %q (%v)", p.Annotations[api.AnnotationSliceAssignment], err)
+		}
+		if p.Status.ExtendedResourceClaimStatus == nil {
+			t.Fatalf("pod slices did not go through DRA (no extended-resource claim)")
+		}
+		envs := probeEnv(ctx, t, e, ns, p.Name)
+		t.Logf("pod slices: planned %s; claim %s; %s=%s %s=%s", api.FormatSliceList(planned), p.Status.ExtendedResourceClaimStatus.ResourceClaimName,
+			api.EnvVisibleDevices, envs[api.EnvVisibleDevices], api.EnvSlices, envs[api.EnvSlices])
+		if envs[api.EnvSlices] != api.FormatSliceList(planned) || envs[api.EnvVisibleDevices] != planned[0].GPU {
+			t.Errorf("pod slices: env %s=%q %s=%q, want exactly the planned %s", api.EnvSlices, envs[api.EnvSlices], api.EnvVisibleDevices, envs[api.EnvVisibleDevices], api.FormatSliceList(planned))
+		}
+		if other, ok := taken[planned[0].GPU]; ok {
+			t.Errorf("pod slices planned on GPU %s, which %s's claim holds", planned[0].GPU, other)
+		}
+		pods = append(pods, p)
+	}
+
 	// Restart the kubelet and kill the node agent with the claims
 	// prepared: the running containers stay as they are, the driver reads
 	// what is prepared back from its CDI specs, and a new claim gets only
@@ -211,18 +252,23 @@ func TestDRAClaimsOnRealNode(t *testing.T) {
 	figure(t, "dra_node_agent_kill_to_ready_seconds", killNodeAgent(ctx, t, e, testCluster.WaitForTesseraDRA).Seconds(), "s")
 	held := map[api.SliceID]string{}
 	for _, p := range pods {
-		if p.Name != "rank" {
-			continue
-		}
-		for _, r := range podClaim(ctx, t, e, &p).Status.Allocation.Devices.Results {
-			id, _ := api.ParseSliceID(*devices[r.Device].Attributes[dra.AttrSliceID].StringValue)
-			held[id] = p.Name
+		switch p.Name {
+		case "rank":
+			for _, r := range podClaim(ctx, t, e, &p).Status.Allocation.Devices.Results {
+				id, _ := api.ParseSliceID(*devices[r.Device].Attributes[dra.AttrSliceID].StringValue)
+				held[id] = p.Name
+			}
+		case "slices":
+			ids, _ := api.ParseSliceList(p.Annotations[api.AnnotationSliceAssignment])
+			for _, id := range ids {
+				held[id] = p.Name
+			}
 		}
 	}
 	if _, err := e.Client.CoreV1().Pods(ns).Create(ctx, claimProbePod(ns, "rank-after-restart", "tp-rank-2-slices"), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	after, err := e.WaitPods(ctx, ns, "app.kubernetes.io/part-of=tessera-e2e", 4, 2*time.Minute, "running", scenario.Running)
+	after, err := e.WaitPods(ctx, ns, "app.kubernetes.io/part-of=tessera-e2e", 5, 2*time.Minute, "running", scenario.Running)
 	if err != nil {
 		t.Fatalf("after the restarts: %v\n%s", err, describePods(ctx, e, ns))
 	}
@@ -256,7 +302,7 @@ func TestDRAClaimsOnRealNode(t *testing.T) {
 	if _, err := e.Client.CoreV1().Pods(ns).Create(ctx, examplePod, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := e.WaitPods(ctx, ns, "", 5, 2*time.Minute, "ready", func(p *corev1.Pod) bool {
+	if _, err := e.WaitPods(ctx, ns, "", 6, 2*time.Minute, "ready", func(p *corev1.Pod) bool {
 		return p.Name != examplePod.Name && scenario.Running(p) || scenario.Ready(p)
 	}); err != nil {
 		t.Fatalf("example pod: %v\n%s", err, describePods(ctx, e, ns))

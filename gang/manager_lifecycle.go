@@ -67,6 +67,23 @@ func (m *Manager) Reserve(p Pod, node string) ([]api.SliceID, error) {
 	return ids, err
 }
 
+// ReserveExact reserves exactly ids on node for a single pod (slices picked
+// earlier with Ledger.Pick); it fails when any of them was taken meanwhile.
+func (m *Manager) ReserveExact(p Pod, node string, ids []api.SliceID) error {
+	if p.Gang != "" {
+		return fmt.Errorf("reserve %s: exact slices are for single pods; gang %s has its plan", p.name(), p.Gang)
+	}
+	m.l.mu.Lock()
+	defer m.l.mu.Unlock()
+	if h := m.l.holders[p.UID]; h != nil && h.assumed != nil {
+		m.l.forgetLocked(p.UID)
+	}
+	if err := m.l.assumeLocked(p.UID, p.name(), "", node, ids); err != nil {
+		return fmt.Errorf("reserve %s: %w", p.name(), err)
+	}
+	return nil
+}
+
 func (m *Manager) reserve(fx *effects, p Pod, node string) ([]api.SliceID, error) {
 	ref := m.members[p.UID]
 	if ref == nil || ref.slot == nil {

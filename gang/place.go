@@ -253,6 +253,20 @@ func (l *Ledger) rebuildIndex() {
 	l.index.Store(&m)
 }
 
+// Pick returns the slices PickAndAssume would choose for req on node now,
+// reserving nothing. The DRA path (scheduler/dra.go) picks in PreFilter,
+// steers the DRA allocator to exactly these, and assumes them at Reserve.
+func (l *Ledger) Pick(node string, req int) ([]api.SliceID, error) {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	n := l.nodes[node]
+	if n == nil {
+		return nil, fmt.Errorf("node %s is not in the ledger", node)
+	}
+	ids, _, err := n.pick(req, 0)
+	return ids, err
+}
+
 // PickAndAssume picks slices for holder id on node and reserves them in one
 // step (the single-pod Reserve).
 func (l *Ledger) PickAndAssume(id, podName, node string, req int) ([]api.SliceID, error) {

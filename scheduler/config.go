@@ -27,7 +27,11 @@ type ConfigOptions struct {
 //     named at bind as well so that it binds before DefaultBinder: its Bind
 //     writes tessera.dev/slice-assignment in the Binding itself (one API
 //     write per pod instead of a patch and a bind) and skips pods without
-//     slices;
+//     slices; and named at preFilter so that its PreFilter runs before
+//     DynamicResources': on DRA nodes it steers the DRA allocator to the
+//     slices it chose (dra.go); and at postFilter, so that for a pod its
+//     PreFilter turned down (the PreFilters after it did not run) its
+//     answer ends the PostFilter chain (postfilter.go);
 //   - PrioritySort disabled (Tessera's QueueSort keeps gang members together);
 //   - the native gang plugins GangScheduling, TopologyPlacementGenerator and
 //     PodGroupPodsCount disabled: with the GenericWorkload gate they would
@@ -54,10 +58,16 @@ func DefaultConfig(o ConfigOptions) string {
       - name: GangScheduling
       - name: TopologyPlacementGenerator
       - name: PodGroupPodsCount
+    preFilter:
+      enabled:
+      - name: %s
+    postFilter:
+      enabled:
+      - name: %s
     bind:
       enabled:
       - name: %s
-`, api.SchedulerName, Name, Name)
+`, api.SchedulerName, Name, Name, Name, Name)
 	if o.ArgsYAML != "" {
 		fmt.Fprintf(&b, "  pluginConfig:\n  - name: %s\n    args:\n", Name)
 		for _, line := range strings.Split(strings.TrimRight(o.ArgsYAML, "\n"), "\n") {

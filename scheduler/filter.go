@@ -21,6 +21,9 @@ const (
 // room a higher-priority preemptor was nominated to (preempt.go). O(1) while
 // no nomination is held, no allocation.
 func (pl *Tessera) Filter(_ context.Context, cs fwk.CycleState, pod *v1.Pod, ni fwk.NodeInfo) *fwk.Status {
+	// DynamicResources built its allocator in PreFilter: the hold that
+	// steered it goes now (dra.go).
+	pl.unsteerDRA()
 	s, ok := getState(cs)
 	if !ok {
 		return fwk.AsStatus(fmt.Errorf("%s: no PreFilter state for pod %s/%s", Name, pod.Namespace, pod.Name))
@@ -38,6 +41,14 @@ func (pl *Tessera) Filter(_ context.Context, cs fwk.CycleState, pod *v1.Pod, ni 
 	if !pl.nominated.empty() {
 		if who, ok := pl.nominated.reservedFor(node.Name, preemptorKey(s.pod), podPriority(pod), pl.clock.Now()); ok {
 			return fwk.NewStatus(fwk.UnschedulableAndUnresolvable, fmt.Sprintf("room on this node is kept for %s, which preempted pods for it", who))
+		}
+	}
+	if s.draPicks != nil || pl.dra.any() {
+		if !pl.draUsable(node.Name) {
+			return fwk.NewStatus(fwk.UnschedulableAndUnresolvable, reasonNoSliceClass)
+		}
+		if _, picked := s.draPicks[node.Name]; !picked && pl.dra.get(node.Name) != nil {
+			return fwk.NewStatus(fwk.UnschedulableAndUnresolvable, s.noFit)
 		}
 	}
 	if pl.ledger.Fits(node.Name, s.pod.Slices) {

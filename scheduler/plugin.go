@@ -13,6 +13,7 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
+	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/klog/v2"
 	fwk "k8s.io/kube-scheduler/framework"
@@ -77,6 +78,13 @@ type Tessera struct {
 	// nominated is the room preemptions freed, kept for their preemptors
 	// (preempt.go).
 	nominated nominations
+
+	// dra, claims and podLister serve the DRA nodes (dra.go); steering
+	// says whether the allocator is being steered (draSteerUID held).
+	dra       *draNodes
+	claims    cache.Indexer
+	podLister corelisters.PodLister
+	steering  atomic.Bool
 }
 
 type nodeKey struct {
@@ -114,7 +122,7 @@ func New(ctx context.Context, obj runtime.Object, h fwk.Handle) (fwk.Plugin, err
 	registerMetrics()
 	logger := klog.FromContext(ctx).WithName(Name)
 	pl := &Tessera{handle: h, args: args, clock: clock.RealClock{}, logger: logger, nodeSeen: map[string]nodeKey{},
-		planStart: map[string]time.Time{}, lastEvent: map[string]string{}}
+		planStart: map[string]time.Time{}, lastEvent: map[string]string{}, dra: newDRANodes()}
 	pl.ledger = gang.NewLedger(gang.LedgerOptions{OnMismatch: pl.onMismatch})
 	pl.handoff = handoff.New(clock.RealClock{}, args.handoffConfirmTimeout())
 	pl.mgr = gang.NewManager(pl.ledger, gang.Options{Backoff: args.backoff(), OnReject: pl.onReject})
@@ -146,7 +154,11 @@ func New(ctx context.Context, obj runtime.Object, h fwk.Handle) (fwk.Plugin, err
 	if err != nil {
 		return nil, fmt.Errorf("%s: watching pods: %w", Name, err)
 	}
-	pl.handlersSynced = []cache.InformerSynced{nreg.HasSynced, preg.HasSynced, pdbs.HasSynced}
+	csynced, err := pl.watchClaims(h)
+	if err != nil {
+		return nil, err
+	}
+	pl.handlersSynced = []cache.InformerSynced{nreg.HasSynced, preg.HasSynced, pdbs.HasSynced, csynced}
 
 	// The PodGroup status writer and the GPU-health controller run beside
 	// the plugin; it only feeds them. Without a kubeconfig (unit tests)
@@ -219,6 +231,7 @@ func (pl *Tessera) nodeChanged(obj any) {
 	pl.mu.Unlock()
 	if !has {
 		pl.handoff.SetNode(node.Name, false)
+		pl.dra.set(node.Name, nil)
 		if known {
 			pl.ledger.RemoveNode(node.Name)
 		}
@@ -227,6 +240,7 @@ func (pl *Tessera) nodeChanged(obj any) {
 	}
 	inv, err := api.ParseInventory(raw)
 	pl.handoff.SetNode(node.Name, err == nil && inv.ReportsAllocation)
+	pl.dra.set(node.Name, inv)
 	if err == nil {
 		pl.health.setNodeHealth(node.Name, badGPUs(inv))
 		if err = pl.ledger.UpsertNode(node.Name, node.Labels, inv); err == nil {
@@ -254,6 +268,7 @@ func (pl *Tessera) nodeDeleted(obj any) {
 	pl.mu.Lock()
 	delete(pl.nodeSeen, node.Name)
 	pl.mu.Unlock()
+	pl.dra.set(node.Name, nil)
 	pl.health.setNodeHealth(node.Name, nil)
 	pl.handoff.SetNode(node.Name, false)
 	pl.ledger.RemoveNode(node.Name)
@@ -270,6 +285,15 @@ func (pl *Tessera) podChanged(obj any) {
 	if !relevant(pod) {
 		if inGang {
 			pl.gangs.setMember(ref, string(pod.UID), nil)
+		}
+		// A claim pod that asks for no slices (a whole-GPU or memory claim
+		// the in-tree allocator placed) still holds what its claims hold.
+		if hasClaims(pod) {
+			if podTerminal(pod) {
+				pl.ledger.RemovePod(string(pod.UID))
+			} else if held, onDRA := pl.claimHeld(pod); onDRA {
+				pl.ledger.SetPod(gang.PodInfo{UID: string(pod.UID), Namespace: pod.Namespace, Name: pod.Name, Node: pod.Spec.NodeName, Allocated: held})
+			}
 		}
 		return
 	}
@@ -294,6 +318,10 @@ func (pl *Tessera) podChanged(obj any) {
 		pl.logger.Error(err, "Malformed slice annotation; treated as absent", "pod", klog.KObj(pod))
 		pl.event(pod, v1.EventTypeWarning, "MalformedSliceAnnotation", "Scheduling", "%v", err)
 	}
+	if held, onDRA := pl.claimHeld(pod); onDRA {
+		// On a DRA node the claims are the allocation (dra.go).
+		info.Allocated = held
+	}
 	pl.ledger.SetPod(info)
 }
 
@@ -317,7 +345,7 @@ func (pl *Tessera) podDeleted(obj any) {
 		pl.gangs.setMember(ref, string(pod.UID), nil)
 		pl.markGroupDirty(ref)
 	}
-	if pod.Spec.NodeName != "" && relevant(pod) {
+	if pod.Spec.NodeName != "" && (relevant(pod) || hasClaims(pod)) {
 		pl.retryTurnedDown("slice pod deleted")
 	}
 }

@@ -20,6 +20,7 @@ import (
 // Every slice pod that gets here is remembered and retried once the ledger
 // gains room (retry.go).
 func (pl *Tessera) PostFilter(ctx context.Context, cs fwk.CycleState, pod *v1.Pod, _ fwk.NodeToStatusReader) (*fwk.PostFilterResult, *fwk.Status) {
+	pl.unsteerDRA()
 	pl.rememberTurnedDown(pod)
 	s, ok := getState(cs)
 	if !ok {
@@ -29,7 +30,17 @@ func (pl *Tessera) PostFilter(ctx context.Context, cs fwk.CycleState, pod *v1.Po
 		if !slicePod {
 			return nil, fwk.NewStatus(fwk.Unschedulable)
 		}
-		return pl.postFilterPreempt(ctx, pod, p)
+		// Tessera's PreFilter runs first (the profile names it at
+		// preFilter, dra.go), so the PreFilters after it, DynamicResources'
+		// among them, did not run for this pod. The PostFilters after this
+		// one (the profile names Tessera first at postFilter too) cannot
+		// act on it and DynamicResources' would fail for want of its
+		// state: an answer that is not Success ends the chain here.
+		r, st := pl.postFilterPreempt(ctx, pod, p)
+		if !st.IsSuccess() {
+			st = fwk.NewStatus(fwk.UnschedulableAndUnresolvable, st.Reasons()...)
+		}
+		return r, st
 	}
 	if s.pod.Gang != "" && s.placement.Node != "" {
 		if rej := pl.mgr.PostFilter(s.pod); rej != nil {

@@ -24,6 +24,9 @@ type preFilterState struct {
 	placement gang.Placement
 	// noFit is Filter's reason for nodes without room, built once.
 	noFit string
+	// draPicks are the slices the pod gets on each candidate DRA node,
+	// which the DRA allocator was steered to (dra.go); nil without any.
+	draPicks draPicks
 }
 
 // Clone implements fwk.StateData.
@@ -56,6 +59,8 @@ func (pl *Tessera) gangPod(pod *v1.Pod) (gang.Pod, bool) {
 // them nothing). For a gang member it plans the whole gang if needed and
 // restricts the pod to its planned node.
 func (pl *Tessera) PreFilter(ctx context.Context, cs fwk.CycleState, pod *v1.Pod, nodes []fwk.NodeInfo) (*fwk.PreFilterResult, *fwk.Status) {
+	// The allocator hold of the cycle before, if it ended before Filter.
+	pl.unsteerDRA()
 	p, ok := pl.gangPod(pod)
 	if !ok {
 		return nil, fwk.NewStatus(fwk.Skip)
@@ -66,7 +71,8 @@ func (pl *Tessera) PreFilter(ctx context.Context, cs fwk.CycleState, pod *v1.Pod
 	logger := klog.FromContext(ctx)
 	planning := false
 	if p.Gang != "" {
-		p.Eligible = pl.unreserved(eligibility(logger, pod, nodes), p.Gang, podPriority(pod))
+		eligible := pl.unreserved(eligibility(logger, pod, nodes), p.Gang, podPriority(pod))
+		p.Eligible = func(node string) bool { return pl.draUsable(node) && eligible(node) }
 		st, _ := pl.mgr.Status(p.Gang)
 		planning = len(st.Slots) == 0
 		if planning {
@@ -99,7 +105,11 @@ func (pl *Tessera) PreFilter(ctx context.Context, cs fwk.CycleState, pod *v1.Pod
 		}
 		return nil, fwk.AsStatus(fmt.Errorf("planning gang %s: %w", p.Gang, err))
 	}
-	cs.Write(stateKey, &preFilterState{pod: p, placement: placement,
+	picks, err := pl.steerDRA(ctx, pod, p, placement, nodes)
+	if err != nil {
+		return nil, fwk.AsStatus(err)
+	}
+	cs.Write(stateKey, &preFilterState{pod: p, placement: placement, draPicks: picks,
 		noFit: fmt.Sprintf("no GPU has %d free slices (a request above one GPU's slices needs that many whole, free GPUs)", p.Slices)})
 	if placement.Node == "" {
 		return nil, nil

@@ -32,7 +32,16 @@ func (pl *Tessera) Reserve(ctx context.Context, cs fwk.CycleState, pod *v1.Pod, 
 		}
 		return nil
 	}
-	ids, err := pl.mgr.Reserve(s.pod, nodeName)
+	pl.unsteerDRA()
+	var ids []api.SliceID
+	var err error
+	if picked, ok := s.draPicks[nodeName]; ok && s.pod.Gang == "" {
+		// The DRA allocator was steered to these (dra.go): take exactly
+		// them, or fail if they went meanwhile.
+		ids, err = picked, pl.mgr.ReserveExact(s.pod, nodeName, picked)
+	} else {
+		ids, err = pl.mgr.Reserve(s.pod, nodeName)
+	}
 	if err != nil {
 		return fwk.NewStatus(fwk.Unschedulable, err.Error())
 	}

@@ -237,34 +237,9 @@ func gpuByIndex(l *slicing.Layout, index int) (slicing.GPU, bool) {
 	return slicing.GPU{}, false
 }
 
-// ParseDeviceName reads a device name of this driver: gpu-<i>,
-// gpu-<i>-slice-<k> or gpu-<i>-shared.
+// ParseDeviceName reads a device name of this driver (api.ParseDRADevice).
 func ParseDeviceName(name string) (typ string, index, k int, err error) {
-	rest, ok := strings.CutPrefix(name, "gpu-")
-	bad := fmt.Errorf("device name %q: want gpu-<index>, gpu-<index>-slice-<k> or gpu-<index>-shared", name)
-	if !ok {
-		return "", 0, 0, bad
-	}
-	num := func(s string) (int, bool) {
-		n, err := strconv.Atoi(s)
-		return n, err == nil && n >= 0 && strconv.Itoa(n) == s
-	}
-	idx, tail, _ := strings.Cut(rest, "-")
-	i, ok := num(idx)
-	if !ok {
-		return "", 0, 0, bad
-	}
-	switch {
-	case tail == "":
-		return TypeGPU, i, 0, nil
-	case tail == "shared":
-		return TypeShared, i, 0, nil
-	case strings.HasPrefix(tail, "slice-"):
-		if s, ok := num(strings.TrimPrefix(tail, "slice-")); ok {
-			return TypeSlice, i, s, nil
-		}
-	}
-	return "", 0, 0, bad
+	return api.ParseDRADevice(name)
 }
 
 func (p *Preparer) writeSpec(uid types.UID, h holding, e slicing.Edits) error {

@@ -42,9 +42,9 @@ const DriverName = api.DRADriverName
 
 // Device types (the "type" attribute).
 const (
-	TypeSlice  = "slice"
-	TypeGPU    = "gpu"
-	TypeShared = "shared"
+	TypeSlice  = api.DRATypeSlice
+	TypeGPU    = api.DRATypeGPU
+	TypeShared = api.DRATypeShared
 )
 
 // Attribute and capacity names, all in the driver's domain.
@@ -66,14 +66,13 @@ const (
 // GPU device, and the step shares are rounded up to.
 const minShareMiB = 1024
 
-// SliceDeviceName names slice k of the GPU with the given index.
-func SliceDeviceName(gpuIndex, k int) string { return fmt.Sprintf("gpu-%d-slice-%d", gpuIndex, k) }
-
-// GPUDeviceName names the whole GPU.
-func GPUDeviceName(gpuIndex int) string { return fmt.Sprintf("gpu-%d", gpuIndex) }
-
-// SharedDeviceName names the GPU's shared (memory) device.
-func SharedDeviceName(gpuIndex int) string { return fmt.Sprintf("gpu-%d-shared", gpuIndex) }
+// Device names are the API's (api.DRASliceDevice and the others): the
+// scheduler reads allocations by them.
+var (
+	SliceDeviceName  = api.DRASliceDevice
+	GPUDeviceName    = api.DRAGPUDevice
+	SharedDeviceName = api.DRASharedDevice
+)
 
 func counterSetName(gpuIndex int) string { return fmt.Sprintf("gpu-%d", gpuIndex) }
 

@@ -150,10 +150,11 @@ func (s *Simulator) Desired(ctx context.Context, node *corev1.Node) (deviceplugi
 	if err != nil {
 		return deviceplugin.NodeMetadata{}, 0, err
 	}
-	md, err := deviceplugin.InventoryMetadata(layout.Inventory(allHealthy), s.opts.LabelClique)
+	inv := layout.Inventory(allHealthy)
 	if s.opts.DRA {
-		md = md.ForDRA()
+		inv.DeviceAPI = api.DeviceAPIDRA
 	}
+	md, err := deviceplugin.InventoryMetadata(inv, s.opts.LabelClique)
 	return md, layout.TotalSlices(), err
 }
 

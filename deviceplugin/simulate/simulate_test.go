@@ -127,8 +127,8 @@ func TestSimulatorDRA(t *testing.T) {
 	if _, ok := got.Status.Capacity[api.ResourceName]; ok {
 		t.Errorf("a DRA node got %s capacity", api.ResourceName)
 	}
-	if _, ok := got.Annotations[api.AnnotationInventory]; ok {
-		t.Error("a DRA node got a slice inventory annotation (its GPUs would count twice)")
+	if inv, err := api.ParseInventory(got.Annotations[api.AnnotationInventory]); err != nil || inv.DeviceAPI != api.DeviceAPIDRA {
+		t.Errorf("a DRA node's inventory must say %q (the scheduler reads claims there): %v", api.DeviceAPIDRA, err)
 	}
 	if got.Labels[api.LabelGPUCount] != "8" {
 		t.Errorf("GPU count label %q, want 8", got.Labels[api.LabelGPUCount])

@@ -148,8 +148,10 @@ func (c *Cluster) WaitForTessera(ctx context.Context, timeout time.Duration) err
 				last = err.Error()
 			} else if q := node.Status.Allocatable[api.ResourceName]; q.Value() == 0 {
 				last = fmt.Sprintf("node %s advertises no %s yet", c.RealNodeName, api.ResourceName)
-			} else if _, ok := node.Annotations[api.AnnotationInventory]; !ok {
-				last = fmt.Sprintf("node %s has no inventory annotation yet", c.RealNodeName)
+			} else if inv, err := api.ParseInventory(node.Annotations[api.AnnotationInventory]); err != nil {
+				last = fmt.Sprintf("node %s has no usable inventory annotation yet: %v", c.RealNodeName, err)
+			} else if inv.DeviceAPI != "" {
+				last = fmt.Sprintf("node %s's inventory still says device API %q", c.RealNodeName, inv.DeviceAPI)
 			}
 		}
 		return last == "", nil
@@ -193,8 +195,8 @@ func (c *Cluster) WaitForTesseraDRA(ctx context.Context, timeout time.Duration) 
 			devices += len(s.Spec.Devices)
 		}
 		if node, err := client.CoreV1().Nodes().Get(ctx, c.RealNodeName, metav1.GetOptions{}); err == nil {
-			if _, ok := node.Annotations[api.AnnotationInventory]; ok {
-				last = fmt.Sprintf("node %s still has the device-plugin slice inventory", c.RealNodeName)
+			if inv, err := api.ParseInventory(node.Annotations[api.AnnotationInventory]); err != nil || inv.DeviceAPI != api.DeviceAPIDRA {
+				last = fmt.Sprintf("node %s's inventory does not say device API %q yet", c.RealNodeName, api.DeviceAPIDRA)
 				return false, nil
 			}
 		}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -34,81 +35,17 @@ import (
 func TestDRASimulatedNodes(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	rs := startScheduler(t, "")
-	defer rs.stop()
+	// The package's scheduler (one at a time: two would allocate the same
+	// devices); it outlives the test, so the leak check of the namespace
+	// cleanup reads a running scheduler's ledger.
+	ensureScheduler(t)
 	const nodes, gpus = 6, 8
-	const sel = "tessera.dev/dra-sim"
-	var names []string
-	for i := range nodes {
-		n := &v1.Node{ObjectMeta: metav1.ObjectMeta{
-			Name:        fmt.Sprintf("dra-sim-%d", i),
-			Labels:      map[string]string{sel: "true"},
-			Annotations: map[string]string{cluster.KwokAnnotation: "fake"},
-		}}
-		if _, err := env.client.CoreV1().Nodes().Create(ctx, n, metav1.CreateOptions{}); err != nil {
-			t.Fatal(err)
-		}
-		names = append(names, n.Name)
-	}
-	raw, err := os.ReadFile("../../manifests/components/dra/deviceclasses.yaml")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var classes []string
-	for _, doc := range strings.Split(string(raw), "\n---\n") {
-		var dc resourceapi.DeviceClass
-		if err := yaml.Unmarshal([]byte(doc), &dc); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := env.client.ResourceV1().DeviceClasses().Create(ctx, &dc, metav1.CreateOptions{}); err != nil {
-			t.Fatalf("DeviceClass %s: %v", dc.Name, err)
-		}
-		classes = append(classes, dc.Name)
-	}
-	t.Cleanup(func() {
-		ctx := context.Background()
-		for _, c := range classes {
-			_ = env.client.ResourceV1().DeviceClasses().Delete(ctx, c, metav1.DeleteOptions{})
-		}
-		for _, n := range names {
-			_ = env.client.CoreV1().Nodes().Delete(ctx, n, metav1.DeleteOptions{})
-		}
-		_ = env.client.ResourceV1().ResourceSlices().DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{FieldSelector: "spec.driver=" + dra.DriverName})
-	})
-
-	spec, err := nvml.ParseFakeSpec(fmt.Sprintf("%dxH100-80GB,nvlink=all", gpus))
-	if err != nil {
-		t.Fatal(err)
-	}
-	simCtx, stopSim := context.WithCancel(ctx)
-	simDone := make(chan error, 1)
-	go func() {
-		simDone <- simulate.NewSimulator(env.client, simulate.SimOptions{
-			Spec: spec, Config: &config.Config{Sharing: config.Sharing{Strategy: api.StrategyTimeSlice, SlicesPerGPU: slicesPerGPU}},
-			NodeSelector: sel + "=true", CliqueSize: 3, LabelClique: true, DRA: true, Workers: 4,
-		}).Run(simCtx)
-	}()
-	defer func() {
-		stopSim()
-		if err := <-simDone; err != nil {
-			t.Errorf("simulator: %v", err)
-		}
-	}()
-	devices := func() (map[string]resourceapi.Device, int64) {
-		list, err := env.client.ResourceV1().ResourceSlices().List(ctx, metav1.ListOptions{FieldSelector: "spec.driver=" + dra.DriverName})
-		if err != nil {
-			t.Fatal(err)
-		}
-		out := map[string]resourceapi.Device{}
-		var maxGen int64
-		for _, s := range list.Items {
-			maxGen = max(maxGen, s.Spec.Pool.Generation)
-			for _, d := range s.Spec.Devices {
-				out[*s.Spec.NodeName+"/"+d.Name] = d
-			}
-		}
-		return out, maxGen
-	}
+	// The namespace first: cleanups run last first, so the DRA nodes are
+	// gone before the namespace's leak check counts the cluster's slices.
+	ns := "dra-sim"
+	createNamespace(t, ctx, ns)
+	t.Cleanup(func() { cleanupNamespace(t, context.Background(), ns) })
+	devices := startDRASim(t, ctx, nodes, gpus, 3)
 	if err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(context.Context) (bool, error) {
 		d, _ := devices()
 		return len(d) == nodes*gpus*(slicesPerGPU+2), nil
@@ -117,9 +54,6 @@ func TestDRASimulatedNodes(t *testing.T) {
 		t.Fatalf("%d devices published, want %d", len(d), nodes*gpus*(slicesPerGPU+2))
 	}
 
-	ns := "dra-sim"
-	createNamespace(t, ctx, ns)
-	t.Cleanup(func() { cleanupNamespace(t, context.Background(), ns) })
 	for _, tmpl := range []struct{ name, class string }{{"whole", "gpu.tessera.dev"}, {"rank", "gpu-slice.tessera.dev"}} {
 		req := resourceapi.DeviceRequest{Name: "gpu", Exactly: &resourceapi.ExactDeviceRequest{DeviceClassName: tmpl.class}}
 		var cons []resourceapi.DeviceConstraint
@@ -138,7 +72,7 @@ func TestDRASimulatedNodes(t *testing.T) {
 			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: map[string]string{"kind": tmpl}},
 			Spec: v1.PodSpec{
 				SchedulerName:  api.SchedulerName,
-				NodeSelector:   map[string]string{sel: "true"},
+				NodeSelector:   map[string]string{draSimLabel: "true"},
 				ResourceClaims: []v1.PodResourceClaim{{Name: "gpu", ResourceClaimTemplateName: ptr.To(tmpl)}},
 				Containers: []v1.Container{{Name: "main", Image: "tessera/fake:dev",
 					Resources: v1.ResourceRequirements{Claims: []v1.ResourceClaim{{Name: "gpu"}}}}},
@@ -240,5 +174,294 @@ func allocatedGPUs(t *testing.T, ctx context.Context, ns string) map[string][]st
 			out[k] = append(out[k], r.Device)
 		}
 	}
+	return out
+}
+
+const draSimLabel = "tessera.dev/dra-sim"
+
+// startDRASim creates n kwok nodes dra-sim-<i> labelled draSimLabel, the
+// shipped DeviceClasses, and runs the simulator with DRA on them (gpus
+// GPUs of slicesPerGPU slices each, cliques of cliqueSize nodes) until the
+// test ends; everything is removed after. devices lists the published
+// devices (node/device) and the highest pool generation.
+func startDRASim(t *testing.T, ctx context.Context, n, gpus, cliqueSize int) (devices func() (map[string]resourceapi.Device, int64)) {
+	t.Helper()
+	var names []string
+	for i := range n {
+		node := &v1.Node{ObjectMeta: metav1.ObjectMeta{
+			Name:        fmt.Sprintf("dra-sim-%d", i),
+			Labels:      map[string]string{draSimLabel: "true", v1.LabelHostname: fmt.Sprintf("dra-sim-%d", i)},
+			Annotations: map[string]string{cluster.KwokAnnotation: "fake"},
+		}}
+		if _, err := env.client.CoreV1().Nodes().Create(ctx, node, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		names = append(names, node.Name)
+	}
+	raw, err := os.ReadFile("../../manifests/components/dra/deviceclasses.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var classes []string
+	for _, doc := range strings.Split(string(raw), "\n---\n") {
+		var dc resourceapi.DeviceClass
+		if err := yaml.Unmarshal([]byte(doc), &dc); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := env.client.ResourceV1().DeviceClasses().Create(ctx, &dc, metav1.CreateOptions{}); err != nil {
+			t.Fatalf("DeviceClass %s: %v", dc.Name, err)
+		}
+		classes = append(classes, dc.Name)
+	}
+	spec, err := nvml.ParseFakeSpec(fmt.Sprintf("%dxH100-80GB,nvlink=all", gpus))
+	if err != nil {
+		t.Fatal(err)
+	}
+	simCtx, stopSim := context.WithCancel(context.Background())
+	simDone := make(chan error, 1)
+	go func() {
+		simDone <- simulate.NewSimulator(env.client, simulate.SimOptions{
+			Spec: spec, Config: &config.Config{Sharing: config.Sharing{Strategy: api.StrategyTimeSlice, SlicesPerGPU: slicesPerGPU}},
+			NodeSelector: draSimLabel + "=true", CliqueSize: cliqueSize, LabelClique: true, DRA: true, Workers: 4,
+		}).Run(simCtx)
+	}()
+	t.Cleanup(func() {
+		stopSim()
+		if err := <-simDone; err != nil {
+			t.Errorf("simulator: %v", err)
+		}
+		ctx := context.Background()
+		for _, c := range classes {
+			_ = env.client.ResourceV1().DeviceClasses().Delete(ctx, c, metav1.DeleteOptions{})
+		}
+		for _, n := range names {
+			_ = env.client.CoreV1().Nodes().Delete(ctx, n, metav1.DeleteOptions{})
+		}
+		_ = env.client.ResourceV1().ResourceSlices().DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{FieldSelector: "spec.driver=" + dra.DriverName})
+	})
+	return func() (map[string]resourceapi.Device, int64) {
+		list, err := env.client.ResourceV1().ResourceSlices().List(ctx, metav1.ListOptions{FieldSelector: "spec.driver=" + dra.DriverName})
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]resourceapi.Device{}
+		var maxGen int64
+		for _, s := range list.Items {
+			maxGen = max(maxGen, s.Spec.Pool.Generation)
+			for _, d := range s.Spec.Devices {
+				out[*s.Spec.NodeName+"/"+d.Name] = d
+			}
+		}
+		return out, maxGen
+	}
+}
+
+// TestDRAGangPlacedAsPlanned: pods that ask for tessera.dev/gpu-slice go to
+// simulated DRA nodes through the extended-resource DeviceClass
+// (gpu-slice.tessera.dev). Tessera plans them (gangs whole in one clique,
+// one rank per GPU; single pods best fit) and the in-tree DRA allocator
+// allocates each pod's claim exactly the slices of its
+// tessera.dev/slice-assignment: the steering of scheduler/dra.go.
+func TestDRAGangPlacedAsPlanned(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	// The package's scheduler (one at a time: two would allocate the same
+	// devices); it outlives the test, so the leak check of the namespace
+	// cleanup reads a running scheduler's ledger.
+	ensureScheduler(t)
+	const nodes, gpus, ranks = 6, 4, 4
+	// The namespace first: cleanups run last first, so the DRA nodes are
+	// gone before the namespace's leak check counts the cluster's slices.
+	ns := "dra-gang"
+	createNamespace(t, ctx, ns)
+	t.Cleanup(func() { cleanupNamespace(t, context.Background(), ns) })
+	devices := startDRASim(t, ctx, nodes, gpus, 3)
+	if err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(context.Context) (bool, error) {
+		d, _ := devices()
+		return len(d) == nodes*gpus*(slicesPerGPU+2), nil
+	}); err != nil {
+		t.Fatal("the simulated nodes' ResourceSlices were not published")
+	}
+	onDRA := func(p *v1.Pod) *v1.Pod {
+		p.Spec.NodeSelector = map[string]string{draSimLabel: "true"}
+		return p
+	}
+
+	// 0) A claim the in-tree allocator places (one slice of GPU 1 on
+	// dra-sim-0), then a 1-slice pod pinned there: Tessera counts the
+	// claim and picks best fit, a slice of GPU 1; the allocator left to
+	// itself would take the first free device, GPU 0's first slice.
+	holdReq := resourceapi.ExactDeviceRequest{DeviceClassName: "gpu-slice.tessera.dev",
+		Selectors: []resourceapi.DeviceSelector{{CEL: &resourceapi.CELDeviceSelector{Expression: `device.attributes["gpu.tessera.dev"].index == 1`}}}}
+	hold := &resourceapi.ResourceClaim{ObjectMeta: metav1.ObjectMeta{Name: "hold-gpu1", Namespace: ns},
+		Spec: resourceapi.ResourceClaimSpec{Devices: resourceapi.DeviceClaim{Requests: []resourceapi.DeviceRequest{{Name: "gpu", Exactly: &holdReq}}}}}
+	if _, err := env.client.ResourceV1().ResourceClaims(ns).Create(ctx, hold, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	pinned := func(p *v1.Pod) *v1.Pod {
+		p.Spec.NodeSelector = map[string]string{v1.LabelHostname: "dra-sim-0"}
+		return p
+	}
+	holder := pinned(gpuPod(ns, "holder", 0, nil))
+	holder.Spec.Containers[0].Resources = v1.ResourceRequirements{Claims: []v1.ResourceClaim{{Name: "gpu"}}}
+	holder.Spec.ResourceClaims = []v1.PodResourceClaim{{Name: "gpu", ResourceClaimName: ptr.To("hold-gpu1")}}
+	createPods(t, ctx, holder)
+	waitBound(t, ctx, ns, []string{"holder"}, time.Minute)
+	// The scheduler counts the claim's slice once the allocation reaches it.
+	capacity := numNodes*gpusPerNode*slicesPerGPU + nodes*gpus*slicesPerGPU
+	if err := wait.PollUntilContextTimeout(ctx, 100*time.Millisecond, 30*time.Second, true, func(context.Context) (bool, error) {
+		free, _ := gauge(t, "tessera_free_slices")
+		return int(free) == capacity-clusterSlicesInUse(t, ctx)-1, nil
+	}); err != nil {
+		free, _ := gauge(t, "tessera_free_slices")
+		t.Fatalf("the scheduler does not count the holder's claim: %v free slices, want %d", free, capacity-clusterSlicesInUse(t, ctx)-1)
+	}
+	createPods(t, ctx, pinned(gpuPod(ns, "small", 1, nil)))
+	small := waitBound(t, ctx, ns, []string{"small"}, time.Minute)["small"]
+	node0, err := env.client.CoreV1().Nodes().Get(ctx, "dra-sim-0", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	inv0, err := api.ParseInventory(node0.Annotations[api.AnnotationInventory])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if gs := api.GPUsOf(assignment(t, small)); len(gs) != 1 || gs[0] != inv0.GPUs[1].UUID {
+		t.Errorf("pod small planned on GPUs %v, want GPU 1 (%s): the one the holder's claim uses, best fit", gs, inv0.GPUs[1].UUID)
+	}
+	checkClaimsAsPlanned(t, ctx, ns, []string{"small"})
+
+	// 1) 5 gangs of 4 ranks, a whole GPU's slices each: 20 of the 23
+	// whole GPUs left.
+	t0 := time.Now()
+	gangs := map[string][]string{}
+	var all []string
+	for g := range 5 {
+		name := fmt.Sprintf("tp%d", g)
+		createPodGroup(t, ctx, ns, name, ranks, 120, map[string]string{api.AnnotationTopologyRequired: api.LabelClique})
+		for r := range ranks {
+			pod := fmt.Sprintf("%s-%d", name, r)
+			gangs[name] = append(gangs[name], pod)
+			all = append(all, pod)
+			createPods(t, ctx, onDRA(gpuPod(ns, pod, slicesPerGPU, map[string]string{api.LabelPodGroup: name})))
+		}
+	}
+	bound := waitBound(t, ctx, ns, all, 2*time.Minute)
+	t.Logf("5 gangs x %d ranks on DRA nodes bound in %s", ranks, time.Since(t0).Round(10*time.Millisecond))
+	cliques, gpusUsed := map[string]string{}, map[string]string{}
+	for name, members := range gangs {
+		inGang := map[string]bool{}
+		for _, m := range members {
+			p := bound[m]
+			inGang[cliqueOf(t, ctx, p.Spec.NodeName, cliques)] = true
+			gs := api.GPUsOf(assignment(t, p))
+			if len(gs) != 1 {
+				t.Errorf("rank %s holds GPUs %v, want one", m, gs)
+			}
+			for _, g := range gs {
+				if other, ok := gpusUsed[g]; ok {
+					t.Errorf("GPU %s held by ranks %s and %s", g, other, m)
+				}
+				gpusUsed[g] = m
+			}
+		}
+		if len(inGang) != 1 || inGang[""] {
+			t.Errorf("gang %s spans cliques %v, want one", name, inGang)
+		}
+	}
+	checkClaimsAsPlanned(t, ctx, ns, all)
+
+	// 2) Single pods fill the last 3 whole GPUs best fit (3 + 1 slices per
+	// GPU) and the 2 slices left on GPU 1 of dra-sim-0; one more slice has
+	// no room.
+	var singles []string
+	for i := range 7 {
+		name, n := fmt.Sprintf("single-%d", i), 3
+		switch {
+		case i == 6:
+			n = 2
+		case i%2 == 1:
+			n = 1
+		}
+		singles = append(singles, name)
+		createPods(t, ctx, onDRA(gpuPod(ns, name, n, nil)))
+		waitBound(t, ctx, ns, []string{name}, time.Minute)
+	}
+	checkClaimsAsPlanned(t, ctx, ns, singles)
+	createPods(t, ctx, onDRA(gpuPod(ns, "no-room", 1, nil)))
+	if err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		p, err := env.client.CoreV1().Pods(ns).Get(ctx, "no-room", metav1.GetOptions{})
+		if err != nil {
+			return false, nil
+		}
+		for _, c := range p.Status.Conditions {
+			if c.Type == v1.PodScheduled && c.Status == v1.ConditionFalse && c.Reason == v1.PodReasonUnschedulable {
+				return true, nil
+			}
+		}
+		return false, nil
+	}); err != nil {
+		t.Errorf("a slice more than the DRA nodes have was not reported unschedulable: %v", err)
+	}
+	if p, err := env.client.CoreV1().Pods(ns).Get(ctx, "no-room", metav1.GetOptions{}); err == nil && p.Spec.NodeName != "" {
+		t.Errorf("pod no-room bound to %s with every slice taken", p.Spec.NodeName)
+	}
+}
+
+// checkClaimsAsPlanned verifies that each pod's claim (the extended-resource
+// claim the scheduler created) is allocated exactly the slices of its
+// tessera.dev/slice-assignment, on its node, and that no slice is allocated
+// twice.
+func checkClaimsAsPlanned(t *testing.T, ctx context.Context, ns string, names []string) {
+	t.Helper()
+	seen := map[api.SliceID]string{}
+	for _, name := range names {
+		p, err := env.client.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := assignment(t, p)
+		st := p.Status.ExtendedResourceClaimStatus
+		if st == nil {
+			t.Errorf("pod %s on %s has no extended-resource claim: not placed through DRA", name, p.Spec.NodeName)
+			continue
+		}
+		claim, err := env.client.ResourceV1().ResourceClaims(ns).Get(ctx, st.ResourceClaimName, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		node, err := env.client.CoreV1().Nodes().Get(ctx, p.Spec.NodeName, metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		inv, err := api.ParseInventory(node.Annotations[api.AnnotationInventory])
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []api.SliceID
+		if claim.Status.Allocation != nil {
+			for _, r := range claim.Status.Allocation.Devices.Results {
+				ids, ok := inv.DRADeviceSlices(r.Device)
+				if r.Pool != p.Spec.NodeName || !ok {
+					t.Errorf("pod %s: device %s/%s is not of its node %s", name, r.Pool, r.Device, p.Spec.NodeName)
+				}
+				got = append(got, ids...)
+			}
+		}
+		if api.FormatSliceList(sorted(got)) != api.FormatSliceList(sorted(want)) {
+			t.Errorf("pod %s: claim %s allocated %s, Tessera planned %s", name, claim.Name, api.FormatSliceList(got), api.FormatSliceList(want))
+		}
+		for _, id := range got {
+			if other, dup := seen[id]; dup {
+				t.Errorf("slice %s allocated to %s and %s", id, other, name)
+			}
+			seen[id] = name
+		}
+	}
+}
+
+func sorted(ids []api.SliceID) []api.SliceID {
+	out := append([]api.SliceID(nil), ids...)
+	sort.Slice(out, func(i, j int) bool { return out[i].String() < out[j].String() })
 	return out
 }

@@ -1,0 +1,498 @@
+package scheduler
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"sync"
+	"sync/atomic"
+
+	v1 "k8s.io/api/core/v1"
+	resourceapi "k8s.io/api/resource/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/apimachinery/pkg/types"
+	"k8s.io/apimachinery/pkg/util/sets"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/dynamic-resource-allocation/structured"
+	"k8s.io/klog/v2"
+	fwk "k8s.io/kube-scheduler/framework"
+
+	"github.com/tessera-gpu/tessera/api"
+	"github.com/tessera-gpu/tessera/gang"
+)
+
+// Nodes whose GPUs the node agent serves as DRA driver (inventory
+// deviceAPI "dra"; docs/design.md, DRA). Tessera plans them like every other
+// node, from the same inventory, and two things differ:
+//
+//   - What a pod holds there is read from its ResourceClaims' allocations
+//     (the role tessera.dev/slices-allocated plays on device-plugin nodes):
+//     the claims the pod names (spec.resourceClaims) or was given from a
+//     template or for the extended resource (its status), devices of gpu.tessera.dev in the
+//     node's pool, mapped to slice IDs by api.Inventory.DRADeviceSlices. A
+//     memory share (the GPU's shared device) is held by one synthetic holder
+//     per device while any claim uses it, so many shares of one GPU are not
+//     counted as overlapping pods.
+//   - The device each claim gets must be the slices Tessera chose. The
+//     in-tree DynamicResources plugin allocates claims, the extended-resource
+//     claim of a tessera.dev/gpu-slice pod included; its allocator cannot be
+//     told which devices to prefer, and claim specs are immutable. Tessera's
+//     PreFilter therefore runs before DynamicResources' (the profile names it
+//     at preFilter) and registers, through the scheduler's shared DRA
+//     manager, an in-flight allocation that holds every gpu.tessera.dev
+//     device of the candidate nodes except the chosen slices' devices. The
+//     allocator, built in DynamicResources' PreFilter from the allocated
+//     state, then has exactly the chosen devices to take. The hold is removed
+//     at the pod's first Filter, PostFilter or Reserve, and at the start of
+//     the next PreFilter at the latest; scheduling cycles are serial, so no
+//     other pod's allocation ever sees it.
+
+// draSteerUID is the in-flight allocation that steers the allocator. One
+// at a time: scheduling cycles do not overlap.
+const draSteerUID types.UID = "tessera.dev/dra-steer"
+
+// draNodes tracks the DRA nodes' inventories and the memory-share holders.
+type draNodes struct {
+	// count is len(inv), read without the lock on hot paths (Filter).
+	count atomic.Int32
+	mu    sync.Mutex
+	inv   map[string]*api.Inventory
+	// shares maps a shared device (node/device) to the claims using it.
+	shares map[string]sets.Set[types.UID]
+}
+
+func newDRANodes() *draNodes {
+	return &draNodes{inv: map[string]*api.Inventory{}, shares: map[string]sets.Set[types.UID]{}}
+}
+
+func (d *draNodes) set(node string, inv *api.Inventory) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if inv != nil && inv.DeviceAPI == api.DeviceAPIDRA {
+		d.inv[node] = inv
+	} else {
+		delete(d.inv, node)
+	}
+	d.count.Store(int32(len(d.inv)))
+}
+
+func (d *draNodes) get(node string) *api.Inventory {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.inv[node]
+}
+
+func (d *draNodes) any() bool { return d.count.Load() > 0 }
+
+// watchClaims feeds claim allocations into the ledger: every pod a claim is
+// reserved for is read again, and shared devices get their holders.
+func (pl *Tessera) watchClaims(h fwk.Handle) (cache.InformerSynced, error) {
+	f := h.SharedInformerFactory()
+	inf := f.Resource().V1().ResourceClaims().Informer()
+	pl.claims = inf.GetIndexer()
+	pl.podLister = f.Core().V1().Pods().Lister()
+	reg, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { pl.claimChanged(nil, obj) },
+		UpdateFunc: pl.claimChanged,
+		DeleteFunc: func(obj any) {
+			if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+				obj = t.Obj
+			}
+			pl.claimChanged(obj, nil)
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%s: watching ResourceClaims: %w", Name, err)
+	}
+	return reg.HasSynced, nil
+}
+
+func (pl *Tessera) claimChanged(oldObj, newObj any) {
+	oldClaim, _ := oldObj.(*resourceapi.ResourceClaim)
+	newClaim, _ := newObj.(*resourceapi.ResourceClaim)
+	pods := map[types.UID]string{}
+	for _, c := range []*resourceapi.ResourceClaim{oldClaim, newClaim} {
+		if c == nil {
+			continue
+		}
+		for _, r := range c.Status.ReservedFor {
+			if r.Resource == "pods" && r.APIGroup == "" {
+				pods[r.UID] = c.Namespace + "/" + r.Name
+			}
+		}
+	}
+	pl.syncShares(oldClaim, newClaim)
+	for uid, key := range pods {
+		ns, name, _ := cache.SplitMetaNamespaceKey(key)
+		pod, err := pl.podLister.Pods(ns).Get(name)
+		if err != nil || pod.UID != uid {
+			continue
+		}
+		pl.podChanged(pod)
+	}
+}
+
+// syncShares keeps one ledger holder per shared device in use.
+func (pl *Tessera) syncShares(oldClaim, newClaim *resourceapi.ResourceClaim) {
+	sharedOf := func(c *resourceapi.ResourceClaim) map[string][2]string {
+		out := map[string][2]string{}
+		if c == nil || c.Status.Allocation == nil {
+			return out
+		}
+		for _, r := range c.Status.Allocation.Devices.Results {
+			if r.Driver == api.DRADriverName && r.ShareID != nil {
+				out[r.Pool+"/"+r.Device] = [2]string{r.Pool, r.Device}
+			}
+		}
+		return out
+	}
+	before, after := sharedOf(oldClaim), sharedOf(newClaim)
+	if len(before) == 0 && len(after) == 0 {
+		return
+	}
+	uid := types.UID("")
+	if newClaim != nil {
+		uid = newClaim.UID
+	} else {
+		uid = oldClaim.UID
+	}
+	d := pl.dra
+	var set, drop [][2]string
+	d.mu.Lock()
+	for k, nd := range before {
+		if _, still := after[k]; still {
+			continue
+		}
+		if s := d.shares[k]; s != nil {
+			s.Delete(uid)
+			if s.Len() == 0 {
+				delete(d.shares, k)
+				drop = append(drop, nd)
+			}
+		}
+	}
+	for k, nd := range after {
+		s := d.shares[k]
+		if s == nil {
+			s = sets.New[types.UID]()
+			d.shares[k] = s
+			set = append(set, nd)
+		}
+		s.Insert(uid)
+	}
+	d.mu.Unlock()
+	for _, nd := range drop {
+		pl.ledger.RemovePod(shareHolder(nd[0], nd[1]))
+	}
+	for _, nd := range set {
+		inv := d.get(nd[0])
+		if inv == nil {
+			continue
+		}
+		ids, ok := inv.DRADeviceSlices(nd[1])
+		if !ok {
+			continue
+		}
+		pl.ledger.SetPod(gang.PodInfo{UID: shareHolder(nd[0], nd[1]), Namespace: "dra-share", Name: nd[0] + "/" + nd[1], Node: nd[0], Allocated: ids})
+	}
+}
+
+func shareHolder(node, device string) string { return "dra-share:" + node + "/" + device }
+
+// claimHeld returns the slices the pod's claims hold on its DRA node, and
+// whether the node is one (nil, false elsewhere). Shared devices are left
+// to their holders (syncShares).
+func (pl *Tessera) claimHeld(pod *v1.Pod) ([]api.SliceID, bool) {
+	if pod.Spec.NodeName == "" || pl.claims == nil {
+		return nil, false
+	}
+	inv := pl.dra.get(pod.Spec.NodeName)
+	if inv == nil {
+		return nil, false
+	}
+	var names []string
+	for _, c := range pod.Spec.ResourceClaims {
+		if c.ResourceClaimName != nil {
+			names = append(names, *c.ResourceClaimName)
+		}
+	}
+	for _, s := range pod.Status.ResourceClaimStatuses {
+		if s.ResourceClaimName != nil {
+			names = append(names, *s.ResourceClaimName)
+		}
+	}
+	if s := pod.Status.ExtendedResourceClaimStatus; s != nil {
+		names = append(names, s.ResourceClaimName)
+	}
+	var ids []api.SliceID
+	for _, name := range names {
+		obj, ok, err := pl.claims.GetByKey(pod.Namespace + "/" + name)
+		if err != nil || !ok {
+			continue
+		}
+		c := obj.(*resourceapi.ResourceClaim)
+		if c.Status.Allocation == nil {
+			continue
+		}
+		for _, r := range c.Status.Allocation.Devices.Results {
+			if r.Driver != api.DRADriverName || r.Pool != pod.Spec.NodeName || r.ShareID != nil {
+				continue
+			}
+			if got, ok := inv.DRADeviceSlices(r.Device); ok {
+				ids = append(ids, got...)
+			}
+		}
+	}
+	if len(ids) == 0 {
+		return nil, true
+	}
+	sort.Slice(ids, func(i, j int) bool {
+		if ids[i].GPU != ids[j].GPU {
+			return ids[i].GPU < ids[j].GPU
+		}
+		return ids[i].Index < ids[j].Index
+	})
+	return ids, true
+}
+
+// hasClaims says whether the pod may hold Tessera devices through claims
+// without asking for tessera.dev/gpu-slice (a whole-GPU or memory claim).
+func hasClaims(pod *v1.Pod) bool {
+	return len(pod.Spec.ResourceClaims) > 0 || pod.Status.ExtendedResourceClaimStatus != nil
+}
+
+// draUsable says whether a slice pod may go to node: any device-plugin
+// node, and a DRA node only while a DeviceClass maps tessera.dev/gpu-slice
+// (manifests/components/dra: gpu-slice.tessera.dev), without which the
+// kubelet could not give the pod its slices there.
+func (pl *Tessera) draUsable(node string) bool {
+	if pl.dra.get(node) == nil {
+		return true
+	}
+	m := pl.handle.SharedDRAManager()
+	return m != nil && m.DeviceClassResolver().GetDeviceClass(api.ResourceName) != nil
+}
+
+const reasonNoSliceClass = "node serves its GPUs through DRA and no DeviceClass maps " + api.ResourceName
+
+// draPicks are the slices the pod gets on each candidate DRA node: its
+// planned slices for a gang member, the best-fit pick (Ledger.Pick) per
+// eligible DRA node for a single pod; Reserve assumes exactly these.
+type draPicks map[string][]api.SliceID
+
+// steerDRA registers the in-flight hold described in the comment at the
+// top of this file. It returns the picks; nil when no DRA node is involved.
+func (pl *Tessera) steerDRA(ctx context.Context, pod *v1.Pod, p gang.Pod, placement gang.Placement, nodes []fwk.NodeInfo) (draPicks, error) {
+	if !pl.dra.any() || pl.handle.SharedDRAManager() == nil {
+		return nil, nil
+	}
+	picks := draPicks{}
+	if placement.Node != "" {
+		if pl.dra.get(placement.Node) != nil {
+			picks[placement.Node] = placement.Slices
+		}
+	} else {
+		for _, ni := range nodes {
+			n := ni.Node()
+			if n == nil || pl.dra.get(n.Name) == nil || !pl.draUsable(n.Name) {
+				continue
+			}
+			if ids, err := pl.ledger.Pick(n.Name, p.Slices); err == nil {
+				picks[n.Name] = ids
+			}
+		}
+	}
+	if len(picks) == 0 {
+		return nil, nil
+	}
+	slices, err := pl.handle.SharedDRAManager().ResourceSlices().ListWithDeviceTaintRules()
+	if err != nil {
+		return nil, fmt.Errorf("listing ResourceSlices: %w", err)
+	}
+	state, err := allocatedState(pl.handle.SharedDRAManager().ResourceClaims())
+	if err != nil {
+		return nil, err
+	}
+	held := devicesToHold(slices, picks, pl.dra.get, state)
+	if len(held) > 0 {
+		steer := &resourceapi.ResourceClaim{}
+		// The name the DRA manager gives claims that exist only in memory
+		// (the extended-resource claim before PreBind creates it): the
+		// manager then does not look the claim up in its cache. Should a
+		// release change it, SignalClaimPendingAllocation fails and every
+		// pod for a DRA node fails PreFilter with that error (loud, tested
+		// in scheduler/integration TestDRAGangPlacedAsPlanned).
+		steer.Name, steer.UID = "<extended-resources>", draSteerUID
+		steer.Status.Allocation = &resourceapi.AllocationResult{Devices: resourceapi.DeviceAllocationResult{Results: held}}
+		if err := pl.handle.SharedDRAManager().ResourceClaims().SignalClaimPendingAllocation(draSteerUID, steer); err != nil {
+			return nil, fmt.Errorf("steering the DRA allocator: %w", err)
+		}
+		pl.steering.Store(true)
+		klog.FromContext(ctx).V(4).Info("Steered the DRA allocator", "pod", klog.KObj(pod), "nodes", len(picks), "devicesHeld", len(held))
+	}
+	return picks, nil
+}
+
+// devicesToHold lists, as allocation results, the gpu.tessera.dev devices
+// of the picked nodes the allocator must not take: every device not wholly
+// inside the node's picked slices that it could otherwise allocate.
+//
+// The hold must never consume more of a counter set than it has: the
+// allocator checks every counter set of a pool on each device it tries, so
+// one overdrawn set would make the whole node unallocatable. So the picked
+// slice devices' counters are set aside first, and then, GPU by GPU, the
+// whole-GPU device is held where it still fits (it takes every counter of
+// its GPU, which blocks the rest), else each device that still fits. A
+// device that fits no more cannot be allocated anyway; one already in use
+// (a memory share with room left) is held without drawing its counters
+// again, as the allocator counts an allocated device once.
+func devicesToHold(slices []*resourceapi.ResourceSlice, picks draPicks, inventory func(node string) *api.Inventory, allocated func(structured.DeviceID) bool) []resourceapi.DeviceRequestAllocationResult {
+	type counterKey struct{ pool, set, counter string }
+	left := map[counterKey]resource.Quantity{}
+	type candidate struct {
+		pool string
+		dev  *resourceapi.Device
+		free bool // not allocated yet
+		pick bool // a picked slice's device
+		hold bool // not wholly inside the picks
+	}
+	var cands []candidate
+	for _, s := range slices {
+		if s.Spec.Driver != api.DRADriverName {
+			continue
+		}
+		pool := s.Spec.Pool.Name
+		chosen, ok := picks[pool]
+		if !ok || s.Spec.NodeName == nil || *s.Spec.NodeName != pool {
+			continue
+		}
+		for _, cs := range s.Spec.SharedCounters {
+			for name, c := range cs.Counters {
+				left[counterKey{pool, cs.Name, name}] = c.Value.DeepCopy()
+			}
+		}
+		inv := inventory(pool)
+		if inv == nil {
+			continue
+		}
+		for i := range s.Spec.Devices {
+			d := &s.Spec.Devices[i]
+			ids, known := inv.DRADeviceSlices(d.Name)
+			inside := known && subset(ids, chosen)
+			typ, _, _, _ := api.ParseDRADevice(d.Name)
+			cands = append(cands, candidate{pool: pool, dev: d,
+				free: !allocated(structured.MakeDeviceID(api.DRADriverName, pool, d.Name)),
+				pick: inside && typ == api.DRATypeSlice, hold: !inside})
+		}
+	}
+	draw := func(c candidate, dryRun bool) bool {
+		for _, cc := range c.dev.ConsumesCounters {
+			for name, q := range cc.Counters {
+				k := counterKey{c.pool, cc.CounterSet, name}
+				v, ok := left[k]
+				if !ok || v.Cmp(q.Value) < 0 {
+					return false
+				}
+			}
+		}
+		if dryRun {
+			return true
+		}
+		for _, cc := range c.dev.ConsumesCounters {
+			for name, q := range cc.Counters {
+				k := counterKey{c.pool, cc.CounterSet, name}
+				v := left[k]
+				v.Sub(q.Value)
+				left[k] = v
+			}
+		}
+		return true
+	}
+	// What is allocated already has drawn its counters.
+	for _, c := range cands {
+		if !c.free {
+			for _, cc := range c.dev.ConsumesCounters {
+				for name, q := range cc.Counters {
+					k := counterKey{c.pool, cc.CounterSet, name}
+					v := left[k]
+					v.Sub(q.Value)
+					left[k] = v
+				}
+			}
+		}
+	}
+	for _, c := range cands {
+		if c.pick && c.free {
+			draw(c, false)
+		}
+	}
+	var held []resourceapi.DeviceRequestAllocationResult
+	hold := func(c candidate) {
+		held = append(held, resourceapi.DeviceRequestAllocationResult{Request: "steer", Driver: api.DRADriverName, Pool: c.pool, Device: c.dev.Name})
+	}
+	// Whole-GPU devices first: one takes its GPU's counters whole.
+	for pass := range 2 {
+		for _, c := range cands {
+			typ, _, _, _ := api.ParseDRADevice(c.dev.Name)
+			if !c.hold || (typ == api.DRATypeGPU) != (pass == 0) {
+				continue
+			}
+			switch {
+			case !c.free:
+				hold(c)
+			case draw(c, false):
+				hold(c)
+			}
+		}
+	}
+	return held
+}
+
+// unsteerDRA removes the in-flight hold, if any. Cheap when none is held
+// (Filter calls it for every node).
+func (pl *Tessera) unsteerDRA() {
+	if pl.steering.Load() && pl.steering.CompareAndSwap(true, false) {
+		pl.handle.SharedDRAManager().ResourceClaims().MaybeRemoveClaimPendingAllocation(draSteerUID, true)
+	}
+}
+
+// allocatedState returns whether a device is allocated (or in flight), as
+// the allocator will see it. The tracker asks for a retry when claims
+// changed while it gathered them.
+func allocatedState(claims fwk.ResourceClaimTracker) (func(structured.DeviceID) bool, error) {
+	var st *structured.AllocatedState
+	var err error
+	for range 10 {
+		if st, err = claims.GatherAllocatedState(); err == nil && st != nil {
+			break
+		}
+	}
+	if err != nil || st == nil {
+		return nil, fmt.Errorf("reading the allocated DRA devices: %w", err)
+	}
+	shared := sets.New[structured.DeviceID]()
+	for id := range st.AllocatedSharedDeviceIDs {
+		shared.Insert(id.GetDeviceID())
+	}
+	return func(id structured.DeviceID) bool {
+		_, capacity := st.AggregatedCapacity[id]
+		return st.AllocatedDevices.Has(id) || shared.Has(id) || capacity
+	}, nil
+}
+
+// subset reports whether every id of a is in b.
+func subset(a, b []api.SliceID) bool {
+	for _, x := range a {
+		found := false
+		for _, y := range b {
+			if x == y {
+				found = true
+				break
+			}
+		}
+		if !found {
+			return false
+		}
+	}
+	return true
+}
