@@ -385,19 +385,7 @@ func devicesToHold(slices []*resourceapi.ResourceSlice, picks draPicks, inventor
 				pick: inside && typ == api.DRATypeSlice, hold: !inside})
 		}
 	}
-	draw := func(c candidate, dryRun bool) bool {
-		for _, cc := range c.dev.ConsumesCounters {
-			for name, q := range cc.Counters {
-				k := counterKey{c.pool, cc.CounterSet, name}
-				v, ok := left[k]
-				if !ok || v.Cmp(q.Value) < 0 {
-					return false
-				}
-			}
-		}
-		if dryRun {
-			return true
-		}
+	subtract := func(c candidate) {
 		for _, cc := range c.dev.ConsumesCounters {
 			for name, q := range cc.Counters {
 				k := counterKey{c.pool, cc.CounterSet, name}
@@ -406,24 +394,29 @@ func devicesToHold(slices []*resourceapi.ResourceSlice, picks draPicks, inventor
 				left[k] = v
 			}
 		}
+	}
+	// draw takes c's counters if they are all left.
+	draw := func(c candidate) bool {
+		for _, cc := range c.dev.ConsumesCounters {
+			for name, q := range cc.Counters {
+				v, ok := left[counterKey{c.pool, cc.CounterSet, name}]
+				if !ok || v.Cmp(q.Value) < 0 {
+					return false
+				}
+			}
+		}
+		subtract(c)
 		return true
 	}
 	// What is allocated already has drawn its counters.
 	for _, c := range cands {
 		if !c.free {
-			for _, cc := range c.dev.ConsumesCounters {
-				for name, q := range cc.Counters {
-					k := counterKey{c.pool, cc.CounterSet, name}
-					v := left[k]
-					v.Sub(q.Value)
-					left[k] = v
-				}
-			}
+			subtract(c)
 		}
 	}
 	for _, c := range cands {
 		if c.pick && c.free {
-			draw(c, false)
+			draw(c)
 		}
 	}
 	var held []resourceapi.DeviceRequestAllocationResult
@@ -440,7 +433,7 @@ func devicesToHold(slices []*resourceapi.ResourceSlice, picks draPicks, inventor
 			switch {
 			case !c.free:
 				hold(c)
-			case draw(c, false):
+			case draw(c):
 				hold(c)
 			}
 		}

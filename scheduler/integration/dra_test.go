@@ -35,24 +35,9 @@ import (
 func TestDRASimulatedNodes(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	// The package's scheduler (one at a time: two would allocate the same
-	// devices); it outlives the test, so the leak check of the namespace
-	// cleanup reads a running scheduler's ledger.
-	ensureScheduler(t)
 	const nodes, gpus = 6, 8
-	// The namespace first: cleanups run last first, so the DRA nodes are
-	// gone before the namespace's leak check counts the cluster's slices.
 	ns := "dra-sim"
-	createNamespace(t, ctx, ns)
-	t.Cleanup(func() { cleanupNamespace(t, context.Background(), ns) })
-	devices := startDRASim(t, ctx, nodes, gpus, 3)
-	if err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(context.Context) (bool, error) {
-		d, _ := devices()
-		return len(d) == nodes*gpus*(slicesPerGPU+2), nil
-	}); err != nil {
-		d, _ := devices()
-		t.Fatalf("%d devices published, want %d", len(d), nodes*gpus*(slicesPerGPU+2))
-	}
+	devices := startDRASim(t, ctx, ns, nodes, gpus, 3)
 
 	for _, tmpl := range []struct{ name, class string }{{"whole", "gpu.tessera.dev"}, {"rank", "gpu-slice.tessera.dev"}} {
 		req := resourceapi.DeviceRequest{Name: "gpu", Exactly: &resourceapi.ExactDeviceRequest{DeviceClassName: tmpl.class}}
@@ -94,18 +79,7 @@ func TestDRASimulatedNodes(t *testing.T) {
 		t.Errorf("%d GPUs hold whole-GPU claims, want all %d, each once (%v)", len(used), nodes*gpus, used)
 	}
 	createPods(t, ctx, claimPod("whole-extra", "whole"))
-	if err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
-		p, err := env.client.CoreV1().Pods(ns).Get(ctx, "whole-extra", metav1.GetOptions{})
-		if err != nil {
-			return false, nil
-		}
-		for _, c := range p.Status.Conditions {
-			if c.Type == v1.PodScheduled && c.Status == v1.ConditionFalse && c.Reason == v1.PodReasonUnschedulable {
-				return true, nil
-			}
-		}
-		return false, nil
-	}); err != nil {
+	if err := waitUnschedulable(ctx, ns, "whole-extra"); err != nil {
 		t.Errorf("a 49th whole-GPU claim on 48 GPUs was not reported unschedulable: %v", err)
 	}
 
@@ -179,13 +153,21 @@ func allocatedGPUs(t *testing.T, ctx context.Context, ns string) map[string][]st
 
 const draSimLabel = "tessera.dev/dra-sim"
 
-// startDRASim creates n kwok nodes dra-sim-<i> labelled draSimLabel, the
-// shipped DeviceClasses, and runs the simulator with DRA on them (gpus
-// GPUs of slicesPerGPU slices each, cliques of cliqueSize nodes) until the
-// test ends; everything is removed after. devices lists the published
+// startDRASim makes sure the package's scheduler runs (one at a time: two
+// would allocate the same devices; it outlives the test, so the namespace
+// cleanup's leak check reads a running scheduler), creates namespace ns, n
+// kwok nodes dra-sim-<i> labelled draSimLabel and the shipped
+// DeviceClasses, and runs the simulator with DRA on the nodes (gpus GPUs of
+// slicesPerGPU slices each, cliques of cliqueSize nodes) until the test
+// ends; it returns once every device is published. Everything is removed
+// after, the nodes before the namespace (cleanups run last first), so its
+// leak check counts the cluster without them. devices lists the published
 // devices (node/device) and the highest pool generation.
-func startDRASim(t *testing.T, ctx context.Context, n, gpus, cliqueSize int) (devices func() (map[string]resourceapi.Device, int64)) {
+func startDRASim(t *testing.T, ctx context.Context, ns string, n, gpus, cliqueSize int) (devices func() (map[string]resourceapi.Device, int64)) {
 	t.Helper()
+	ensureScheduler(t)
+	createNamespace(t, ctx, ns)
+	t.Cleanup(func() { cleanupNamespace(t, context.Background(), ns) })
 	var names []string
 	for i := range n {
 		node := &v1.Node{ObjectMeta: metav1.ObjectMeta{
@@ -239,7 +221,7 @@ func startDRASim(t *testing.T, ctx context.Context, n, gpus, cliqueSize int) (de
 		}
 		_ = env.client.ResourceV1().ResourceSlices().DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{FieldSelector: "spec.driver=" + dra.DriverName})
 	})
-	return func() (map[string]resourceapi.Device, int64) {
+	devices = func() (map[string]resourceapi.Device, int64) {
 		list, err := env.client.ResourceV1().ResourceSlices().List(ctx, metav1.ListOptions{FieldSelector: "spec.driver=" + dra.DriverName})
 		if err != nil {
 			t.Fatal(err)
@@ -254,6 +236,15 @@ func startDRASim(t *testing.T, ctx context.Context, n, gpus, cliqueSize int) (de
 		}
 		return out, maxGen
 	}
+	want := n * gpus * (slicesPerGPU + 2)
+	if err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(context.Context) (bool, error) {
+		d, _ := devices()
+		return len(d) == want, nil
+	}); err != nil {
+		d, _ := devices()
+		t.Fatalf("%d devices published, want %d", len(d), want)
+	}
+	return devices
 }
 
 // TestDRAGangPlacedAsPlanned: pods that ask for tessera.dev/gpu-slice go to
@@ -265,23 +256,9 @@ func startDRASim(t *testing.T, ctx context.Context, n, gpus, cliqueSize int) (de
 func TestDRAGangPlacedAsPlanned(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	// The package's scheduler (one at a time: two would allocate the same
-	// devices); it outlives the test, so the leak check of the namespace
-	// cleanup reads a running scheduler's ledger.
-	ensureScheduler(t)
 	const nodes, gpus, ranks = 6, 4, 4
-	// The namespace first: cleanups run last first, so the DRA nodes are
-	// gone before the namespace's leak check counts the cluster's slices.
 	ns := "dra-gang"
-	createNamespace(t, ctx, ns)
-	t.Cleanup(func() { cleanupNamespace(t, context.Background(), ns) })
-	devices := startDRASim(t, ctx, nodes, gpus, 3)
-	if err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(context.Context) (bool, error) {
-		d, _ := devices()
-		return len(d) == nodes*gpus*(slicesPerGPU+2), nil
-	}); err != nil {
-		t.Fatal("the simulated nodes' ResourceSlices were not published")
-	}
+	startDRASim(t, ctx, ns, nodes, gpus, 3)
 	onDRA := func(p *v1.Pod) *v1.Pod {
 		p.Spec.NodeSelector = map[string]string{draSimLabel: "true"}
 		return p
@@ -389,18 +366,7 @@ func TestDRAGangPlacedAsPlanned(t *testing.T) {
 	}
 	checkClaimsAsPlanned(t, ctx, ns, singles)
 	createPods(t, ctx, onDRA(gpuPod(ns, "no-room", 1, nil)))
-	if err := wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
-		p, err := env.client.CoreV1().Pods(ns).Get(ctx, "no-room", metav1.GetOptions{})
-		if err != nil {
-			return false, nil
-		}
-		for _, c := range p.Status.Conditions {
-			if c.Type == v1.PodScheduled && c.Status == v1.ConditionFalse && c.Reason == v1.PodReasonUnschedulable {
-				return true, nil
-			}
-		}
-		return false, nil
-	}); err != nil {
+	if err := waitUnschedulable(ctx, ns, "no-room"); err != nil {
 		t.Errorf("a slice more than the DRA nodes have was not reported unschedulable: %v", err)
 	}
 	if p, err := env.client.CoreV1().Pods(ns).Get(ctx, "no-room", metav1.GetOptions{}); err == nil && p.Spec.NodeName != "" {
@@ -464,4 +430,21 @@ func sorted(ids []api.SliceID) []api.SliceID {
 	out := append([]api.SliceID(nil), ids...)
 	sort.Slice(out, func(i, j int) bool { return out[i].String() < out[j].String() })
 	return out
+}
+
+// waitUnschedulable waits up to a minute for the scheduler to report the
+// pod unschedulable.
+func waitUnschedulable(ctx context.Context, ns, name string) error {
+	return wait.PollUntilContextTimeout(ctx, 200*time.Millisecond, time.Minute, true, func(ctx context.Context) (bool, error) {
+		p, err := env.client.CoreV1().Pods(ns).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return false, nil
+		}
+		for _, c := range p.Status.Conditions {
+			if c.Type == v1.PodScheduled && c.Status == v1.ConditionFalse && c.Reason == v1.PodReasonUnschedulable {
+				return true, nil
+			}
+		}
+		return false, nil
+	})
 }
