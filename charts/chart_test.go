@@ -155,6 +155,7 @@ func TestChartRendersManifests(t *testing.T) {
 	}{
 		"defaults":      {kustomize: "../manifests"},
 		"local cluster": {helmArgs: []string{"-f", filepath.Join(chartDir, "values-local.yaml")}, kustomize: "../manifests/overlays/local"},
+		"DRA":           {helmArgs: []string{"--set", "devicePlugin.dra.enabled=true"}, kustomize: "../manifests/overlays/dra"},
 	} {
 		t.Run(name, func(t *testing.T) {
 			want := comparable(kustomize(t, tc.kustomize))
