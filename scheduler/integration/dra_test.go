@@ -167,7 +167,13 @@ func startDRASim(t *testing.T, ctx context.Context, ns string, n, gpus, cliqueSi
 	t.Helper()
 	ensureScheduler(t)
 	createNamespace(t, ctx, ns)
-	t.Cleanup(func() { cleanupNamespace(t, context.Background(), ns) })
+	t.Cleanup(func() {
+		ctx := context.Background()
+		cleanupNamespace(t, ctx, ns)
+		// Claims and templates too, so the test can run again (-count).
+		_ = env.client.ResourceV1().ResourceClaimTemplates(ns).DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{})
+		_ = env.client.ResourceV1().ResourceClaims(ns).DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{})
+	})
 	var names []string
 	for i := range n {
 		node := &v1.Node{ObjectMeta: metav1.ObjectMeta{
