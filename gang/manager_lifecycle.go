@@ -73,12 +73,7 @@ func (m *Manager) ReserveExact(p Pod, node string, ids []api.SliceID) error {
 	if p.Gang != "" {
 		return fmt.Errorf("reserve %s: exact slices are for single pods; gang %s has its plan", p.name(), p.Gang)
 	}
-	m.l.mu.Lock()
-	defer m.l.mu.Unlock()
-	if h := m.l.holders[p.UID]; h != nil && h.assumed != nil {
-		m.l.forgetLocked(p.UID)
-	}
-	if err := m.l.assumeLocked(p.UID, p.name(), "", node, ids); err != nil {
+	if err := m.l.ReassumeExact(p.UID, p.name(), node, ids); err != nil {
 		return fmt.Errorf("reserve %s: %w", p.name(), err)
 	}
 	return nil

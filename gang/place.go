@@ -276,10 +276,7 @@ func (l *Ledger) PickAndAssume(id, podName, node string, req int) ([]api.SliceID
 	if n == nil {
 		return nil, fmt.Errorf("node %s is not in the ledger", node)
 	}
-	if h := l.holders[id]; h != nil && h.assumed != nil {
-		// Re-reserving: the pod's own old reservation goes first.
-		l.forgetLocked(id)
-	}
+	l.forgetOwnLocked(id)
 	ids, _, err := n.pick(req, 0)
 	if err != nil {
 		return nil, err
@@ -288,4 +285,21 @@ func (l *Ledger) PickAndAssume(id, podName, node string, req int) ([]api.SliceID
 		return nil, err
 	}
 	return ids, nil
+}
+
+// ReassumeExact reserves exactly ids on node for holder id (slices chosen
+// earlier with Pick), dropping id's own earlier reservation first like
+// PickAndAssume; it fails when any of them is taken.
+func (l *Ledger) ReassumeExact(id, podName, node string, ids []api.SliceID) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.forgetOwnLocked(id)
+	return l.assumeLocked(id, podName, "", node, ids)
+}
+
+// forgetOwnLocked drops id's in-memory reservation before it re-reserves.
+func (l *Ledger) forgetOwnLocked(id string) {
+	if h := l.holders[id]; h != nil && h.assumed != nil {
+		l.forgetLocked(id)
+	}
 }

@@ -55,7 +55,7 @@ const draSteerUID types.UID = "tessera.dev/dra-steer"
 type draNodes struct {
 	// count is len(inv), read without the lock on hot paths (Filter).
 	count atomic.Int32
-	mu    sync.Mutex
+	mu    sync.RWMutex
 	inv   map[string]*api.Inventory
 	// shares maps a shared device (node/device) to the claims using it.
 	shares map[string]sets.Set[types.UID]
@@ -76,9 +76,14 @@ func (d *draNodes) set(node string, inv *api.Inventory) {
 	d.count.Store(int32(len(d.inv)))
 }
 
+// get is nil for a node that is not a DRA node; lock-free while there
+// is none (Filter and every pod event ask).
 func (d *draNodes) get(node string) *api.Inventory {
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	if !d.any() {
+		return nil
+	}
+	d.mu.RLock()
+	defer d.mu.RUnlock()
 	return d.inv[node]
 }
 
@@ -266,9 +271,10 @@ func hasClaims(pod *v1.Pod) bool {
 // (manifests/components/dra: gpu-slice.tessera.dev), without which the
 // kubelet could not give the pod its slices there.
 func (pl *Tessera) draUsable(node string) bool {
-	if pl.dra.get(node) == nil {
-		return true
-	}
+	return pl.dra.get(node) == nil || pl.sliceClassInstalled()
+}
+
+func (pl *Tessera) sliceClassInstalled() bool {
 	m := pl.handle.SharedDRAManager()
 	return m != nil && m.DeviceClassResolver().GetDeviceClass(api.ResourceName) != nil
 }
@@ -292,9 +298,12 @@ func (pl *Tessera) steerDRA(ctx context.Context, pod *v1.Pod, p gang.Pod, placem
 			picks[placement.Node] = placement.Slices
 		}
 	} else {
+		if !pl.sliceClassInstalled() {
+			return nil, nil
+		}
 		for _, ni := range nodes {
 			n := ni.Node()
-			if n == nil || pl.dra.get(n.Name) == nil || !pl.draUsable(n.Name) {
+			if n == nil || pl.dra.get(n.Name) == nil {
 				continue
 			}
 			if ids, err := pl.ledger.Pick(n.Name, p.Slices); err == nil {

@@ -43,11 +43,12 @@ func (pl *Tessera) Filter(_ context.Context, cs fwk.CycleState, pod *v1.Pod, ni 
 			return fwk.NewStatus(fwk.UnschedulableAndUnresolvable, fmt.Sprintf("room on this node is kept for %s, which preempted pods for it", who))
 		}
 	}
-	if s.draPicks != nil || pl.dra.any() {
-		if !pl.draUsable(node.Name) {
-			return fwk.NewStatus(fwk.UnschedulableAndUnresolvable, reasonNoSliceClass)
-		}
-		if _, picked := s.draPicks[node.Name]; !picked && pl.dra.get(node.Name) != nil {
+	if pl.dra.get(node.Name) != nil {
+		// A DRA node only with the slices the allocator was steered to.
+		if _, picked := s.draPicks[node.Name]; !picked {
+			if !pl.sliceClassInstalled() {
+				return fwk.NewStatus(fwk.UnschedulableAndUnresolvable, reasonNoSliceClass)
+			}
 			return fwk.NewStatus(fwk.UnschedulableAndUnresolvable, s.noFit)
 		}
 	}

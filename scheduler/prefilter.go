@@ -71,8 +71,11 @@ func (pl *Tessera) PreFilter(ctx context.Context, cs fwk.CycleState, pod *v1.Pod
 	logger := klog.FromContext(ctx)
 	planning := false
 	if p.Gang != "" {
-		eligible := pl.unreserved(eligibility(logger, pod, nodes), p.Gang, podPriority(pod))
-		p.Eligible = func(node string) bool { return pl.draUsable(node) && eligible(node) }
+		p.Eligible = pl.unreserved(eligibility(logger, pod, nodes), p.Gang, podPriority(pod))
+		if pl.dra.any() {
+			eligible := p.Eligible
+			p.Eligible = func(node string) bool { return pl.draUsable(node) && eligible(node) }
+		}
 		st, _ := pl.mgr.Status(p.Gang)
 		planning = len(st.Slots) == 0
 		if planning {

@@ -29,11 +29,7 @@ func layoutOf(t testing.TB, spec string, s config.Sharing) *slicing.Layout {
 	if err != nil {
 		t.Fatal(err)
 	}
-	gpus, err := nvml.NewFake(fs, "test").Discover(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := slicing.NewLayout(gpus, s)
+	l, err := slicing.FakeLayout(context.Background(), fs, "test", s)
 	if err != nil {
 		t.Fatal(err)
 	}

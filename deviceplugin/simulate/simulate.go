@@ -165,11 +165,7 @@ func (s *Simulator) layout(ctx context.Context, node *corev1.Node) (*slicing.Lay
 	if s.opts.CliqueSize > 0 {
 		spec.Clique = simClique(node.Name, s.opts.CliqueSize)
 	}
-	gpus, err := nvml.NewFake(spec, node.Name).Discover(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return slicing.NewLayout(gpus, s.opts.Config.Resolve(node.Labels).Sharing)
+	return slicing.FakeLayout(ctx, spec, node.Name, s.opts.Config.Resolve(node.Labels).Sharing)
 }
 
 // Sync publishes one node's inventory, labels and capacity (or, with DRA,

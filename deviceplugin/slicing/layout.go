@@ -5,6 +5,7 @@
 package slicing
 
 import (
+	"context"
 	"fmt"
 	"sort"
 
@@ -49,6 +50,16 @@ type Layout struct {
 // NewLayout cuts gpus per sharing. GPUs that yield no slice (too small for
 // sliceMemoryMiB, or not in MIG mode under strategy mig) are kept with zero
 // slices so the inventory still shows them.
+// FakeLayout is the layout of the mock GPUs spec describes on node
+// (nvml.NewFake): what simulated nodes publish and tests slice.
+func FakeLayout(ctx context.Context, spec nvml.FakeSpec, node string, sharing config.Sharing) (*Layout, error) {
+	gpus, err := nvml.NewFake(spec, node).Discover(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return NewLayout(gpus, sharing)
+}
+
 func NewLayout(gpus []nvml.GPU, s config.Sharing) (*Layout, error) {
 	l := &Layout{Strategy: s.Strategy, SliceMemoryMiB: s.SliceMemoryMiB, byUUID: map[string]int{}, byMIG: map[string]api.SliceID{}}
 	for _, g := range gpus {

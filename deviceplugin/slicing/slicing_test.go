@@ -22,11 +22,7 @@ func layoutOf(t testing.TB, spec string, s config.Sharing) *Layout {
 	if err != nil {
 		t.Fatal(err)
 	}
-	gpus, err := nvml.NewFake(fs, "test").Discover(context.Background())
-	if err != nil {
-		t.Fatal(err)
-	}
-	l, err := NewLayout(gpus, s)
+	l, err := FakeLayout(context.Background(), fs, "test", s)
 	if err != nil {
 		t.Fatal(err)
 	}

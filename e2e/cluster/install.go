@@ -11,6 +11,7 @@ import (
 
 	appsv1 "k8s.io/api/apps/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/tessera-gpu/tessera/api"
 )
@@ -125,23 +126,7 @@ func (c *Cluster) WaitForTessera(ctx context.Context, timeout time.Duration) err
 	}
 	var last string
 	return poll(ctx, time.Second, timeout, func(ctx context.Context) (bool, error) {
-		last = ""
-		dep, err := client.AppsV1().Deployments(TesseraNamespace).Get(ctx, "tessera-scheduler", metav1.GetOptions{})
-		switch {
-		case err != nil:
-			last = err.Error()
-		case !deploymentAvailable(dep):
-			last = fmt.Sprintf("scheduler: %d/%d replicas available", dep.Status.AvailableReplicas, *dep.Spec.Replicas)
-		}
-		if last == "" {
-			ds, err := client.AppsV1().DaemonSets(TesseraNamespace).Get(ctx, "tessera-device-plugin", metav1.GetOptions{})
-			switch {
-			case err != nil:
-				last = err.Error()
-			case ds.Status.DesiredNumberScheduled == 0 || ds.Status.NumberReady < ds.Status.DesiredNumberScheduled:
-				last = fmt.Sprintf("device plugin: %d/%d ready", ds.Status.NumberReady, ds.Status.DesiredNumberScheduled)
-			}
-		}
+		last = workloadsNotReady(ctx, client)
 		if last == "" && c.RealNodeName != "" {
 			node, err := client.CoreV1().Nodes().Get(ctx, c.RealNodeName, metav1.GetOptions{})
 			if err != nil {
@@ -171,18 +156,7 @@ func (c *Cluster) WaitForTesseraDRA(ctx context.Context, timeout time.Duration) 
 	}
 	var last string
 	return poll(ctx, time.Second, timeout, func(ctx context.Context) (bool, error) {
-		dep, err := client.AppsV1().Deployments(TesseraNamespace).Get(ctx, "tessera-scheduler", metav1.GetOptions{})
-		if err != nil || !deploymentAvailable(dep) {
-			if ctx.Err() == nil {
-				last = fmt.Sprintf("scheduler not available (%v)", err)
-			}
-			return false, nil
-		}
-		ds, err := client.AppsV1().DaemonSets(TesseraNamespace).Get(ctx, "tessera-device-plugin", metav1.GetOptions{})
-		if err != nil || ds.Status.DesiredNumberScheduled == 0 || ds.Status.UpdatedNumberScheduled < ds.Status.DesiredNumberScheduled || ds.Status.NumberReady < ds.Status.DesiredNumberScheduled {
-			if ctx.Err() == nil {
-				last = fmt.Sprintf("node agent DaemonSet not rolled out and ready (%v)", err)
-			}
+		if last = workloadsNotReady(ctx, client); last != "" {
 			return false, nil
 		}
 		slices, err := client.ResourceV1().ResourceSlices().List(ctx, metav1.ListOptions{FieldSelector: "spec.driver=" + api.DRADriverName + ",spec.nodeName=" + c.RealNodeName})
@@ -212,6 +186,28 @@ func (c *Cluster) WaitForTesseraDRA(ctx context.Context, timeout time.Duration) 
 		logs, _ := c.Kubectl(dctx, "logs", "-n", TesseraNamespace, "ds/tessera-device-plugin", "--tail=5")
 		return fmt.Errorf("tessera (DRA) not ready after %s: %s\n%s\nnode agent:\n%s", timeout, last, pods, logs)
 	})
+}
+
+// workloadsNotReady says what keeps Tessera's scheduler Deployment from
+// being available or its node agent DaemonSet from being rolled out and
+// ready on every node it targets; "" once both are.
+func workloadsNotReady(ctx context.Context, client kubernetes.Interface) string {
+	dep, err := client.AppsV1().Deployments(TesseraNamespace).Get(ctx, "tessera-scheduler", metav1.GetOptions{})
+	switch {
+	case err != nil:
+		return err.Error()
+	case !deploymentAvailable(dep):
+		return fmt.Sprintf("scheduler: %d/%d replicas available", dep.Status.AvailableReplicas, *dep.Spec.Replicas)
+	}
+	ds, err := client.AppsV1().DaemonSets(TesseraNamespace).Get(ctx, "tessera-device-plugin", metav1.GetOptions{})
+	switch {
+	case err != nil:
+		return err.Error()
+	case ds.Status.DesiredNumberScheduled == 0 || ds.Status.UpdatedNumberScheduled < ds.Status.DesiredNumberScheduled ||
+		ds.Status.NumberReady < ds.Status.DesiredNumberScheduled:
+		return fmt.Sprintf("node agent: %d/%d updated, %d ready", ds.Status.UpdatedNumberScheduled, ds.Status.DesiredNumberScheduled, ds.Status.NumberReady)
+	}
+	return ""
 }
 
 func deploymentAvailable(d *appsv1.Deployment) bool {
