@@ -157,10 +157,25 @@ func (c *Cluster) InstallLeaderWorkerSetCRDs(ctx context.Context) error {
 	if out, err := c.Kubectl(ctx, "apply", "--server-side", "-f", crds); err != nil {
 		return fmt.Errorf("installing the LWS CRDs: %w\n%s", err, out)
 	}
-	if out, err := c.Kubectl(ctx, "wait", "--for=condition=Established", "--timeout=60s", "-f", crds); err != nil {
-		return fmt.Errorf("LWS CRDs not established: %w\n%s", err, out)
+	if err := c.WaitCRDsEstablished(ctx, crds, time.Minute); err != nil {
+		return fmt.Errorf("LWS CRDs: %w", err)
 	}
 	return nil
+}
+
+// WaitCRDsEstablished waits until every CRD in the files at path is
+// Established. kubectl wait alone is not enough right after an apply: a CRD
+// whose status has no conditions yet makes it fail at once (".status.conditions
+// accessor error: <nil>"), so it is asked again until it succeeds or timeout.
+func (c *Cluster) WaitCRDsEstablished(ctx context.Context, path string, timeout time.Duration) error {
+	var out string
+	return poll(ctx, 500*time.Millisecond, timeout, func(ctx context.Context) (bool, error) {
+		var err error
+		out, err = c.Kubectl(ctx, "wait", "--for=condition=Established", "--timeout=5s", "-f", path)
+		return err == nil, nil
+	}, func() error {
+		return fmt.Errorf("not established after %s:\n%s", timeout, out)
+	})
 }
 
 // grantLWS creates the LWS controller's ClusterRole from its release

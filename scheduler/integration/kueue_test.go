@@ -377,8 +377,8 @@ func startKueue(t *testing.T, ctx context.Context) {
 	if out, err := env.c.Kubectl(ctx, "apply", "--server-side", "-f", filepath.Join(cfgDir, "crds")); err != nil {
 		t.Fatalf("installing Kueue's CRDs: %v\n%s", err, out)
 	}
-	if out, err := env.c.Kubectl(ctx, "wait", "--for=condition=Established", "--timeout=60s", "-f", filepath.Join(cfgDir, "crds")); err != nil {
-		t.Fatalf("Kueue's CRDs not established: %v\n%s", err, out)
+	if err := env.c.WaitCRDsEstablished(ctx, filepath.Join(cfgDir, "crds"), time.Minute); err != nil {
+		t.Fatalf("Kueue's CRDs: %v", err)
 	}
 	if _, err := env.client.CoreV1().Namespaces().Create(ctx, &v1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: "kueue-system"}}, metav1.CreateOptions{}); err != nil && !apierrors.IsAlreadyExists(err) {
 		t.Fatal(err)
