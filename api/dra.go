@@ -31,6 +31,25 @@ const (
 	DRATypeShared = "shared"
 )
 
+// Attribute names of every DRA device, in the driver's domain. The ones a
+// GPU's devices all share (DRAGPUAttributes) are what a claim may match
+// across its slices ("one GPU": matchAttribute uuid).
+const (
+	DRAAttrType        = "type"
+	DRAAttrUUID        = "uuid"
+	DRAAttrIndex       = "index"
+	DRAAttrProduct     = "productName"
+	DRAAttrNUMA        = "numaNode"
+	DRAAttrClique      = "clique"
+	DRAAttrNVLinkPeers = "nvlinkPeers"
+	DRAAttrSliceID     = "sliceID"
+	DRAAttrSlice       = "slice"
+)
+
+// DRAGPUAttributes are the attributes with one value for all devices of a
+// GPU (and of a node, for clique): slices on one GPU match on each.
+var DRAGPUAttributes = []string{DRAAttrUUID, DRAAttrIndex, DRAAttrProduct, DRAAttrNUMA, DRAAttrClique, DRAAttrNVLinkPeers}
+
 // ParseDRADevice reads a device name: gpu-<i> (DRATypeGPU),
 // gpu-<i>-slice-<k> (DRATypeSlice) or gpu-<i>-shared (DRATypeShared).
 func ParseDRADevice(name string) (typ string, index, k int, err error) {

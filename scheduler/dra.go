@@ -10,6 +10,7 @@ import (
 	v1 "k8s.io/api/core/v1"
 	resourceapi "k8s.io/api/resource/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
+	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/sets"
 	"k8s.io/client-go/tools/cache"
@@ -18,6 +19,7 @@ import (
 	fwk "k8s.io/kube-scheduler/framework"
 
 	"github.com/tessera-gpu/tessera/api"
+	"github.com/tessera-gpu/tessera/api/podspec"
 	"github.com/tessera-gpu/tessera/gang"
 )
 
@@ -96,6 +98,24 @@ func (pl *Tessera) watchClaims(h fwk.Handle) (cache.InformerSynced, error) {
 	inf := f.Resource().V1().ResourceClaims().Informer()
 	pl.claims = inf.GetIndexer()
 	pl.podLister = f.Core().V1().Pods().Lister()
+	tinf := f.Resource().V1().ResourceClaimTemplates().Informer()
+	pl.templates = f.Resource().V1().ResourceClaimTemplates().Lister()
+	treg, err := tinf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { pl.templateChanged(obj) },
+		UpdateFunc: func(_, obj any) { pl.templateChanged(obj) },
+		DeleteFunc: pl.templateChanged,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%s: watching ResourceClaimTemplates: %w", Name, err)
+	}
+	creg, err := f.Resource().V1().DeviceClasses().Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(any) { pl.rereadClaimPods("", "") },
+		UpdateFunc: func(any, any) { pl.rereadClaimPods("", "") },
+		DeleteFunc: func(any) { pl.rereadClaimPods("", "") },
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%s: watching DeviceClasses: %w", Name, err)
+	}
 	reg, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(obj any) { pl.claimChanged(nil, obj) },
 		UpdateFunc: pl.claimChanged,
@@ -109,7 +129,8 @@ func (pl *Tessera) watchClaims(h fwk.Handle) (cache.InformerSynced, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%s: watching ResourceClaims: %w", Name, err)
 	}
-	return reg.HasSynced, nil
+	synced := func() bool { return reg.HasSynced() && treg.HasSynced() && creg.HasSynced() }
+	return synced, nil
 }
 
 func (pl *Tessera) claimChanged(oldObj, newObj any) {
@@ -497,4 +518,91 @@ func subset(a, b []api.SliceID) bool {
 		}
 	}
 	return true
+}
+
+// Pods that ask for slices through claims (docs/design.md, DRA): a pod
+// whose ResourceClaimTemplates ask the slice class (the DeviceClass that
+// maps tessera.dev/gpu-slice) for a plannable count is planned by Tessera
+// like a pod asking for the extended resource, gangs whole; the steered
+// allocator then gives its claim the planned slices. The rule of which
+// claims count is api/podspec.ClaimSliceRequest.
+
+// sliceRequest is the number of slices Tessera plans for the pod: its
+// tessera.dev/gpu-slice request plus the slices its claim templates ask
+// for. Every scheduler path reads a pod's request through it.
+func (pl *Tessera) sliceRequest(pod *v1.Pod) int {
+	n := podspec.SliceRequest(pod)
+	if k := pl.claimSliceRequest(pod); k > 0 {
+		n = min(n+k, podspec.MaxSliceRequest)
+	}
+	return n
+}
+
+// claimSliceRequest is the part of sliceRequest that comes from claims;
+// such a pod can only go to a DRA node.
+func (pl *Tessera) claimSliceRequest(pod *v1.Pod) int {
+	if len(pod.Spec.ResourceClaims) == 0 || pl.templates == nil {
+		return 0
+	}
+	class := pl.sliceClass()
+	if class == "" {
+		return 0
+	}
+	n, _ := podspec.ClaimSliceRequest(pod, class, func(name string) (*resourceapi.ResourceClaimSpec, bool) {
+		t, err := pl.templates.ResourceClaimTemplates(pod.Namespace).Get(name)
+		if err != nil {
+			return nil, false
+		}
+		return &t.Spec.Spec, true
+	})
+	return n
+}
+
+// sliceClass is the name of the DeviceClass that maps tessera.dev/gpu-slice,
+// "" while there is none.
+func (pl *Tessera) sliceClass() string {
+	m := pl.handle.SharedDRAManager()
+	if m == nil {
+		return ""
+	}
+	if c := m.DeviceClassResolver().GetDeviceClass(api.ResourceName); c != nil {
+		return c.Name
+	}
+	return ""
+}
+
+// templateChanged reads again the pods that use a template: their slice
+// request may have changed (or the template arrived after them).
+func (pl *Tessera) templateChanged(obj any) {
+	if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+		obj = t.Obj
+	}
+	if t, ok := obj.(*resourceapi.ResourceClaimTemplate); ok {
+		pl.rereadClaimPods(t.Namespace, t.Name)
+	}
+}
+
+// rereadClaimPods feeds again every pending pod that uses template
+// namespace/name (every template, with namespace ""), so the ledger and
+// the gang registry see the request it now makes. Bound pods hold what
+// their claims hold, which the template does not change.
+func (pl *Tessera) rereadClaimPods(namespace, name string) {
+	if pl.podLister == nil {
+		return
+	}
+	pods, err := pl.podLister.Pods(namespace).List(labels.Everything())
+	if err != nil {
+		return
+	}
+	for _, pod := range pods {
+		if pod.Spec.NodeName != "" || len(pod.Spec.ResourceClaims) == 0 {
+			continue
+		}
+		for _, c := range pod.Spec.ResourceClaims {
+			if c.ResourceClaimTemplateName != nil && (name == "" || *c.ResourceClaimTemplateName == name) {
+				pl.podChanged(pod)
+				break
+			}
+		}
+	}
 }

@@ -17,15 +17,15 @@ import (
 // over) activate the gang's pods directly.
 func (pl *Tessera) EventsToRegister(context.Context) ([]fwk.ClusterEventWithHint, error) {
 	return []fwk.ClusterEventWithHint{
-		{Event: fwk.ClusterEvent{Resource: fwk.Node, ActionType: fwk.Add | fwk.UpdateNodeLabel | fwk.UpdateNodeAnnotation | fwk.UpdateNodeAllocatable}, QueueingHintFn: queueSlicePods},
-		{Event: fwk.ClusterEvent{Resource: fwk.AssignedPod, ActionType: fwk.Delete | fwk.Update}, QueueingHintFn: queueSlicePods},
-		{Event: fwk.ClusterEvent{Resource: fwk.UnscheduledPod, ActionType: fwk.Add | fwk.Delete}, QueueingHintFn: queueGangPods},
+		{Event: fwk.ClusterEvent{Resource: fwk.Node, ActionType: fwk.Add | fwk.UpdateNodeLabel | fwk.UpdateNodeAnnotation | fwk.UpdateNodeAllocatable}, QueueingHintFn: pl.queueSlicePods},
+		{Event: fwk.ClusterEvent{Resource: fwk.AssignedPod, ActionType: fwk.Delete | fwk.Update}, QueueingHintFn: pl.queueSlicePods},
+		{Event: fwk.ClusterEvent{Resource: fwk.UnscheduledPod, ActionType: fwk.Add | fwk.Delete}, QueueingHintFn: pl.queueGangPods},
 	}, nil
 }
 
 // queueSlicePods requeues only pods that ask for slices.
-func queueSlicePods(_ klog.Logger, pod *v1.Pod, _, _ any) (fwk.QueueingHint, error) {
-	if podspec.SliceRequest(pod) == 0 {
+func (pl *Tessera) queueSlicePods(_ klog.Logger, pod *v1.Pod, _, _ any) (fwk.QueueingHint, error) {
+	if pl.sliceRequest(pod) == 0 {
 		return fwk.QueueSkip, nil
 	}
 	return fwk.Queue, nil
@@ -33,9 +33,9 @@ func queueSlicePods(_ klog.Logger, pod *v1.Pod, _, _ any) (fwk.QueueingHint, err
 
 // queueGangPods requeues a gang member when another member of its gang
 // comes or goes.
-func queueGangPods(_ klog.Logger, pod *v1.Pod, oldObj, newObj any) (fwk.QueueingHint, error) {
+func (pl *Tessera) queueGangPods(_ klog.Logger, pod *v1.Pod, oldObj, newObj any) (fwk.QueueingHint, error) {
 	ref, ok := podspec.GangOf(pod)
-	if !ok || podspec.SliceRequest(pod) == 0 {
+	if !ok || pl.sliceRequest(pod) == 0 {
 		return fwk.QueueSkip, nil
 	}
 	obj := newObj

@@ -13,6 +13,9 @@ import (
 const (
 	reasonNotPlanned  = "node is not the one planned for this gang member"
 	reasonNoInventory = "node publishes no Tessera GPU inventory"
+	// A pod whose slices come from claims needs a node that serves its GPUs
+	// through DRA.
+	reasonClaimsNeedDRA = "the pod asks for GPU slices through ResourceClaims and this node serves its GPUs through the device plugin"
 )
 
 // Filter accepts a gang member only on its planned node, and a single pod
@@ -42,6 +45,9 @@ func (pl *Tessera) Filter(_ context.Context, cs fwk.CycleState, pod *v1.Pod, ni 
 		if who, ok := pl.nominated.reservedFor(node.Name, preemptorKey(s.pod), podPriority(pod), pl.clock.Now()); ok {
 			return fwk.NewStatus(fwk.UnschedulableAndUnresolvable, fmt.Sprintf("room on this node is kept for %s, which preempted pods for it", who))
 		}
+	}
+	if s.viaClaims && pl.dra.get(node.Name) == nil {
+		return fwk.NewStatus(fwk.UnschedulableAndUnresolvable, reasonClaimsNeedDRA)
 	}
 	if pl.dra.get(node.Name) != nil {
 		// A DRA node only with the slices the allocator was steered to.

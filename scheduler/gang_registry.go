@@ -52,6 +52,8 @@ type gangRegistry struct {
 	// no member; the plugin forgets its per-gang state then.
 	onGone func(key string)
 
+	// request is a member's slice count (Tessera.sliceRequest).
+	request func(*v1.Pod) int
 	mu      sync.Mutex
 	groups  map[string]*groupInfo
 	members map[string]map[string]*memberInfo // gang key → pod UID → member
@@ -65,7 +67,7 @@ type gangRegistry struct {
 }
 
 func newGangRegistry(mgr *gang.Manager, args *Args) *gangRegistry {
-	return &gangRegistry{mgr: mgr, args: args, groups: map[string]*groupInfo{},
+	return &gangRegistry{mgr: mgr, args: args, request: podspec.SliceRequest, groups: map[string]*groupInfo{},
 		members: map[string]map[string]*memberInfo{}, applied: map[string]gang.GangSpec{},
 		done: map[string]map[string]bool{}, leaderReady: map[string]bool{}}
 }
@@ -140,7 +142,7 @@ func (r *gangRegistry) setMember(ref podspec.GangRef, uid string, pod *v1.Pod) (
 			ms = map[string]*memberInfo{}
 			r.members[ref.Key] = ms
 		}
-		ms[uid] = &memberInfo{slices: podspec.SliceRequest(pod), priority: podPriority(pod), created: pod.CreationTimestamp.Time,
+		ms[uid] = &memberInfo{slices: r.request(pod), priority: podPriority(pod), created: pod.CreationTimestamp.Time,
 			lwsSize: podspec.LWSSize(pod), lwsExcl: pod.Annotations[api.AnnotationLWSExclTopo], pod: pod}
 	}
 	r.mu.Unlock()

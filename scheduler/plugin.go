@@ -14,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/client-go/dynamic"
 	corelisters "k8s.io/client-go/listers/core/v1"
+	resourcelisters "k8s.io/client-go/listers/resource/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/klog/v2"
 	fwk "k8s.io/kube-scheduler/framework"
@@ -83,6 +84,7 @@ type Tessera struct {
 	// says whether the allocator is being steered (draSteerUID held).
 	dra       *draNodes
 	claims    cache.Indexer
+	templates resourcelisters.ResourceClaimTemplateLister
 	podLister corelisters.PodLister
 	steering  atomic.Bool
 }
@@ -127,6 +129,7 @@ func New(ctx context.Context, obj runtime.Object, h fwk.Handle) (fwk.Plugin, err
 	pl.handoff = handoff.New(clock.RealClock{}, args.handoffConfirmTimeout())
 	pl.mgr = gang.NewManager(pl.ledger, gang.Options{Backoff: args.backoff(), OnReject: pl.onReject})
 	pl.gangs = newGangRegistry(pl.mgr, args)
+	pl.gangs.request = pl.sliceRequest
 	pl.gangs.onChange = pl.onGangChange
 	pl.gangs.onGone = pl.forgetGang
 
@@ -282,7 +285,7 @@ func (pl *Tessera) podChanged(obj any) {
 		return
 	}
 	ref, inGang := podspec.GangOf(pod)
-	if !relevant(pod) {
+	if !pl.relevant(pod) {
 		if inGang {
 			pl.gangs.setMember(ref, string(pod.UID), nil)
 		}
@@ -345,7 +348,7 @@ func (pl *Tessera) podDeleted(obj any) {
 		pl.gangs.setMember(ref, string(pod.UID), nil)
 		pl.markGroupDirty(ref)
 	}
-	if pod.Spec.NodeName != "" && (relevant(pod) || hasClaims(pod)) {
+	if pod.Spec.NodeName != "" && (pl.relevant(pod) || hasClaims(pod)) {
 		pl.retryTurnedDown("slice pod deleted")
 	}
 }

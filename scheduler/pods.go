@@ -4,7 +4,6 @@ import (
 	v1 "k8s.io/api/core/v1"
 
 	"github.com/tessera-gpu/tessera/api"
-	"github.com/tessera-gpu/tessera/api/podspec"
 )
 
 // How a pod is read (its slice request, its gang, the slices it holds) is
@@ -24,12 +23,12 @@ func podTerminal(pod *v1.Pod) bool {
 // relevant says whether the ledger or the gang registry care about pod: it
 // asks for slices or carries a slice annotation (readable or not: the
 // ledger reports a malformed one).
-func relevant(pod *v1.Pod) bool {
+func (pl *Tessera) relevant(pod *v1.Pod) bool {
 	if _, ok := pod.Annotations[api.AnnotationSliceAssignment]; ok {
 		return true
 	}
 	if _, ok := pod.Annotations[api.AnnotationSlicesAllocated]; ok {
 		return true
 	}
-	return podspec.SliceRequest(pod) > 0
+	return pl.sliceRequest(pod) > 0
 }

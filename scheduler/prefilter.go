@@ -27,6 +27,9 @@ type preFilterState struct {
 	// draPicks are the slices the pod gets on each candidate DRA node,
 	// which the DRA allocator was steered to (dra.go); nil without any.
 	draPicks draPicks
+	// viaClaims: the pod asks for slices through claim templates, which
+	// only a DRA node can serve.
+	viaClaims bool
 }
 
 // Clone implements fwk.StateData.
@@ -44,7 +47,7 @@ func getState(cs fwk.CycleState) (*preFilterState, bool) {
 // gangPod is the pod as the gang manager sees it; ok is false for pods that
 // ask for no slices (Tessera leaves them alone).
 func (pl *Tessera) gangPod(pod *v1.Pod) (gang.Pod, bool) {
-	n := podspec.SliceRequest(pod)
+	n := pl.sliceRequest(pod)
 	if n == 0 {
 		return gang.Pod{}, false
 	}
@@ -69,12 +72,15 @@ func (pl *Tessera) PreFilter(ctx context.Context, cs fwk.CycleState, pod *v1.Pod
 		return nil, fwk.NewStatus(fwk.Error, "the GPU slice ledger has not synced with the cluster yet")
 	}
 	logger := klog.FromContext(ctx)
+	viaClaims := pl.claimSliceRequest(pod) > 0
 	planning := false
 	if p.Gang != "" {
 		p.Eligible = pl.unreserved(eligibility(logger, pod, nodes), p.Gang, podPriority(pod))
-		if pl.dra.any() {
+		if pl.dra.any() || viaClaims {
 			eligible := p.Eligible
-			p.Eligible = func(node string) bool { return pl.draUsable(node) && eligible(node) }
+			p.Eligible = func(node string) bool {
+				return pl.draUsable(node) && (!viaClaims || pl.dra.get(node) != nil) && eligible(node)
+			}
 		}
 		st, _ := pl.mgr.Status(p.Gang)
 		planning = len(st.Slots) == 0
@@ -112,7 +118,7 @@ func (pl *Tessera) PreFilter(ctx context.Context, cs fwk.CycleState, pod *v1.Pod
 	if err != nil {
 		return nil, fwk.AsStatus(err)
 	}
-	cs.Write(stateKey, &preFilterState{pod: p, placement: placement, draPicks: picks,
+	cs.Write(stateKey, &preFilterState{pod: p, placement: placement, draPicks: picks, viaClaims: viaClaims,
 		noFit: fmt.Sprintf("no GPU has %d free slices (a request above one GPU's slices needs that many whole, free GPUs)", p.Slices)})
 	if placement.Node == "" {
 		return nil, nil

@@ -6,7 +6,6 @@ import (
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
 
-	"github.com/tessera-gpu/tessera/api/podspec"
 )
 
 // Turned-down slice pods are retried by the plugin itself once it has
@@ -24,7 +23,7 @@ import (
 
 // rememberTurnedDown records a slice pod that finished a cycle unschedulable.
 func (pl *Tessera) rememberTurnedDown(pod *v1.Pod) {
-	if podspec.SliceRequest(pod) == 0 {
+	if pl.sliceRequest(pod) == 0 {
 		return
 	}
 	pl.mu.Lock()

@@ -49,15 +49,15 @@ const (
 
 // Attribute and capacity names, all in the driver's domain.
 const (
-	AttrType        = "type"
-	AttrUUID        = "uuid"
-	AttrIndex       = "index"
-	AttrProduct     = "productName"
-	AttrNUMA        = "numaNode"
-	AttrClique      = "clique"
-	AttrNVLinkPeers = "nvlinkPeers"
-	AttrSliceID     = "sliceID"
-	AttrSlice       = "slice"
+	AttrType        = api.DRAAttrType
+	AttrUUID        = api.DRAAttrUUID
+	AttrIndex       = api.DRAAttrIndex
+	AttrProduct     = api.DRAAttrProduct
+	AttrNUMA        = api.DRAAttrNUMA
+	AttrClique      = api.DRAAttrClique
+	AttrNVLinkPeers = api.DRAAttrNVLinkPeers
+	AttrSliceID     = api.DRAAttrSliceID
+	AttrSlice       = api.DRAAttrSlice
 	CapMemory       = "memory"
 	CapSlices       = "slices"
 )

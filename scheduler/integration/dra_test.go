@@ -380,8 +380,9 @@ func TestDRAGangPlacedAsPlanned(t *testing.T) {
 	}
 }
 
-// checkClaimsAsPlanned verifies that each pod's claim (the extended-resource
-// claim the scheduler created) is allocated exactly the slices of its
+// checkClaimsAsPlanned verifies that each pod's claims (the extended-resource
+// claim the scheduler created, the claims made from its templates) are
+// allocated exactly the slices of its
 // tessera.dev/slice-assignment, on its node, and that no slice is allocated
 // twice.
 func checkClaimsAsPlanned(t *testing.T, ctx context.Context, ns string, names []string) {
@@ -393,14 +394,18 @@ func checkClaimsAsPlanned(t *testing.T, ctx context.Context, ns string, names []
 			t.Fatal(err)
 		}
 		want := assignment(t, p)
-		st := p.Status.ExtendedResourceClaimStatus
-		if st == nil {
-			t.Errorf("pod %s on %s has no extended-resource claim: not placed through DRA", name, p.Spec.NodeName)
-			continue
+		var claimNames []string
+		if st := p.Status.ExtendedResourceClaimStatus; st != nil {
+			claimNames = append(claimNames, st.ResourceClaimName)
 		}
-		claim, err := env.client.ResourceV1().ResourceClaims(ns).Get(ctx, st.ResourceClaimName, metav1.GetOptions{})
-		if err != nil {
-			t.Fatal(err)
+		for _, st := range p.Status.ResourceClaimStatuses {
+			if st.ResourceClaimName != nil {
+				claimNames = append(claimNames, *st.ResourceClaimName)
+			}
+		}
+		if len(claimNames) == 0 {
+			t.Errorf("pod %s on %s has no claim: not placed through DRA", name, p.Spec.NodeName)
+			continue
 		}
 		node, err := env.client.CoreV1().Nodes().Get(ctx, p.Spec.NodeName, metav1.GetOptions{})
 		if err != nil {
@@ -411,7 +416,14 @@ func checkClaimsAsPlanned(t *testing.T, ctx context.Context, ns string, names []
 			t.Fatal(err)
 		}
 		var got []api.SliceID
-		if claim.Status.Allocation != nil {
+		for _, cn := range claimNames {
+			claim, err := env.client.ResourceV1().ResourceClaims(ns).Get(ctx, cn, metav1.GetOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if claim.Status.Allocation == nil {
+				continue
+			}
 			for _, r := range claim.Status.Allocation.Devices.Results {
 				ids, ok := inv.DRADeviceSlices(r.Device)
 				if r.Pool != p.Spec.NodeName || !ok {
@@ -421,7 +433,7 @@ func checkClaimsAsPlanned(t *testing.T, ctx context.Context, ns string, names []
 			}
 		}
 		if api.FormatSliceList(sorted(got)) != api.FormatSliceList(sorted(want)) {
-			t.Errorf("pod %s: claim %s allocated %s, Tessera planned %s", name, claim.Name, api.FormatSliceList(got), api.FormatSliceList(want))
+			t.Errorf("pod %s: claims %v allocated %s, Tessera planned %s", name, claimNames, api.FormatSliceList(got), api.FormatSliceList(want))
 		}
 		for _, id := range got {
 			if other, dup := seen[id]; dup {
@@ -453,4 +465,108 @@ func waitUnschedulable(ctx context.Context, ns, name string) error {
 		}
 		return false, nil
 	})
+}
+
+// TestDRAClaimGangPlaced: gang ranks that ask for their slices only through
+// a ResourceClaimTemplate, the shipped example tp-rank-2-slices applied
+// unchanged (2 slices of one GPU of gpu-slice.tessera.dev), are planned by
+// Tessera like tessera.dev/gpu-slice pods: each gang whole in one clique of
+// DRA nodes, one rank per GPU (the allocator left to itself packs a gang's
+// first two ranks on one GPU), every claim allocated exactly the rank's
+// planned slices. They
+// carry no node selector: the simulated device-plugin nodes, emptier, are
+// no candidates, as only a DRA node can serve a claim. A single pod with a
+// 1-slice template claim goes best fit onto a GPU a rank half uses.
+func TestDRAClaimGangPlaced(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	const nodes, gpus, ranks = 6, 4, 4
+	ns := "dra-claim-gang"
+	startDRASim(t, ctx, ns, nodes, gpus, 3)
+
+	raw, err := os.ReadFile("../../manifests/examples/dra-claims.yaml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	found := false
+	for _, doc := range strings.Split(string(raw), "\n---\n") {
+		var rct resourceapi.ResourceClaimTemplate
+		if err := yaml.Unmarshal([]byte(doc), &rct); err != nil || rct.Kind != "ResourceClaimTemplate" || rct.Name != "tp-rank-2-slices" {
+			continue
+		}
+		rct.Namespace, found = ns, true
+		if _, err := env.client.ResourceV1().ResourceClaimTemplates(ns).Create(ctx, &rct, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if !found {
+		t.Fatal("manifests/examples/dra-claims.yaml has no ResourceClaimTemplate tp-rank-2-slices")
+	}
+	one := &resourceapi.ResourceClaimTemplate{ObjectMeta: metav1.ObjectMeta{Name: "one-slice", Namespace: ns},
+		Spec: resourceapi.ResourceClaimTemplateSpec{Spec: resourceapi.ResourceClaimSpec{Devices: resourceapi.DeviceClaim{Requests: []resourceapi.DeviceRequest{
+			{Name: "slice", Exactly: &resourceapi.ExactDeviceRequest{DeviceClassName: "gpu-slice.tessera.dev"}}}}}}}
+	if _, err := env.client.ResourceV1().ResourceClaimTemplates(ns).Create(ctx, one, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	claimPod := func(name, tmpl string, labels map[string]string) *v1.Pod {
+		return &v1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: labels},
+			Spec: v1.PodSpec{
+				SchedulerName:  api.SchedulerName,
+				ResourceClaims: []v1.PodResourceClaim{{Name: "gpu", ResourceClaimTemplateName: ptr.To(tmpl)}},
+				Containers: []v1.Container{{Name: "main", Image: "tessera/fake:dev",
+					Resources: v1.ResourceRequirements{Claims: []v1.ResourceClaim{{Name: "gpu"}}}}},
+			},
+		}
+	}
+
+	t0 := time.Now()
+	gangs := map[string][]string{}
+	var all []string
+	for g := range 5 {
+		name := fmt.Sprintf("claim-tp%d", g)
+		createPodGroup(t, ctx, ns, name, ranks, 120, map[string]string{api.AnnotationTopologyRequired: api.LabelClique})
+		for r := range ranks {
+			pod := fmt.Sprintf("%s-%d", name, r)
+			gangs[name] = append(gangs[name], pod)
+			all = append(all, pod)
+			createPods(t, ctx, claimPod(pod, "tp-rank-2-slices", map[string]string{api.LabelPodGroup: name}))
+		}
+	}
+	bound := waitBound(t, ctx, ns, all, 2*time.Minute)
+	t.Logf("5 gangs x %d ranks with template claims bound in %s", ranks, time.Since(t0).Round(10*time.Millisecond))
+	cliques, slicesUsed := map[string]string{}, map[string]int{}
+	for name, members := range gangs {
+		inGang, gpusUsed := map[string]bool{}, map[string]string{}
+		for _, m := range members {
+			p := bound[m]
+			if !strings.HasPrefix(p.Spec.NodeName, "dra-sim-") {
+				t.Errorf("rank %s bound to %s, not a DRA node", m, p.Spec.NodeName)
+			}
+			inGang[cliqueOf(t, ctx, p.Spec.NodeName, cliques)] = true
+			ids := assignment(t, p)
+			gs := api.GPUsOf(ids)
+			if len(ids) != 2 || len(gs) != 1 {
+				t.Errorf("rank %s planned %s, want 2 slices of one GPU", m, api.FormatSliceList(ids))
+			}
+			for _, g := range gs {
+				if other, ok := gpusUsed[g]; ok {
+					t.Errorf("gang %s: GPU %s holds its ranks %s and %s, want one rank per GPU", name, g, other, m)
+				}
+				gpusUsed[g] = m
+				slicesUsed[g] += len(ids)
+			}
+		}
+		if len(inGang) != 1 || inGang[""] {
+			t.Errorf("gang %s spans cliques %v, want one", name, inGang)
+		}
+	}
+	checkClaimsAsPlanned(t, ctx, ns, all)
+
+	createPods(t, ctx, claimPod("single", "one-slice", nil))
+	single := waitBound(t, ctx, ns, []string{"single"}, time.Minute)["single"]
+	if gs := api.GPUsOf(assignment(t, single)); len(gs) != 1 || slicesUsed[gs[0]] != 2 {
+		t.Errorf("single 1-slice claim pod planned on GPUs %v, want a GPU a rank half uses (best fit; slices used per GPU: %v)", gs, slicesUsed)
+	}
+	checkClaimsAsPlanned(t, ctx, ns, append(all, "single"))
 }
