@@ -22,6 +22,8 @@ var funcs = template.FuncMap{
 	"DivideInt":   func(a, b int) int { return a / b },
 	"MultiplyInt": func(a, b int) int { return a * b },
 	"Mod":         func(a, b int) int { return a % b },
+	"SubtractInt": func(a, b int) int { return a - b },
+	"Int":         func(a int) int { return a },
 }
 
 func render(t *testing.T, path string, env map[string]any, into any) {

@@ -200,7 +200,7 @@ func spreadSection(runs [][]*sb.Record) string {
 			}
 			tp[k] = append(tp[k], throughput(r))
 			f, v := family(r.Case)
-			if t := tess[f+"/"+r.Workload]; v != "Tessera" && t != nil && throughput(r) > 0 {
+			if t := tess[f+"/"+r.Workload]; !isTessera(v) && t != nil && throughput(r) > 0 {
 				ratios[k] = append(ratios[k], throughput(t)/throughput(r))
 			}
 		}
@@ -208,10 +208,7 @@ func spreadSection(runs [][]*sb.Record) string {
 	for _, k := range order {
 		parts := strings.SplitN(k, "/", 2)
 		f, v := family(parts[0])
-		name := "Tessera"
-		if v != "Tessera" {
-			name = baselineName(f, v)
-		}
+		name := schedulerName(f, v)
 		s := spreadOf(tp[k])
 		ratio, rng, per := "", "", ""
 		if rs := ratios[k]; len(rs) > 0 {
@@ -315,10 +312,7 @@ func ceilingSection(recs, ceilings []*sb.Record) string {
 			if r.Workload != c.Workload || v == "Coscheduling" || f == "GPUMix" || r.PodsPerSec <= 0 {
 				continue // GPUMix runs to saturation: its last binds wait for room, not for the API server
 			}
-			name := "Tessera"
-			if v != "Tessera" {
-				name = baselineName(f, v)
-			}
+			name := schedulerName(f, v)
 			fmt.Fprintf(&b, "| %s/%s | %.0f | %s | %.0f | %.0f%% |\n", f, r.Workload, c.PodsPerSec, name, r.PodsPerSec, 100*r.PodsPerSec/c.PodsPerSec)
 		}
 	}
@@ -353,6 +347,22 @@ func family(c string) (string, string) {
 		return c, ""
 	}
 	return c[:i], c[i+1:]
+}
+
+// isTessera says whether a test case variant is Tessera: Tessera (the
+// device-plugin path, every ratio's reference) or TesseraDRA (the same pods,
+// GPUs through DRA), not a baseline.
+func isTessera(v string) bool { return v == "Tessera" || v == "TesseraDRA" }
+
+// schedulerName is the scheduler column of a test case variant.
+func schedulerName(fam, v string) string {
+	switch v {
+	case "Tessera":
+		return "Tessera"
+	case "TesseraDRA":
+		return "Tessera, GPUs through DRA"
+	}
+	return baselineName(fam, v)
 }
 
 func baselineName(fam, v string) string {
@@ -392,7 +402,10 @@ func tables(recs []*sb.Record) (string, string) {
 		if fi != fj {
 			return order[fi] < order[fj]
 		}
-		return vi == "Tessera" && vj != "Tessera"
+		rank := func(v string) int {
+			return map[string]int{"Tessera": 0, "TesseraDRA": 1}[v] + 2*map[bool]int{false: 1}[isTessera(v)]
+		}
+		return rank(vi) < rank(vj)
 	})
 	var b strings.Builder
 	b.WriteString("| workload | scheduler | feature gates | nodes | pods bound | pods/s avg (p50 / p99) | Tessera ÷ baseline | gangs placed | partial gangs | aligned (rack or clique) | gang bound p50 / p99 ms | slice util % | frag. free slices 1-GPU / 2-GPU | stranded slices | peak heap MiB |\n")
@@ -405,10 +418,9 @@ func tables(recs []*sb.Record) (string, string) {
 	}
 	for _, r := range recs {
 		f, v := family(r.Case)
-		name := "Tessera"
+		name := schedulerName(f, v)
 		ratio := ""
-		if v != "Tessera" {
-			name = baselineName(f, v)
+		if !isTessera(v) {
 			if t := tess[f+"/"+r.Workload]; t != nil && throughput(r) > 0 {
 				ratio = fmt.Sprintf("**%.2f×**", throughput(t)/throughput(r))
 			}
@@ -485,7 +497,11 @@ func acceptance(recs []*sb.Record, tess map[string]*sb.Record) string {
 	for _, r := range recs {
 		f, v := family(r.Case)
 		t := tess[f+"/"+r.Workload]
-		if v == "Tessera" || t == nil || throughput(r) == 0 {
+		if v == "TesseraDRA" && t != nil {
+			row("GPU mix through DRA loses no utilisation against the device-plugin path ("+r.Workload+")",
+				fmt.Sprintf("%.1f%% vs %.1f%%; %.0f vs %.0f pods/s", r.Utilisation(), t.Utilisation(), throughput(r), throughput(t)), r.Utilisation() >= t.Utilisation()-1)
+		}
+		if isTessera(v) || t == nil || throughput(r) == 0 {
 			continue
 		}
 		if v == "Native" {
@@ -505,13 +521,21 @@ func acceptance(recs []*sb.Record, tess map[string]*sb.Record) string {
 	}
 	for _, t := range recs {
 		f, v := family(t.Case)
-		if v != "Tessera" || t.Gangs == 0 {
+		if !isTessera(v) || t.Gangs == 0 {
 			continue
 		}
-		row("0 partial gangs ("+f+"/"+t.Workload+")", fmt.Sprintf("%d partial of %d gangs", t.PartialGangs, t.Gangs), t.PartialGangs == 0)
-		row("100% aligned placement ("+f+"/"+t.Workload+")", fmt.Sprintf("%s of %d placed gangs in one %s", pct(aligned(t), t.GangsPlaced), t.GangsPlaced, map[bool]string{true: "clique", false: "rack"}[f == "GPUMix"]), aligned(t) == t.GangsPlaced)
+		label := f + "/" + t.Workload
+		if v != "Tessera" {
+			label += ", " + schedulerName(f, v)
+		}
+		row("0 partial gangs ("+label+")", fmt.Sprintf("%d partial of %d gangs", t.PartialGangs, t.Gangs), t.PartialGangs == 0)
+		row("100% aligned placement ("+label+")", fmt.Sprintf("%s of %d placed gangs in one %s", pct(aligned(t), t.GangsPlaced), t.GangsPlaced, map[bool]string{true: "clique", false: "rack"}[f == "GPUMix"]), aligned(t) == t.GangsPlaced)
 		if f == "GPUMix" {
-			row("GPU utilisation at saturation ≥ 95% ("+t.Workload+")", fmt.Sprintf("%.1f%%", t.Utilisation()), t.Utilisation() >= 95)
+			label := t.Workload
+			if v != "Tessera" {
+				label += ", " + schedulerName(f, v)
+			}
+			row("GPU utilisation at saturation ≥ 95% ("+label+")", fmt.Sprintf("%.1f%%", t.Utilisation()), t.Utilisation() >= 95)
 		}
 	}
 	return b.String()
@@ -605,7 +629,7 @@ func plot(path, title string, recs []*sb.Record, val func(*sb.Record) float64, k
 		bh := int(float64(plotH) * v / maxV)
 		x0 := left + i*(barW+gap) + gap/2
 		c := color.RGBA{150, 150, 150, 255}
-		if _, variant := family(r.Case); variant == "Tessera" {
+		if _, variant := family(r.Case); isTessera(variant) {
 			c = color.RGBA{40, 90, 200, 255}
 		}
 		draw.Draw(img, image.Rect(x0, top+plotH-bh, x0+barW, top+plotH), image.NewUniform(c), image.Point{}, draw.Src)
@@ -613,7 +637,7 @@ func plot(path, title string, recs []*sb.Record, val func(*sb.Record) float64, k
 		drawText(img, x0+(barW-textWidth(label, 2))/2, top+plotH-bh-14, 2, label, color.Black)
 		f, variant := family(r.Case)
 		short := map[string]string{"SchedulingBasic": "BASIC", "TAS": "TAS", "GPUMix": "GPUMIX"}[f]
-		vshort := map[string]string{"Tessera": "TESSERA", "Default": "DEFAULT", "Native": "NATIVE", "Coscheduling": "COSCHED"}[variant]
+		vshort := map[string]string{"Tessera": "TESSERA", "TesseraDRA": "TESS+DRA", "Default": "DEFAULT", "Native": "NATIVE", "Coscheduling": "COSCHED"}[variant]
 		drawText(img, x0, top+plotH+8, 2, short, color.Black)
 		drawText(img, x0, top+plotH+24, 2, vshort, color.Black)
 		drawText(img, x0, top+plotH+40, 2, r.Workload, axis)
