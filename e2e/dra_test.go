@@ -1,6 +1,7 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"os"
@@ -343,6 +344,21 @@ func TestDRAClaimsOnRealNode(t *testing.T) {
 		}
 		return true, ""
 	})
+	// The demo's DRA step (make demo, step 6) on the same node: a pod with
+	// a claim from the shipped tp-rank-2-slices template, whose plan,
+	// allocation and environment must agree.
+	var demo bytes.Buffer
+	t.Cleanup(func() {
+		_ = e.Client.CoreV1().Namespaces().Delete(context.Background(), scenario.DRADemoNamespace, metav1.DeleteOptions{})
+	})
+	if err := scenario.RunDRADemo(ctx, e, &demo, "../manifests/examples/dra-claims.yaml"); err != nil {
+		t.Fatalf("the demo's DRA step: %v\n%s\n%s", err, demo.String(), describePods(ctx, e, scenario.DRADemoNamespace))
+	}
+	t.Logf("the demo's DRA step:\n%s", demo.String())
+	if err := e.DeleteAndWait(ctx, scenario.DRADemoNamespace, "", 2*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+
 	var again []*corev1.Pod
 	for i := range inv.GPUs {
 		again = append(again, claimProbePod(ns, fmt.Sprintf("again-%d", i), "whole-gpu"))

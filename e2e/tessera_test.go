@@ -75,21 +75,9 @@ func TestDevicePluginAdvertisesMockGPUs(t *testing.T) {
 // "tessera-e2e-probe ok") and parses its "env K=V" lines.
 func probeEnv(ctx context.Context, t *testing.T, e *scenario.Env, ns, pod string) map[string]string {
 	t.Helper()
-	var logs []byte
-	waitFor(ctx, t, fmt.Sprintf("the probe in %s/%s printing its whole output", ns, pod), 200*time.Millisecond, 15*time.Second, func(ctx context.Context) (bool, string) {
-		var err error
-		logs, err = e.Client.CoreV1().Pods(ns).GetLogs(pod, &corev1.PodLogOptions{}).DoRaw(ctx)
-		if err != nil {
-			return false, fmt.Sprintf("logs of %s: %v", pod, err)
-		}
-		return strings.Contains(string(logs), "tessera-e2e-probe ok"), fmt.Sprintf("log:\n%s", logs)
-	})
-	out := map[string]string{}
-	for _, line := range strings.Split(string(logs), "\n") {
-		if kv, ok := strings.CutPrefix(line, "env "); ok {
-			k, v, _ := strings.Cut(kv, "=")
-			out[k] = v
-		}
+	out, err := e.ProbeEnv(ctx, ns, pod)
+	if err != nil {
+		t.Fatal(err)
 	}
 	return out
 }
