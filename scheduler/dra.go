@@ -382,9 +382,10 @@ func devicesToHold(slices []*resourceapi.ResourceSlice, picks draPicks, inventor
 	type candidate struct {
 		pool string
 		dev  *resourceapi.Device
-		free bool // not allocated yet
-		pick bool // a picked slice's device
-		hold bool // not wholly inside the picks
+		typ  string // api.DRAType*
+		free bool   // not allocated yet
+		pick bool   // a picked slice's device
+		hold bool   // not wholly inside the picks
 	}
 	var cands []candidate
 	for _, s := range slices {
@@ -405,12 +406,31 @@ func devicesToHold(slices []*resourceapi.ResourceSlice, picks draPicks, inventor
 		if inv == nil {
 			continue
 		}
+		// Which devices lie wholly inside the picks (what
+		// Inventory.DRADeviceSlices and subset say, without building
+		// slice lists: this runs for every device of every candidate node
+		// in each cycle).
+		gpuOf := make(map[int]*api.GPU, len(inv.GPUs))
+		for i := range inv.GPUs {
+			gpuOf[inv.GPUs[i].Index] = &inv.GPUs[i]
+		}
+		pickedOn := map[string][]int{}
+		for _, id := range chosen {
+			pickedOn[id.GPU] = append(pickedOn[id.GPU], id.Index)
+		}
 		for i := range s.Spec.Devices {
 			d := &s.Spec.Devices[i]
-			ids, known := inv.DRADeviceSlices(d.Name)
-			inside := known && subset(ids, chosen)
-			typ, _, _, _ := api.ParseDRADevice(d.Name)
-			cands = append(cands, candidate{pool: pool, dev: d,
+			typ, idx, k, err := api.ParseDRADevice(d.Name)
+			inside := false
+			if g := gpuOf[idx]; err == nil && g != nil {
+				switch picked := pickedOn[g.UUID]; typ {
+				case api.DRATypeSlice:
+					inside = k < g.Slices && containsInt(picked, k)
+				default:
+					inside = len(picked) == g.Slices
+				}
+			}
+			cands = append(cands, candidate{pool: pool, dev: d, typ: typ,
 				free: !allocated(structured.MakeDeviceID(api.DRADriverName, pool, d.Name)),
 				pick: inside && typ == api.DRATypeSlice, hold: !inside})
 		}
@@ -456,8 +476,7 @@ func devicesToHold(slices []*resourceapi.ResourceSlice, picks draPicks, inventor
 	// Whole-GPU devices first: one takes its GPU's counters whole.
 	for pass := range 2 {
 		for _, c := range cands {
-			typ, _, _, _ := api.ParseDRADevice(c.dev.Name)
-			if !c.hold || (typ == api.DRATypeGPU) != (pass == 0) {
+			if !c.hold || (c.typ == api.DRATypeGPU) != (pass == 0) {
 				continue
 			}
 			switch {
@@ -503,21 +522,13 @@ func allocatedState(claims fwk.ResourceClaimTracker) (func(structured.DeviceID) 
 	}, nil
 }
 
-// subset reports whether every id of a is in b.
-func subset(a, b []api.SliceID) bool {
-	for _, x := range a {
-		found := false
-		for _, y := range b {
-			if x == y {
-				found = true
-				break
-			}
-		}
-		if !found {
-			return false
+func containsInt(a []int, x int) bool {
+	for _, y := range a {
+		if y == x {
+			return true
 		}
 	}
-	return true
+	return false
 }
 
 // Pods that ask for slices through claims (docs/design.md, DRA): a pod

@@ -5,7 +5,6 @@ import (
 
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
-
 )
 
 // Turned-down slice pods are retried by the plugin itself once it has
