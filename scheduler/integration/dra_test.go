@@ -53,16 +53,9 @@ func TestDRASimulatedNodes(t *testing.T) {
 		}
 	}
 	claimPod := func(name, tmpl string) *v1.Pod {
-		return &v1.Pod{
-			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: map[string]string{"kind": tmpl}},
-			Spec: v1.PodSpec{
-				SchedulerName:  api.SchedulerName,
-				NodeSelector:   map[string]string{draSimLabel: "true"},
-				ResourceClaims: []v1.PodResourceClaim{{Name: "gpu", ResourceClaimTemplateName: ptr.To(tmpl)}},
-				Containers: []v1.Container{{Name: "main", Image: "tessera/fake:dev",
-					Resources: v1.ResourceRequirements{Claims: []v1.ResourceClaim{{Name: "gpu"}}}}},
-			},
-		}
+		p := templateClaimPod(ns, name, tmpl, map[string]string{"kind": tmpl})
+		p.Spec.NodeSelector = map[string]string{draSimLabel: "true"}
+		return p
 	}
 
 	// 1) Whole GPUs: one per claim, each GPU once; the next one waits.
@@ -317,18 +310,9 @@ func TestDRAGangPlacedAsPlanned(t *testing.T) {
 	// 1) 5 gangs of 4 ranks, a whole GPU's slices each: 20 of the 23
 	// whole GPUs left.
 	t0 := time.Now()
-	gangs := map[string][]string{}
-	var all []string
-	for g := range 5 {
-		name := fmt.Sprintf("tp%d", g)
-		createPodGroup(t, ctx, ns, name, ranks, 120, map[string]string{api.AnnotationTopologyRequired: api.LabelClique})
-		for r := range ranks {
-			pod := fmt.Sprintf("%s-%d", name, r)
-			gangs[name] = append(gangs[name], pod)
-			all = append(all, pod)
-			createPods(t, ctx, onDRA(gpuPod(ns, pod, slicesPerGPU, map[string]string{api.LabelPodGroup: name})))
-		}
-	}
+	gangs, all := createCliqueGangs(t, ctx, ns, "tp", 5, ranks, func(name string, labels map[string]string) *v1.Pod {
+		return onDRA(gpuPod(ns, name, slicesPerGPU, labels))
+	})
 	bound := waitBound(t, ctx, ns, all, 2*time.Minute)
 	t.Logf("5 gangs x %d ranks on DRA nodes bound in %s", ranks, time.Since(t0).Round(10*time.Millisecond))
 	cliques, gpusUsed := map[string]string{}, map[string]string{}
@@ -508,31 +492,10 @@ func TestDRAClaimGangPlaced(t *testing.T) {
 	if _, err := env.client.ResourceV1().ResourceClaimTemplates(ns).Create(ctx, one, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	claimPod := func(name, tmpl string, labels map[string]string) *v1.Pod {
-		return &v1.Pod{
-			ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: labels},
-			Spec: v1.PodSpec{
-				SchedulerName:  api.SchedulerName,
-				ResourceClaims: []v1.PodResourceClaim{{Name: "gpu", ResourceClaimTemplateName: ptr.To(tmpl)}},
-				Containers: []v1.Container{{Name: "main", Image: "tessera/fake:dev",
-					Resources: v1.ResourceRequirements{Claims: []v1.ResourceClaim{{Name: "gpu"}}}}},
-			},
-		}
-	}
-
 	t0 := time.Now()
-	gangs := map[string][]string{}
-	var all []string
-	for g := range 5 {
-		name := fmt.Sprintf("claim-tp%d", g)
-		createPodGroup(t, ctx, ns, name, ranks, 120, map[string]string{api.AnnotationTopologyRequired: api.LabelClique})
-		for r := range ranks {
-			pod := fmt.Sprintf("%s-%d", name, r)
-			gangs[name] = append(gangs[name], pod)
-			all = append(all, pod)
-			createPods(t, ctx, claimPod(pod, "tp-rank-2-slices", map[string]string{api.LabelPodGroup: name}))
-		}
-	}
+	gangs, all := createCliqueGangs(t, ctx, ns, "claim-tp", 5, ranks, func(name string, labels map[string]string) *v1.Pod {
+		return templateClaimPod(ns, name, "tp-rank-2-slices", labels)
+	})
 	bound := waitBound(t, ctx, ns, all, 2*time.Minute)
 	t.Logf("5 gangs x %d ranks with template claims bound in %s", ranks, time.Since(t0).Round(10*time.Millisecond))
 	cliques, slicesUsed := map[string]string{}, map[string]int{}
@@ -563,10 +526,44 @@ func TestDRAClaimGangPlaced(t *testing.T) {
 	}
 	checkClaimsAsPlanned(t, ctx, ns, all)
 
-	createPods(t, ctx, claimPod("single", "one-slice", nil))
+	createPods(t, ctx, templateClaimPod(ns, "single", "one-slice", nil))
 	single := waitBound(t, ctx, ns, []string{"single"}, time.Minute)["single"]
 	if gs := api.GPUsOf(assignment(t, single)); len(gs) != 1 || slicesUsed[gs[0]] != 2 {
 		t.Errorf("single 1-slice claim pod planned on GPUs %v, want a GPU a rank half uses (best fit; slices used per GPU: %v)", gs, slicesUsed)
 	}
 	checkClaimsAsPlanned(t, ctx, ns, append(all, "single"))
+}
+
+// templateClaimPod is a pod whose one container uses a claim made from
+// template tmpl (and asks for nothing else).
+func templateClaimPod(ns, name, tmpl string, labels map[string]string) *v1.Pod {
+	return &v1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Namespace: ns, Name: name, Labels: labels},
+		Spec: v1.PodSpec{
+			SchedulerName:  api.SchedulerName,
+			ResourceClaims: []v1.PodResourceClaim{{Name: "gpu", ResourceClaimTemplateName: ptr.To(tmpl)}},
+			Containers: []v1.Container{{Name: "main", Image: "tessera/fake:dev",
+				Resources: v1.ResourceRequirements{Claims: []v1.ResourceClaim{{Name: "gpu"}}}}},
+		},
+	}
+}
+
+// createCliqueGangs creates n PodGroups <prefix><g> that must fit in one
+// clique, with their members <prefix><g>-<r> made by pod (given the
+// membership labels); it returns the members per gang and all of them.
+func createCliqueGangs(t *testing.T, ctx context.Context, ns, prefix string, n, ranks int, pod func(name string, labels map[string]string) *v1.Pod) (map[string][]string, []string) {
+	t.Helper()
+	gangs := map[string][]string{}
+	var all []string
+	for g := range n {
+		name := fmt.Sprintf("%s%d", prefix, g)
+		createPodGroup(t, ctx, ns, name, ranks, 120, map[string]string{api.AnnotationTopologyRequired: api.LabelClique})
+		for r := range ranks {
+			member := fmt.Sprintf("%s-%d", name, r)
+			gangs[name] = append(gangs[name], member)
+			all = append(all, member)
+			createPods(t, ctx, pod(member, map[string]string{api.LabelPodGroup: name}))
+		}
+	}
+	return gangs, all
 }

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 
@@ -36,5 +38,20 @@ func TestDRARow(t *testing.T) {
 		if !strings.Contains(acc, want) {
 			t.Errorf("missing %q in\n%s", want, acc)
 		}
+	}
+}
+
+func TestFreeName(t *testing.T) {
+	dir := t.TempDir()
+	if got := freeName(dir, "2026-12-03"); got != "2026-12-03" {
+		t.Errorf("freeName in an empty dir = %s", got)
+	}
+	for _, f := range []string{"2026-12-03.md", "2026-12-03-2.md"} {
+		if err := os.WriteFile(filepath.Join(dir, f), nil, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := freeName(dir, "2026-12-03"); got != "2026-12-03-3" {
+		t.Errorf("freeName with two runs of the day = %s, want 2026-12-03-3", got)
 	}
 }

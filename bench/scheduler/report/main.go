@@ -63,6 +63,10 @@ func main() {
 		if _, err := os.Stat(filepath.Join(*outDir, file+".md")); err == nil {
 			fail(fmt.Errorf("%s.md exists in %s: choose another -name", file, *outDir))
 		}
+	} else {
+		// One results file per run: a second run on the same day is
+		// <date>-2, and so on, never written over the first.
+		file = freeName(*outDir, date)
 	}
 	base := filepath.Join(*outDir, file)
 	if err := os.MkdirAll(*outDir, 0o755); err != nil {
@@ -550,7 +554,7 @@ func devicePlugin(path string) string {
 	}
 	var b strings.Builder
 	b.WriteString("\n## Device plugin: Allocate / GetPreferredAllocation, 100 pending pods on the node\n\n(`go test ./bench/deviceplugin -bench .`, see bench/deviceplugin/RESULTS.md; target p99 < 1 ms)\n\n| call | p50 µs | p99 µs |\n|---|---|---|\n")
-	for _, line := range strings.Split(string(raw), "\n") {
+	for _, line := range benchLines(string(raw)) {
 		if m := benchLine.FindStringSubmatch(line); m != nil {
 			fmt.Fprintf(&b, "| %s | %s | %s |\n", m[1], m[3], m[4])
 		}
@@ -571,7 +575,7 @@ func preemption(path string) string {
 	var b strings.Builder
 	b.WriteString("\n## Preemption at saturation\n\n(`go test ./scheduler/integration -bench PreemptionAtSaturation`: a clique of 10 simulated nodes × 8 GPUs full of 8-rank gangs at priority 100 and single pods at 200, owned by StatefulSets and a ReplicaSet; a priority-10000 gang of 8 × 4 slices that must fit in one clique; time from its last pod created to all 8 bound, victims' deletion by the simulated kubelet included)\n\n| runs | time to place p50 | min | max | victim pods per preemption |\n|---|---|---|---|---|\n")
 	found := false
-	for _, line := range strings.Split(string(raw), "\n") {
+	for _, line := range benchLines(string(raw)) {
 		if m := preemptLine.FindStringSubmatch(line); m != nil {
 			fmt.Fprintf(&b, "| %s | %s s | %s s | %s s | %s |\n", m[1], m[4], m[3], m[2], m[5])
 			found = true
@@ -581,6 +585,35 @@ func preemption(path string) string {
 		b.WriteString("| - | failed: see the run's log | | | |\n")
 	}
 	return b.String()
+}
+
+// klogHeader starts a klog line ("E1203 21:00:22.592062 ...").
+var klogHeader = regexp.MustCompile(`[IWEF]\d{4} \d{2}:\d{2}:\d{2}\.\d+ `)
+
+// benchLines returns go test's output lines with log lines taken out: a
+// log line the process wrote while go test was printing a benchmark's name
+// splits the result over two lines ("BenchmarkX-2 \t<log line>" and then
+// "  5\t... ns/op ..."); those two are joined again.
+func benchLines(out string) []string {
+	var lines []string
+	pending := ""
+	for _, line := range strings.Split(out, "\n") {
+		if loc := klogHeader.FindStringIndex(line); loc != nil {
+			line = line[:loc[0]]
+		}
+		if strings.TrimSpace(line) == "" {
+			continue
+		}
+		if pending != "" {
+			line, pending = pending+line, ""
+		}
+		if strings.HasPrefix(line, "Benchmark") && len(strings.Fields(line)) == 1 {
+			pending = line
+			continue
+		}
+		lines = append(lines, line)
+	}
+	return lines
 }
 
 func updateReadme(path, file, table string) {
@@ -649,5 +682,17 @@ func plot(path, title string, recs []*sb.Record, val func(*sb.Record) float64, k
 	defer f.Close()
 	if err := png.Encode(f, img); err != nil {
 		fail(err)
+	}
+}
+
+// freeName is base, or base-2, base-3, ... : the first name without a .md
+// file in dir.
+func freeName(dir, base string) string {
+	name := base
+	for i := 2; ; i++ {
+		if _, err := os.Stat(filepath.Join(dir, name+".md")); err != nil {
+			return name
+		}
+		name = fmt.Sprintf("%s-%d", base, i)
 	}
 }
