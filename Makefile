@@ -194,8 +194,9 @@ demo-model:
 
 # Scheduler benchmarks (Tessera vs default kube-scheduler, native gang+TAS,
 # coscheduling) and device-plugin benchmarks -> bench/results/<date>.md + PNGs;
-# the latest table goes to bench/README.md. BENCH_MODE=quick (< 10 min on 2
-# cores) | full (5000 nodes, ~1 h) | smoke. Not part of make test.
+# the latest table goes to bench/README.md. BENCH_MODE=quick (3 runs, < 15 min
+# on 2 cores) | full (5000 nodes, 5 runs of ~1 h) | smoke. BENCH_RUNS=N changes
+# the number of runs. Not part of make test.
 BENCH_MODE ?= quick
 bench: $(TOOLS)/etcd
 	PATH=$(abspath $(TOOLS)):$$PATH ./bench/run.sh $(BENCH_MODE)

@@ -12,13 +12,15 @@
 #   4. bench/scheduler/report: bench/results/<date>.md + PNGs, and the latest
 #      table in bench/README.md.
 #
-# Needs etcd on PATH: `make tools` builds .tools/etcd. quick: < 10 min on
-# 2 cores (500 nodes; GPU mix 128 nodes x 8 GPUs). full: 5000 nodes; GPU mix
-# 1000 nodes x 8 GPUs (about an hour on 2 cores, 16+ GiB RAM).
+# Needs etcd on PATH: `make tools` builds .tools/etcd. quick: 500 nodes;
+# GPU mix 128 nodes x 8 GPUs, 3 runs, < 15 min on 2 cores. full: 5000 nodes;
+# GPU mix 1000 nodes x 8 GPUs, 5 runs (about an hour per run on 2 cores,
+# 16+ GiB RAM). smoke: seconds per workload, 1 run.
 #
-# BENCH_RUNS=N (default 1) repeats steps 1 and 2 N times, interleaved; the
-# report adds the spread over the runs. A quick run takes ~13 min on 2 cores,
-# of which steps 1-2 ~8: N=3 takes about 30 min.
+# BENCH_RUNS=N (default 3 quick, 5 full, 1 smoke) repeats steps 1 and 2 N
+# times, Tessera and baselines interleaved run by run; the report shows the
+# median and min-max of every ratio. Both benchmark binaries are built once
+# and run N times.
 #
 # BENCH_FILTER='PerfScheduling/(TAS|GPUMix)_' runs only the matching test
 # cases (a go test -bench pattern, used in both modules); a filtered run
@@ -38,7 +40,6 @@ NOTES=$WORK/notes.md
 : >"$NOTES"
 TIMEOUT=${BENCH_TIMEOUT:-120m}
 FILTER=${BENCH_FILTER:-.}
-FLAGS=(-run '^$' -bench "$FILTER" -benchtime 1x -timeout "$TIMEOUT" -perf-scheduling-label-filter="$MODE")
 echo ">> work dir $WORK"
 
 # The baseline module carries a copy of record.go (it cannot import the root
@@ -50,14 +51,23 @@ echo ">> work dir $WORK"
 # BENCH_RUNS=N repeats steps 1 and 2, Tessera and baselines interleaved run
 # by run; the report shows each row's median run and a spread section
 # (median and min-max of every throughput and within-run ratio).
-RUNS=${BENCH_RUNS:-1}
+case $MODE in quick) RUNS=3 ;; full) RUNS=5 ;; smoke) RUNS=1 ;; esac
+RUNS=${BENCH_RUNS:-$RUNS}
+stamp() { echo ">> $(date +%T) $*"; }
+# Build each benchmark binary once (linking the scheduler_perf binaries takes
+# a minute on 2 cores); each run starts them in their package directory,
+# where performance-config.yaml and its templates are.
+BFLAGS=(-test.run '^$' -test.bench "$FILTER" -test.benchtime 1x -test.timeout "$TIMEOUT" -perf-scheduling-label-filter="$MODE")
+stamp "building bench/scheduler and bench/baseline"
+(cd bench/scheduler && $GO test -c -o "$WORK/scheduler.test" .) >"$WORK/build.log" 2>&1 || { cat "$WORK/build.log"; exit 1; }
+(cd bench/baseline && $GO test -c -o "$WORK/baseline.test" .) >>"$WORK/build.log" 2>&1 || { cat "$WORK/build.log"; exit 1; }
 RUNDIRS=""
 for k in $(seq 1 "$RUNS"); do
 R=$WORK/run$k
 RUNDIRS="$RUNDIRS${RUNDIRS:+,}$R"
-echo ">> [1/4] bench/scheduler ($MODE, run $k of $RUNS): Tessera vs default kube-scheduler / native gang+TAS 1.37"
+stamp "[1/4] bench/scheduler ($MODE, run $k of $RUNS): Tessera vs default kube-scheduler / native gang+TAS 1.37"
 mkdir -p "$R/tessera"
-(cd bench/scheduler && $GO test . "${FLAGS[@]}" -tessera-records "$R/tessera/records.jsonl" \
+(cd bench/scheduler && "$WORK/scheduler.test" "${BFLAGS[@]}" -tessera-records "$R/tessera/records.jsonl" \
     -data-items-dir "$R/tessera") >"$R/tessera.log" 2>&1
 rc=$?
 grep -E '^(Benchmark|--- (FAIL|SKIP)|FAIL|ok)' "$R/tessera.log" | cut -c1-160
@@ -65,9 +75,9 @@ if [ $rc -ne 0 ]; then
   { echo "bench/scheduler (run $k) exited with $rc; last lines of its log:"; echo '```'; grep -E -- '--- FAIL|Error|error in|\.go:[0-9]+:' "$R/tessera.log" | grep -v 'etcd output' | tail -20; echo '```'; } >>"$NOTES"
 fi
 
-echo ">> [2/4] bench/baseline ($MODE, run $k of $RUNS): scheduler-plugins coscheduling v0.34.7 on Kubernetes 1.34.4"
+stamp "[2/4] bench/baseline ($MODE, run $k of $RUNS): scheduler-plugins coscheduling v0.34.7 on Kubernetes 1.34.4"
 mkdir -p "$R/baseline"
-(cd bench/baseline && $GO test . "${FLAGS[@]}" -tessera-records "$R/baseline/records.jsonl" \
+(cd bench/baseline && "$WORK/baseline.test" "${BFLAGS[@]}" -tessera-records "$R/baseline/records.jsonl" \
     -data-items-dir "$R/baseline") >"$R/baseline.log" 2>&1
 rc=$?
 grep -E '^(Benchmark|--- (FAIL|SKIP)|FAIL|ok)' "$R/baseline.log" | cut -c1-160
@@ -82,7 +92,7 @@ elif [ $rc -ne 0 ]; then
 fi
 done
 
-echo ">> [2b/4] fractional peers (KAI-Scheduler, HAMi) from the Go module proxy"
+stamp "[2b/4] fractional peers (KAI-Scheduler, HAMi) from the Go module proxy"
 # The GPU mix should also run against a fractional-GPU scheduler users would
 # pick instead of Tessera. Each run asks the proxy again for the versions
 # below and writes what it answered into the results: a peer that cannot be
@@ -101,19 +111,19 @@ peerdir=$(mktemp -d "$WORK/peers.XXXX")
 grep -E '^- `' "$WORK/peers.md" | cut -c1-160
 cat "$WORK/peers.md" >>"$NOTES"
 
-echo ">> [3/4] bench/deviceplugin"
+stamp "[3/4] bench/deviceplugin"
 DPN=2000; [ "$MODE" = smoke ] && DPN=200
 $GO test ./bench/deviceplugin -run '^$' -bench . -benchtime ${DPN}x >"$WORK/deviceplugin.txt" 2>&1 || \
   echo "bench/deviceplugin failed, see its output" >>"$NOTES"
 
-echo ">> [3b/4] preemption at saturation (real API server, simulated nodes)"
+stamp "[3b/4] preemption at saturation (real API server, simulated nodes)"
 PRN=5; [ "$MODE" = full ] && PRN=10; [ "$MODE" = smoke ] && PRN=1
 TESSERA_TOOLS_DIR="$ROOT/.tools" $GO test ./scheduler/integration -run '^$' -bench PreemptionAtSaturation \
     -benchtime ${PRN}x -timeout 30m >"$WORK/preemption.txt" 2>"$WORK/preemption.log" || \
   { echo "the preemption benchmark failed; last lines:"; echo '```'; cat "$WORK/preemption.txt" "$WORK/preemption.log" | grep -E -- '--- FAIL|_test.go:[0-9]+:' | tail -10; echo '```'; } >>"$NOTES"
 grep -E '^BenchmarkPreemption' "$WORK/preemption.txt" | cut -c1-200
 
-echo ">> [4/4] report"
+stamp "[4/4] report"
 MACHINE="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) CPUs, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM, $(uname -sr), $($GO version | cut -d' ' -f3)"
 OUTDIR=${BENCH_RESULTS:-bench/results}
 README=bench/README.md
@@ -123,4 +133,4 @@ $GO run ./bench/scheduler/report -mode "$MODE" -machine "$MACHINE" -name "${BENC
   -runs "$RUNDIRS" -deviceplugin "$WORK/deviceplugin.txt" \
   -preemption "$WORK/preemption.txt" \
   -notes "$NOTES" -out "$OUTDIR" -readme "$README"
-echo ">> logs in $WORK"
+stamp "done; logs in $WORK"
