@@ -125,9 +125,13 @@ grep -E '^BenchmarkPreemption' "$WORK/preemption.txt" | cut -c1-200
 
 stamp "[4/4] report"
 MACHINE="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) CPUs, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM, $(uname -sr), $($GO version | cut -d' ' -f3)"
-OUTDIR=${BENCH_RESULTS:-bench/results}
+# Full-size runs go to bench/results/full/ and leave bench/README.md's
+# latest table (the quick run's) alone.
+OUTDIR=bench/results; [ "$MODE" = full ] && OUTDIR=bench/results/full
+OUTDIR=${BENCH_RESULTS:-$OUTDIR}
 README=bench/README.md
 [ "$MODE" = smoke ] && README=""
+[ "$MODE" = full ] && README=""
 [ "$FILTER" != . ] && README=""
 $GO run ./bench/scheduler/report -mode "$MODE" -machine "$MACHINE" -name "${BENCH_NAME:-}" \
   -runs "$RUNDIRS" -deviceplugin "$WORK/deviceplugin.txt" \
