@@ -14,8 +14,8 @@
 #
 # Needs etcd on PATH: `make tools` builds .tools/etcd. quick: 500 nodes;
 # GPU mix 128 nodes x 8 GPUs, 3 runs, < 15 min on 2 cores. full: 5000 nodes;
-# GPU mix 1000 nodes x 8 GPUs, 5 runs (about an hour per run on 2 cores,
-# 16+ GiB RAM). smoke: seconds per workload, 1 run.
+# GPU mix 1000 nodes x 8 GPUs, 5 runs (one run took 42 min on 2 cores on
+# 2026-12-04; 16+ GiB RAM). smoke: seconds per workload, 1 run.
 #
 # BENCH_RUNS=N (default 3 quick, 5 full, 1 smoke) repeats steps 1 and 2 N
 # times, Tessera and baselines interleaved run by run; the report shows the
@@ -72,7 +72,9 @@ mkdir -p "$R/tessera"
 rc=$?
 grep -E '^(Benchmark|--- (FAIL|SKIP)|FAIL|ok)' "$R/tessera.log" | cut -c1-160
 if [ $rc -ne 0 ]; then
-  { echo "bench/scheduler (run $k) exited with $rc; last lines of its log:"; echo '```'; grep -E -- '--- FAIL|Error|error in|\.go:[0-9]+:' "$R/tessera.log" | grep -v 'etcd output' | tail -20; echo '```'; } >>"$NOTES"
+  # scheduler_perf's own verdict (the line after FATAL ERROR names the
+  # workload and the op that failed), then the failing tests.
+  { echo "bench/scheduler (run $k) exited with $rc:"; echo '```'; grep -A1 'FATAL ERROR' "$R/tessera.log" | grep -v -- '^--$' || tail -5 "$R/tessera.log"; grep -E -- '^--- FAIL' "$R/tessera.log"; echo '```'; } >>"$NOTES"
 fi
 
 stamp "[2/4] bench/baseline ($MODE, run $k of $RUNS): scheduler-plugins coscheduling v0.34.7 on Kubernetes 1.34.4"
