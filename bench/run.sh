@@ -13,9 +13,10 @@
 #      table in bench/README.md.
 #
 # Needs etcd on PATH: `make tools` builds .tools/etcd. quick: 500 nodes;
-# GPU mix 128 nodes x 8 GPUs, 3 runs, < 15 min on 2 cores. full: 5000 nodes;
-# GPU mix 1000 nodes x 8 GPUs, 5 runs (one run took 42 min on 2 cores on
-# 2026-12-04; 16+ GiB RAM). smoke: seconds per workload, 1 run.
+# GPU mix 128 nodes x 8 GPUs, 3 runs, target < 15 min on 2 cores (15 min 49 s
+# measured 2026-12-04). full: 5000 nodes; GPU mix 1000 nodes x 8 GPUs, 5 runs
+# (about 55 min each on 2 cores: 42 min on 2026-12-04 with the DRA row cut at
+# 10 min, which takes 25 whole; 16+ GiB RAM). smoke: seconds per workload, 1 run.
 #
 # BENCH_RUNS=N (default 3 quick, 5 full, 1 smoke) repeats steps 1 and 2 N
 # times, Tessera and baselines interleaved run by run; the report shows the
