@@ -148,7 +148,13 @@ func (c *Cluster) WaitForTessera(ctx context.Context, timeout time.Duration) err
 
 // WaitForTesseraDRA waits until the scheduler Deployment is available, the
 // node agent DaemonSet is ready and, as DRA driver, has published the real
-// node's devices in ResourceSlices.
+// node's devices in ResourceSlices, and the kubelet no longer reports
+// device-plugin slices for the node. Until the kubelet's next node status
+// update (up to 10 s after the device plugin went away) the node still shows
+// allocatable tessera.dev/gpu-slice, and kube-scheduler sends a pod asking
+// for it down the device-plugin path (DRA serves an extended resource only
+// where the node's allocatable is 0), where the kubelet rejects it with
+// UnexpectedAdmissionError (a CI run of 2026-12-04 did).
 func (c *Cluster) WaitForTesseraDRA(ctx context.Context, timeout time.Duration) error {
 	client, err := c.Client()
 	if err != nil {
@@ -171,6 +177,10 @@ func (c *Cluster) WaitForTesseraDRA(ctx context.Context, timeout time.Duration) 
 		if node, err := client.CoreV1().Nodes().Get(ctx, c.RealNodeName, metav1.GetOptions{}); err == nil {
 			if inv, err := api.ParseInventory(node.Annotations[api.AnnotationInventory]); err != nil || inv.DeviceAPI != api.DeviceAPIDRA {
 				last = fmt.Sprintf("node %s's inventory does not say device API %q yet", c.RealNodeName, api.DeviceAPIDRA)
+				return false, nil
+			}
+			if q, ok := node.Status.Allocatable[api.ResourceName]; ok && !q.IsZero() {
+				last = fmt.Sprintf("node %s still reports allocatable %s %s from the device plugin", c.RealNodeName, api.ResourceName, q.String())
 				return false, nil
 			}
 		}
