@@ -55,6 +55,16 @@ echo ">> work dir $WORK"
 case $MODE in quick) RUNS=3 ;; full) RUNS=5 ;; smoke) RUNS=1 ;; esac
 RUNS=${BENCH_RUNS:-$RUNS}
 stamp() { echo ">> $(date +%T) $*"; }
+# verdict LOG: what a failed benchmark run says for the notes, fenced:
+# scheduler_perf's own verdict (the line after FATAL ERROR names the workload
+# and the op that failed; the last lines of the log without one), then the
+# failing tests.
+verdict() {
+  echo '```'
+  grep -A1 'FATAL ERROR' "$1" | grep -v -- '^--$' || tail -5 "$1"
+  grep -E -- '^--- FAIL' "$1"
+  echo '```'
+}
 # Build each benchmark binary once (linking the scheduler_perf binaries takes
 # a minute on 2 cores); each run starts them in their package directory,
 # where performance-config.yaml and its templates are.
@@ -73,9 +83,7 @@ mkdir -p "$R/tessera"
 rc=$?
 grep -E '^(Benchmark|--- (FAIL|SKIP)|FAIL|ok)' "$R/tessera.log" | cut -c1-160
 if [ $rc -ne 0 ]; then
-  # scheduler_perf's own verdict (the line after FATAL ERROR names the
-  # workload and the op that failed), then the failing tests.
-  { echo "bench/scheduler (run $k) exited with $rc:"; echo '```'; grep -A1 'FATAL ERROR' "$R/tessera.log" | grep -v -- '^--$' || tail -5 "$R/tessera.log"; grep -E -- '^--- FAIL' "$R/tessera.log"; echo '```'; } >>"$NOTES"
+  { echo "bench/scheduler (run $k) exited with $rc:"; verdict "$R/tessera.log"; } >>"$NOTES"
 fi
 
 stamp "[2/4] bench/baseline ($MODE, run $k of $RUNS): scheduler-plugins coscheduling v0.34.7 on Kubernetes 1.34.4"
@@ -91,7 +99,7 @@ leaks=$(grep -c 'found unexpected goroutines' "$R/baseline.log")
 if [ $rc -ne 0 ] && [ -s "$R/baseline/records.jsonl" ] && [ "$fails" -le "$leaks" ]; then
   [ "$k" = 1 ] && echo "bench/baseline: scheduler_perf's goroutine-leak check marks the coscheduling benchmarks FAIL (coscheduling v0.34.7 starts a github.com/patrickmn/go-cache janitor goroutine that is never stopped); the workloads themselves completed and their figures are above." >>"$NOTES"
 elif [ $rc -ne 0 ]; then
-  { echo "bench/baseline (coscheduling v0.34.7, Kubernetes 1.34.4; run $k) exited with $rc; no coscheduling figures where rows are missing. Last lines:"; echo '```'; grep -E -- '--- FAIL|Error|error in|\.go:[0-9]+:|cannot|undefined' "$R/baseline.log" | grep -v 'etcd output' | tail -20; echo '```'; } >>"$NOTES"
+  { echo "bench/baseline (coscheduling v0.34.7, Kubernetes 1.34.4; run $k) exited with $rc; no coscheduling figures where rows are missing:"; verdict "$R/baseline.log"; } >>"$NOTES"
 fi
 done
 
@@ -127,6 +135,9 @@ TESSERA_TOOLS_DIR="$ROOT/.tools" $GO test ./scheduler/integration -run '^$' -ben
 grep -E '^BenchmarkPreemption' "$WORK/preemption.txt" | cut -c1-200
 
 stamp "[4/4] report"
+# The notes go into a committed results file: log excerpts must not carry
+# this machine's paths.
+sed -i -e "s|$($GO env GOMODCACHE)|\$GOMODCACHE|g" -e "s|$ROOT|<repo>|g" -e "s|$WORK|<work dir>|g" -e "s|$HOME|~|g" "$NOTES"
 MACHINE="$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) CPUs, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo) RAM, $(uname -sr), $($GO version | cut -d' ' -f3)"
 # Full-size runs go to bench/results/full/ and leave bench/README.md's
 # latest table (the quick run's) alone.
