@@ -420,3 +420,35 @@ func TestSamplerIgnoresTinyLogitDifferences(t *testing.T) {
 		}
 	}
 }
+
+// TestShapesValid checks every generated shape is a valid model that splits
+// over the world sizes the benchmarks and the demo use, and that the larger
+// llama2.c shapes have the weight sizes the docs quote (they are there to
+// exceed every CPU's last-level cache).
+func TestShapesValid(t *testing.T) {
+	// Megabytes of weights one decoded token reads: every matrix and norm
+	// but the embedding table (one row of it) and the legacy RoPE tables.
+	wantMB := map[string]int64{"stories15m": 60, "stories42m": 166, "stories110m": 438}
+	for _, name := range ShapeNames() {
+		c := Shapes[name]
+		if err := c.Validate(); err != nil {
+			t.Errorf("shape %s: %v", name, err)
+		}
+		for _, world := range []int{1, 2} {
+			if err := c.ValidateWorld(world); err != nil {
+				t.Errorf("shape %s at %d ranks: %v", name, world, err)
+			}
+		}
+		if want, ok := wantMB[name]; ok {
+			var perToken int64
+			for tn, sh := range tensorShapes(c) {
+				if tensor(tn) != tEmbedding && tensor(tn) != tFreqCis {
+					perToken += int64(sh[0]) * int64(sh[1]) * int64(sh[2]) * 4
+				}
+			}
+			if got := perToken / 1e6; got != want {
+				t.Errorf("shape %s: a token reads %d MB of weights, docs say %d MB", name, got, want)
+			}
+		}
+	}
+}
