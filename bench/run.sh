@@ -108,7 +108,7 @@ stamp "[2b/4] fractional peers (KAI-Scheduler, HAMi) from the Go module proxy"
 # pick instead of Tessera. Each run asks the proxy again for the versions
 # below and writes what it answered into the results: a peer that cannot be
 # fetched is reported with its exact error, never estimated.
-PEERS="github.com/NVIDIA/KAI-scheduler@v0.9.3 github.com/NVIDIA/KAI-scheduler@v0.8.5 github.com/NVIDIA/KAI-scheduler@v0.5.0 github.com/Project-HAMi/HAMi@v2.6.0+incompatible github.com/Project-HAMi/HAMi@v2.5.0+incompatible"
+PEERS="github.com/NVIDIA/KAI-scheduler@v0.10.2 github.com/NVIDIA/KAI-scheduler@v0.9.3 github.com/NVIDIA/KAI-scheduler@v0.8.5 github.com/NVIDIA/KAI-scheduler@v0.5.0 github.com/Project-HAMi/HAMi@v2.7.0+incompatible github.com/Project-HAMi/HAMi@v2.6.0+incompatible github.com/Project-HAMi/HAMi@v2.5.0+incompatible"
 peerdir=$(mktemp -d "$WORK/peers.XXXX")
 (cd "$peerdir" && $GO mod init tessera-bench-peers >/dev/null 2>&1)
 { echo "Fractional peer for the GPU mix (issue 20): each version asked of the Go module proxy in this run:"; echo
