@@ -18,7 +18,7 @@ func TestDRARow(t *testing.T) {
 		{Case: "GPUMix_TesseraDRA", Workload: "quick", PodsPerSec: 30, Pods: 100, BoundPods: 90, TotalSlices: 100, UsedSlices: 99, Gangs: 10, GangsPlaced: 9, AlignedClique: 9},
 		{Case: "GPUMix_Tessera", Workload: "quick", PodsPerSec: 50, Pods: 100, BoundPods: 90, TotalSlices: 100, UsedSlices: 100, Gangs: 10, GangsPlaced: 9, AlignedClique: 9},
 	}
-	table, acc := tables(recs)
+	table, acc := tables(recs, nil)
 	rows := strings.Split(strings.TrimSpace(table), "\n")[2:]
 	if len(rows) != 3 || !strings.Contains(rows[0], "| Tessera |") || !strings.Contains(rows[1], "| Tessera, GPUs through DRA |") || !strings.Contains(rows[2], "whole nvidia.com/gpu") {
 		t.Fatalf("rows not Tessera, Tessera through DRA, baseline:\n%s", table)

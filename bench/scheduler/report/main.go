@@ -81,7 +81,8 @@ func main() {
 			sched = append(sched, r)
 		}
 	}
-	table, accept := tables(sched)
+	_, ratios, _ := withinRunFigures(runs)
+	table, accept := tables(sched, ratios)
 	accept += ceilingSection(sched, ceilings)
 	accept += spreadSection(runs)
 	var b strings.Builder
@@ -182,11 +183,37 @@ func spreadSection(runs [][]*sb.Record) string {
 		return ""
 	}
 	var b strings.Builder
-	fmt.Fprintf(&b, "\n## Spread over %d runs\n\nbench/run.sh ran the workloads %d times, Tessera and its baselines interleaved run by run; the tables above show the run with the median throughput of each row (so their ratio and acceptance rows compare median rows, which may come from different runs). Below, ratios are computed within each run.\n\n", len(runs), len(runs))
+	fmt.Fprintf(&b, "\n## Spread over %d runs\n\nbench/run.sh ran the workloads %d times, Tessera and its baselines interleaved run by run; the tables above show the run with the median throughput of each row (so the ratio column of the first table compares median rows, which may come from different runs). Below, and in the acceptance rows on throughput, ratios are computed within each run, Tessera and baseline from the same run.\n\n", len(runs), len(runs))
 	b.WriteString("| workload | scheduler | pods/s median | min–max | Tessera ÷ this, median | min–max | per run |\n|---|---|---|---|---|---|---|\n")
-	tp := map[string][]float64{}
-	ratios := map[string][]float64{}
-	var order []string
+	tp, ratios, order := withinRunFigures(runs)
+	for _, k := range order {
+		parts := strings.SplitN(k, "/", 2)
+		f, v := family(parts[0])
+		name := schedulerName(f, v)
+		s := spreadOf(tp[k])
+		ratio, rng, per := "", "", ""
+		if rs := ratios[k]; len(rs) > 0 {
+			r := spreadOf(rs)
+			ratio, rng = fmt.Sprintf("**%.2f×**", r.med), fmt.Sprintf("%.2f–%.2f×", r.lo, r.hi)
+			var ps []string
+			for _, x := range rs {
+				ps = append(ps, fmt.Sprintf("%.2f", x))
+			}
+			per = strings.Join(ps, ", ")
+		}
+		fmt.Fprintf(&b, "| %s/%s | %s | %.0f | %.0f–%.0f | %s | %s | %s |\n", f, parts[1], name, s.med, s.lo, s.hi, ratio, rng, per)
+	}
+	return b.String()
+}
+
+// withinRunFigures collects, per record key (scheduler and workload) in
+// first-seen order, every run's throughput and, for baselines, every run's
+// Tessera ÷ baseline ratio with Tessera from the same run: the ratio that
+// drift of the host between runs moves least, which the acceptance rows
+// judge by.
+func withinRunFigures(runs [][]*sb.Record) (tp, ratios map[string][]float64, order []string) {
+	tp = map[string][]float64{}
+	ratios = map[string][]float64{}
 	for _, run := range runs {
 		tess := map[string]*sb.Record{}
 		for _, r := range run {
@@ -209,24 +236,7 @@ func spreadSection(runs [][]*sb.Record) string {
 			}
 		}
 	}
-	for _, k := range order {
-		parts := strings.SplitN(k, "/", 2)
-		f, v := family(parts[0])
-		name := schedulerName(f, v)
-		s := spreadOf(tp[k])
-		ratio, rng, per := "", "", ""
-		if rs := ratios[k]; len(rs) > 0 {
-			r := spreadOf(rs)
-			ratio, rng = fmt.Sprintf("**%.2f×**", r.med), fmt.Sprintf("%.2f–%.2f×", r.lo, r.hi)
-			var ps []string
-			for _, x := range rs {
-				ps = append(ps, fmt.Sprintf("%.2f", x))
-			}
-			per = strings.Join(ps, ", ")
-		}
-		fmt.Fprintf(&b, "| %s/%s | %s | %.0f | %.0f–%.0f | %s | %s | %s |\n", f, parts[1], name, s.med, s.lo, s.hi, ratio, rng, per)
-	}
-	return b.String()
+	return tp, ratios, order
 }
 
 func split(s string) []string {
@@ -398,7 +408,9 @@ func aligned(r *sb.Record) int {
 	return r.AlignedRack
 }
 
-func tables(recs []*sb.Record) (string, string) {
+// tables returns the main table and the acceptance rows; ratios are the
+// within-run ratios of a repeated run (withinRunFigures), nil for one run.
+func tables(recs []*sb.Record, ratios map[string][]float64) (string, string) {
 	sort.SliceStable(recs, func(i, j int) bool {
 		fi, vi := family(recs[i].Case)
 		fj, vj := family(recs[j].Case)
@@ -449,7 +461,7 @@ func tables(recs []*sb.Record) (string, string) {
 		fmt.Fprintf(&b, "| %s/%s | %s | %s | %d | %d / %d | %s | %s | %s | %s | %s | %s | %s | %s | %s | %.0f |\n",
 			f, r.Workload, name, gates(r.FeatureGates), r.Nodes, r.BoundPods, r.Pods, tp, ratio, gang, partial, al, lat, util, frag, str, r.PeakHeapMiB)
 	}
-	return b.String(), acceptance(recs, tess)
+	return b.String(), acceptance(recs, tess, ratios)
 }
 
 // gates renders a record's WorkloadGates: the gates that were on, "off"
@@ -488,7 +500,11 @@ func sameGates(a, b map[string]bool) bool {
 	return true
 }
 
-func acceptance(recs []*sb.Record, tess map[string]*sb.Record) string {
+// acceptance judges the targets of bench/README.md and issue 20. A
+// throughput target is judged by the median of the within-run ratios when
+// the workloads ran more than once (ratios), by the one run's ratio
+// otherwise.
+func acceptance(recs []*sb.Record, tess map[string]*sb.Record, ratios map[string][]float64) string {
 	var b strings.Builder
 	b.WriteString("## Acceptance\n\n| target | result | met |\n|---|---|---|\n")
 	row := func(target, result string, ok bool) {
@@ -513,11 +529,23 @@ func acceptance(recs []*sb.Record, tess map[string]*sb.Record) string {
 				fmt.Sprintf("Tessera: %s; baseline: %s", gates(t.FeatureGates), gates(r.FeatureGates)), sameGates(t.FeatureGates, r.FeatureGates))
 		}
 		ratio := throughput(t) / throughput(r)
+		result := fmt.Sprintf("%.2f× (%.0f vs %.0f pods/s)", ratio, throughput(t), throughput(r))
+		if rs := ratios[recordKey(r)]; len(rs) > 1 {
+			sp := spreadOf(rs)
+			ratio = sp.med
+			result = fmt.Sprintf("%.2f×, median of %d within-run ratios (%.2f–%.2f×)", sp.med, len(rs), sp.lo, sp.hi)
+		}
 		switch {
 		case f == "SchedulingBasic" && v == "Default":
-			row("non-gang throughput ≥ 1.0× default ("+r.Workload+")", fmt.Sprintf("%.2f× (%.0f vs %.0f pods/s)", ratio, throughput(t), throughput(r)), ratio >= 1.0)
+			row("non-gang throughput ≥ 1.0× default ("+r.Workload+")", result, ratio >= 1.0)
 		case f == "TAS":
-			row("gang throughput ≥ 1.0× "+baselineName(f, v)+" ("+r.Workload+")", fmt.Sprintf("%.2f× (%.0f vs %.0f pods/s)", ratio, throughput(t), throughput(r)), ratio >= 1.0)
+			// Issue 20: 1.5× native gang + TAS with the same gates; the
+			// coscheduling baseline keeps the older 1.0× anchor.
+			want := 1.0
+			if v == "Native" {
+				want = 1.5
+			}
+			row(fmt.Sprintf("gang throughput ≥ %.1f× %s (%s)", want, baselineName(f, v), r.Workload), result, ratio >= want)
 		case f == "GPUMix":
 			row("GPU mix utilisation ≥ baseline + 10 points vs "+baselineName(f, v)+" ("+r.Workload+")",
 				fmt.Sprintf("%.1f%% vs %.1f%% (%+.1f points)", t.Utilisation(), r.Utilisation(), t.Utilisation()-r.Utilisation()), t.Utilisation() >= r.Utilisation()+10)
