@@ -302,6 +302,44 @@ func (pl *Tessera) sliceClassInstalled() bool {
 
 const reasonNoSliceClass = "node serves its GPUs through DRA and no DeviceClass maps " + api.ResourceName
 
+// reasonDRASwitching is why a pod asking for tessera.dev/gpu-slice waits
+// for a DRA node whose kubelet still reports device-plugin slices.
+const reasonDRASwitching = "node serves its GPUs through DRA but its kubelet still reports allocatable " + api.ResourceName +
+	" (a switch from the device plugin, until the kubelet's next node status update): the kubelet would look for the slices in the device plugin and reject the pod"
+
+// kubeletOffersSlices says whether the kubelet reports device-plugin
+// slices on the node. kube-scheduler lets DRA serve an extended resource
+// only where the node's allocatable has none of it (NodeResourcesFit), so on
+// a DRA node where this holds (the seconds after the node agent switched
+// from the device plugin, until the kubelet's next node status update) a
+// pod asking for tessera.dev/gpu-slice would be sent down the device-plugin
+// path, and the kubelet, whose device plugin is gone, rejects it
+// (UnexpectedAdmissionError). Tessera keeps such pods off the node until
+// the kubelet stops reporting them; the node update requeues them.
+func kubeletOffersSlices(ni fwk.NodeInfo) bool {
+	return ni.GetAllocatable().GetScalarResources()[api.ResourceName] > 0
+}
+
+// draSwitching is the gang planner's view of the rule above: the DRA
+// nodes among nodes whose kubelet still offers device-plugin slices, for a
+// pod that asks for tessera.dev/gpu-slice. Built on first use, like
+// eligibility.
+func (pl *Tessera) draSwitching(nodes []fwk.NodeInfo) func(string) bool {
+	var once sync.Once
+	var switching map[string]bool
+	return func(node string) bool {
+		once.Do(func() {
+			switching = map[string]bool{}
+			for _, ni := range nodes {
+				if n := ni.Node(); n != nil && pl.dra.get(n.Name) != nil && kubeletOffersSlices(ni) {
+					switching[n.Name] = true
+				}
+			}
+		})
+		return switching[node]
+	}
+}
+
 // draPicks are the slices the pod gets on each candidate DRA node: its
 // planned slices for a gang member, the best-fit pick (Ledger.Pick) per
 // eligible DRA node for a single pod; Reserve assumes exactly these.

@@ -35,6 +35,12 @@ func (pl *Tessera) Filter(_ context.Context, cs fwk.CycleState, pod *v1.Pod, ni 
 	if node == nil {
 		return fwk.NewStatus(fwk.UnschedulableAndUnresolvable, "node not found")
 	}
+	draNode := pl.dra.get(node.Name) != nil
+	// Before the planned-node check: a gang planned before its node
+	// switched to DRA waits here too, rather than be rejected by the kubelet.
+	if s.viaResource && draNode && kubeletOffersSlices(ni) {
+		return fwk.NewStatus(fwk.UnschedulableAndUnresolvable, reasonDRASwitching)
+	}
 	if s.placement.Node != "" {
 		if s.placement.Allows(node.Name) {
 			return nil
@@ -46,10 +52,10 @@ func (pl *Tessera) Filter(_ context.Context, cs fwk.CycleState, pod *v1.Pod, ni 
 			return fwk.NewStatus(fwk.UnschedulableAndUnresolvable, fmt.Sprintf("room on this node is kept for %s, which preempted pods for it", who))
 		}
 	}
-	if s.viaClaims && pl.dra.get(node.Name) == nil {
+	if s.viaClaims && !draNode {
 		return fwk.NewStatus(fwk.UnschedulableAndUnresolvable, reasonClaimsNeedDRA)
 	}
-	if pl.dra.get(node.Name) != nil {
+	if draNode {
 		// A DRA node only with the slices the allocator was steered to.
 		if _, picked := s.draPicks[node.Name]; !picked {
 			if !pl.sliceClassInstalled() {

@@ -30,6 +30,10 @@ type preFilterState struct {
 	// viaClaims: the pod asks for slices through claim templates, which
 	// only a DRA node can serve.
 	viaClaims bool
+	// viaResource: the pod asks for the tessera.dev/gpu-slice extended
+	// resource, which a DRA node serves only once its kubelet stops
+	// reporting device-plugin slices (dra.go, kubeletOffersSlices).
+	viaResource bool
 }
 
 // Clone implements fwk.StateData.
@@ -73,13 +77,18 @@ func (pl *Tessera) PreFilter(ctx context.Context, cs fwk.CycleState, pod *v1.Pod
 	}
 	logger := klog.FromContext(ctx)
 	viaClaims := pl.claimSliceRequest(pod) > 0
+	viaResource := podspec.SliceRequest(pod) > 0
 	planning := false
 	if p.Gang != "" {
 		p.Eligible = pl.unreserved(eligibility(logger, pod, nodes), p.Gang, podPriority(pod))
 		if pl.dra.any() || viaClaims {
 			eligible := p.Eligible
+			switching := func(string) bool { return false }
+			if viaResource {
+				switching = pl.draSwitching(nodes)
+			}
 			p.Eligible = func(node string) bool {
-				return pl.draUsable(node) && (!viaClaims || pl.dra.get(node) != nil) && eligible(node)
+				return pl.draUsable(node) && (!viaClaims || pl.dra.get(node) != nil) && !switching(node) && eligible(node)
 			}
 		}
 		st, _ := pl.mgr.Status(p.Gang)
@@ -118,7 +127,7 @@ func (pl *Tessera) PreFilter(ctx context.Context, cs fwk.CycleState, pod *v1.Pod
 	if err != nil {
 		return nil, fwk.AsStatus(err)
 	}
-	cs.Write(stateKey, &preFilterState{pod: p, placement: placement, draPicks: picks, viaClaims: viaClaims,
+	cs.Write(stateKey, &preFilterState{pod: p, placement: placement, draPicks: picks, viaClaims: viaClaims, viaResource: viaResource,
 		noFit: fmt.Sprintf("no GPU has %d free slices (a request above one GPU's slices needs that many whole, free GPUs)", p.Slices)})
 	if placement.Node == "" {
 		return nil, nil

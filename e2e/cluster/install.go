@@ -154,7 +154,10 @@ func (c *Cluster) WaitForTessera(ctx context.Context, timeout time.Duration) err
 // allocatable tessera.dev/gpu-slice, and kube-scheduler sends a pod asking
 // for it down the device-plugin path (DRA serves an extended resource only
 // where the node's allocatable is 0), where the kubelet rejects it with
-// UnexpectedAdmissionError (a CI run of 2026-12-04 did).
+// UnexpectedAdmissionError (a CI run of 2026-12-04 did). Tessera's Filter
+// now keeps such pods off the node until then (scheduler/dra.go,
+// kubeletOffersSlices); waiting here still makes "switched" mean what an
+// operator checks (docs/design.md, DRA, Install).
 func (c *Cluster) WaitForTesseraDRA(ctx context.Context, timeout time.Duration) error {
 	client, err := c.Client()
 	if err != nil {
