@@ -71,6 +71,9 @@ type Tessera struct {
 	// turnedDown are slice pods PostFilter saw unschedulable, retried when
 	// the ledger gains room (retry.go).
 	turnedDown map[types.UID]*v1.Pod
+	// widen are single pods whose narrowed DRA attempt failed: their next
+	// PreFilter tries every node (dra_narrow.go).
+	widen map[types.UID]struct{}
 	// retryGen and retryAt are the ledger generation and time of the
 	// sweep's last retry (retry.go).
 	retryGen uint64
@@ -338,6 +341,7 @@ func (pl *Tessera) podDeleted(obj any) {
 	}
 	ref, inGang := podspec.GangOf(pod)
 	pl.forgetTurnedDown(pod.UID)
+	pl.takeWiden(pod.UID)
 	pl.handoff.Forget(string(pod.UID))
 	pl.mgr.PodDeleted(string(pod.UID))
 	if pod.Spec.NodeName == "" && !inGang {

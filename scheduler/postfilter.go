@@ -50,6 +50,14 @@ func (pl *Tessera) PostFilter(ctx context.Context, cs fwk.CycleState, pod *v1.Po
 		}
 		return nil, fwk.NewStatus(fwk.Unschedulable)
 	}
+	if s.narrowed > 0 {
+		// Only the best-fit DRA nodes were tried (dra_narrow.go): try every
+		// node at once before preempting anything. Unresolvable ends the
+		// PostFilter chain, so no other plugin preempts for this attempt.
+		pl.draWiden(pod.UID)
+		pl.handle.Activate(klog.FromContext(ctx), map[string]*v1.Pod{pod.Namespace + "/" + pod.Name: pod})
+		return nil, fwk.NewStatus(fwk.UnschedulableAndUnresolvable, reasonNarrowed(s.narrowed))
+	}
 	return pl.postFilterPreempt(ctx, pod, s.pod)
 }
 

@@ -34,6 +34,9 @@ type preFilterState struct {
 	// resource, which a DRA node serves only once its kubelet stops
 	// reporting device-plugin slices (dra.go, kubeletOffersSlices).
 	viaResource bool
+	// narrowed is how many DRA nodes a single pod was restricted to in
+	// this attempt (dra_narrow.go); 0 when it was not.
+	narrowed int
 }
 
 // Clone implements fwk.StateData.
@@ -123,14 +126,23 @@ func (pl *Tessera) PreFilter(ctx context.Context, cs fwk.CycleState, pod *v1.Pod
 		}
 		return nil, fwk.AsStatus(fmt.Errorf("planning gang %s: %w", p.Gang, err))
 	}
-	picks, err := pl.steerDRA(ctx, pod, p, placement, nodes)
+	// A single pod that may go to DRA nodes is tried on the DRA nodes it
+	// fits best first (dra_narrow.go); the steering then covers only them.
+	var narrowedTo *fwk.PreFilterResult
+	steerNodes, narrowed := nodes, 0
+	if placement.Node == "" {
+		if keep, draNodes, ok := pl.narrowDRA(logger, pod, p, nodes, viaResource); ok {
+			narrowedTo, steerNodes, narrowed = &fwk.PreFilterResult{NodeNames: keep}, draNodes, len(draNodes)
+		}
+	}
+	picks, err := pl.steerDRA(ctx, pod, p, placement, steerNodes)
 	if err != nil {
 		return nil, fwk.AsStatus(err)
 	}
-	cs.Write(stateKey, &preFilterState{pod: p, placement: placement, draPicks: picks, viaClaims: viaClaims, viaResource: viaResource,
+	cs.Write(stateKey, &preFilterState{pod: p, placement: placement, draPicks: picks, viaClaims: viaClaims, viaResource: viaResource, narrowed: narrowed,
 		noFit: fmt.Sprintf("no GPU has %d free slices (a request above one GPU's slices needs that many whole, free GPUs)", p.Slices)})
 	if placement.Node == "" {
-		return nil, nil
+		return narrowedTo, nil
 	}
 	if planning {
 		planAttempts.WithLabelValues("planned").Inc()
