@@ -365,7 +365,9 @@ func emptyClique(t testing.TB, ctx context.Context) string {
 	// be going (a namespace deleted in the background), so wait a while
 	// for a clique to empty rather than judge at the first look.
 	var empty string
-	err = wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, 60*time.Second, true, func(ctx context.Context) (bool, error) {
+	// The checks use the outer ctx: the poll's own ends at its timeout,
+	// which would fail a node lookup mid-check with a misleading error.
+	err = wait.PollUntilContextTimeout(ctx, 250*time.Millisecond, 60*time.Second, true, func(context.Context) (bool, error) {
 		for i := len(cliques) - 1; i >= 0; i-- {
 			if cliqueSlicesInUse(t, ctx, cliques[i]) == 0 {
 				empty = cliques[i]
@@ -375,6 +377,17 @@ func emptyClique(t testing.TB, ctx context.Context) string {
 		return false, nil
 	})
 	if err != nil {
+		// Who holds slices where, so a miss says which test left pods.
+		cache := map[string]string{}
+		holders := map[string][]string{}
+		slicesInUse(t, ctx, func(p *v1.Pod) bool {
+			c := cliqueOf(t, ctx, p.Spec.NodeName, cache)
+			holders[c] = append(holders[c], p.Namespace+"/"+p.Name+" on "+p.Spec.NodeName)
+			return true
+		})
+		for _, c := range cliques {
+			t.Logf("clique %s: %d slices in use, held by %v", c, cliqueSlicesInUse(t, ctx, c), head(holders[c], 5))
+		}
 		t.Fatalf("no empty clique among %v after 60s", cliques)
 	}
 	return empty
