@@ -320,8 +320,15 @@ func kubeletOffersSlices(ni fwk.NodeInfo) bool {
 	return ni.GetAllocatable().GetScalarResources()[api.ResourceName] > 0
 }
 
-// draSwitching is the gang planner's view of the rule above: the DRA
-// nodes among nodes whose kubelet still offers device-plugin slices, for a
+// midSwitch is the rule above, written once for Filter, the gang planner
+// and the DRA narrowing: a DRA node whose kubelet still offers
+// device-plugin slices, which a tessera.dev/gpu-slice pod must not go to.
+func (pl *Tessera) midSwitch(ni fwk.NodeInfo) bool {
+	n := ni.Node()
+	return n != nil && pl.dra.get(n.Name) != nil && kubeletOffersSlices(ni)
+}
+
+// draSwitching is the gang planner's view of midSwitch over nodes, for a
 // pod that asks for tessera.dev/gpu-slice. Built on first use, like
 // eligibility.
 func (pl *Tessera) draSwitching(nodes []fwk.NodeInfo) func(string) bool {
@@ -331,8 +338,8 @@ func (pl *Tessera) draSwitching(nodes []fwk.NodeInfo) func(string) bool {
 		once.Do(func() {
 			switching = map[string]bool{}
 			for _, ni := range nodes {
-				if n := ni.Node(); n != nil && pl.dra.get(n.Name) != nil && kubeletOffersSlices(ni) {
-					switching[n.Name] = true
+				if pl.midSwitch(ni) {
+					switching[ni.Node().Name] = true
 				}
 			}
 		})

@@ -55,7 +55,8 @@ func (pl *Tessera) narrowDRA(logger klog.Logger, pod *v1.Pod, p gang.Pod, nodes 
 		if n == nil || pl.dra.get(n.Name) == nil {
 			continue
 		}
-		if s := pl.ledger.Score(n.Name, p.Slices); s > 0 || pl.ledger.Fits(n.Name, p.Slices) {
+		// Score is above 0 exactly where the pod fits.
+		if s := pl.ledger.Score(n.Name, p.Slices); s > 0 {
 			cands = append(cands, cand{ni, s})
 		}
 	}
@@ -73,7 +74,7 @@ func (pl *Tessera) narrowDRA(logger klog.Logger, pod *v1.Pod, p gang.Pod, nodes 
 		if len(draNodes) == draNarrowNodes {
 			break
 		}
-		if (viaResource && kubeletOffersSlices(c.ni)) || !nodeAllows(logger, pod, affinity, c.ni.Node()) {
+		if (viaResource && pl.midSwitch(c.ni)) || !nodeAllows(logger, pod, affinity, c.ni.Node()) {
 			continue
 		}
 		draNodes = append(draNodes, c.ni)

@@ -38,7 +38,7 @@ func (pl *Tessera) Filter(_ context.Context, cs fwk.CycleState, pod *v1.Pod, ni 
 	draNode := pl.dra.get(node.Name) != nil
 	// Before the planned-node check: a gang planned before its node
 	// switched to DRA waits here too, rather than be rejected by the kubelet.
-	if s.viaResource && draNode && kubeletOffersSlices(ni) {
+	if s.viaResource && draNode && pl.midSwitch(ni) {
 		return fwk.NewStatus(fwk.UnschedulableAndUnresolvable, reasonDRASwitching)
 	}
 	if s.placement.Node != "" {

@@ -32,7 +32,7 @@ type preFilterState struct {
 	viaClaims bool
 	// viaResource: the pod asks for the tessera.dev/gpu-slice extended
 	// resource, which a DRA node serves only once its kubelet stops
-	// reporting device-plugin slices (dra.go, kubeletOffersSlices).
+	// reporting device-plugin slices (dra.go, midSwitch).
 	viaResource bool
 	// narrowed is how many DRA nodes a single pod was restricted to in
 	// this attempt (dra_narrow.go); 0 when it was not.

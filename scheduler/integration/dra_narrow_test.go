@@ -10,7 +10,6 @@ import (
 	v1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/types"
 	"k8s.io/apimachinery/pkg/util/wait"
 )
 
@@ -44,9 +43,7 @@ func TestDRANarrowedThenWide(t *testing.T) {
 	// (kwok gives its nodes 1k CPUs.)
 	big := resource.MustParse("10k")
 	patch := fmt.Sprintf(`{"status":{"allocatable":{"cpu":%q},"capacity":{"cpu":%q}}}`, big.String(), big.String())
-	if _, err := env.client.CoreV1().Nodes().Patch(ctx, "dra-sim-19", types.MergePatchType, []byte(patch), metav1.PatchOptions{}, "status"); err != nil {
-		t.Fatal(err)
-	}
+	patchNodeStatus(t, ctx, "dra-sim-19", patch)
 	cpuPod := gpuPod(ns, "needs-cpu", 1, nil)
 	cpuPod.Spec.NodeSelector = map[string]string{draSimLabel: "true"}
 	cpuPod.Spec.Containers[0].Resources.Requests = v1.ResourceList{v1.ResourceCPU: resource.MustParse("5k")}

@@ -44,9 +44,7 @@ func TestDRASwitchingNodeWaits(t *testing.T) {
 		node := fmt.Sprintf("dra-sim-%d", i)
 		patch := fmt.Sprintf(`{"status":{"allocatable":{%q:"%d",%q:"1"},"capacity":{%q:"%d",%q:"1"}}}`,
 			api.ResourceName, gpus*slicesPerGPU, probe, api.ResourceName, gpus*slicesPerGPU, probe)
-		if _, err := env.client.CoreV1().Nodes().Patch(ctx, node, types.MergePatchType, []byte(patch), metav1.PatchOptions{}, "status"); err != nil {
-			t.Fatal(err)
-		}
+		patchNodeStatus(t, ctx, node, patch)
 		p := gpuPod(ns, "probe-"+node, 0, nil)
 		p.Spec.Containers[0].Resources = v1.ResourceRequirements{Limits: v1.ResourceList{probe: resource.MustParse("1")}}
 		p.Spec.NodeSelector = map[string]string{v1.LabelHostname: node}
@@ -88,11 +86,18 @@ func TestDRASwitchingNodeWaits(t *testing.T) {
 	t0 := time.Now()
 	for i := range nodes {
 		patch := fmt.Sprintf(`{"status":{"allocatable":{%q:null},"capacity":{%q:null}}}`, api.ResourceName, api.ResourceName)
-		if _, err := env.client.CoreV1().Nodes().Patch(ctx, fmt.Sprintf("dra-sim-%d", i), types.MergePatchType, []byte(patch), metav1.PatchOptions{}, "status"); err != nil {
-			t.Fatal(err)
-		}
+		patchNodeStatus(t, ctx, fmt.Sprintf("dra-sim-%d", i), patch)
 	}
 	waitBound(t, ctx, ns, all, 2*time.Minute)
 	t.Logf("single pod and 2-rank gang bound %s after the nodes stopped reporting device-plugin slices", time.Since(t0).Round(10*time.Millisecond))
 	checkClaimsAsPlanned(t, ctx, ns, all)
+}
+
+// patchNodeStatus merges patch (JSON) into the node's status, as a kubelet's
+// status update would: the simulated nodes' allocatable in the DRA tests.
+func patchNodeStatus(t *testing.T, ctx context.Context, node, patch string) {
+	t.Helper()
+	if _, err := env.client.CoreV1().Nodes().Patch(ctx, node, types.MergePatchType, []byte(patch), metav1.PatchOptions{}, "status"); err != nil {
+		t.Fatalf("patching node %s status: %v", node, err)
+	}
 }
