@@ -481,13 +481,20 @@ func (pl *Tessera) markVictim(ctx context.Context, victim *v1.Pod, why string) e
 	return schedutil.PatchPodStatus(ctx, pl.handle.ClientSet(), victim.Name, victim.Namespace, &victim.Status, newStatus)
 }
 
-// victimsLeft counts nm's victims that still exist (the informer's view;
-// a pod recreated under the same name has another UID).
+// victimsLeft counts nm's victims whose room is not free yet: those that
+// still exist (the informer's view; a pod recreated under the same name
+// has another UID), and those gone from the informer's store whose slices
+// the ledger still holds. The ledger learns of a deletion through Tessera's
+// own event handler, which may run behind the store; counting only the
+// store let a preemptor see half its room and preempt again (seen in
+// TestPreemptionAtSaturation: a second preemption of 4 single pods).
 func (pl *Tessera) victimsLeft(nm *nomination) int {
 	lister := pl.handle.SharedInformerFactory().Core().V1().Pods().Lister()
 	n := 0
 	for uid, name := range nm.victims {
 		if p, err := lister.Pods(name.Namespace).Get(name.Name); err == nil && p.UID == uid {
+			n++
+		} else if _, _, _, held := pl.ledger.Held(string(uid)); held {
 			n++
 		}
 	}
