@@ -21,16 +21,27 @@ const ceilingScheduler = "tessera-bench-binder"
 // not this client (scheduler_perf's client allows 5000 QPS).
 const ceilingWorkers = 32
 
-// ceilingBinder measures the empty-bind ceiling: the rate at which this API
-// server and etcd accept Bindings when nothing is scheduled. It waits until
-// the workload has created its pods (no new one for half a second), then
-// binds them round robin over the nodes with ceilingWorkers concurrent
-// Bindings, the same write the scheduler's binder makes. The collector's
-// first-to-last-bind rate of the workload is then the ceiling; a pod created
-// later is bound too, so the workload's wait for its pods ends.
+// ceilingBinder measures the empty-bind ceilings: the rate at which this
+// API server and etcd accept Bindings when nothing is scheduled.
+//
+// BindCeiling (bind only): it waits until the workload has created its pods
+// (no new one for half a second), then binds them round robin over the
+// nodes with ceilingWorkers concurrent Bindings, the same write the
+// scheduler's binder makes. A pod created later is bound too, so the
+// workload's wait for its pods ends.
+//
+// CreateBindCeiling (streaming): it binds each pod as soon as its informer
+// sees it, while the workload is still creating the others, as a scheduler
+// must. On a shared machine the creates and the binds then compete for the
+// same API server, etcd and cores, as they do in every scheduler's run;
+// only the scheduling is missing.
+//
+// The collector's first-to-last-bind rate of the workload is the ceiling.
 type ceilingBinder struct {
 	tCtx ktesting.TContext
-	mu   sync.Mutex
+	// streaming binds pods as they come (CreateBindCeiling).
+	streaming bool
+	mu        sync.Mutex
 	// pending are pods seen unbound before binding started; queue feeds
 	// the workers once it has.
 	pending []*v1.Pod
@@ -40,8 +51,8 @@ type ceilingBinder struct {
 	errs    int
 }
 
-func startCeilingBinder(tCtx ktesting.TContext, inf cache.SharedIndexInformer, stop <-chan struct{}) error {
-	b := &ceilingBinder{tCtx: tCtx, queue: make(chan *v1.Pod, 1<<16)}
+func startCeilingBinder(tCtx ktesting.TContext, inf cache.SharedIndexInformer, stop <-chan struct{}, streaming bool) error {
+	b := &ceilingBinder{tCtx: tCtx, streaming: streaming, queue: make(chan *v1.Pod, 1<<16)}
 	add := func(obj any) {
 		p, ok := obj.(*v1.Pod)
 		if !ok || p.Spec.SchedulerName != ceilingScheduler || p.Spec.NodeName != "" {
@@ -64,8 +75,10 @@ func startCeilingBinder(tCtx ktesting.TContext, inf cache.SharedIndexInformer, s
 }
 
 func (b *ceilingBinder) run(stop <-chan struct{}) {
-	// Wait for the pods: some seen, none new for half a second.
-	t := time.NewTicker(100 * time.Millisecond)
+	// Wait for the pods: some seen and, unless streaming, none new for
+	// half a second. The workload creates its nodes before its pods, so
+	// the nodes listed below are all there are.
+	t := time.NewTicker(10 * time.Millisecond)
 	defer t.Stop()
 	for {
 		select {
@@ -74,7 +87,7 @@ func (b *ceilingBinder) run(stop <-chan struct{}) {
 		case <-t.C:
 		}
 		b.mu.Lock()
-		ready := len(b.pending) > 0 && time.Since(b.lastNew) > 500*time.Millisecond
+		ready := len(b.pending) > 0 && (b.streaming || time.Since(b.lastNew) > 500*time.Millisecond)
 		b.mu.Unlock()
 		if ready {
 			break
@@ -134,6 +147,14 @@ func (b *ceilingBinder) run(stop <-chan struct{}) {
 	wg.Wait()
 }
 
-// isCeilingWorkload says whether a scheduler_perf test name is the
-// BindCeiling case.
-func isCeilingWorkload(name string) bool { return strings.Contains(name, "/BindCeiling/") }
+// ceilingWorkload says whether a scheduler_perf test name is one of the
+// ceiling cases, BindCeiling or CreateBindCeiling, and whether it streams.
+func ceilingWorkload(name string) (ceiling, streaming bool) {
+	switch {
+	case strings.Contains(name, "/BindCeiling/"):
+		return true, false
+	case strings.Contains(name, "/CreateBindCeiling/"):
+		return true, true
+	}
+	return false, false
+}

@@ -84,8 +84,8 @@ func startCollector(tCtx ktesting.TContext) error {
 		return err
 	}
 	stop := make(chan struct{})
-	if isCeilingWorkload(tCtx.Name() + "/") {
-		if err := startCeilingBinder(tCtx, inf, stop); err != nil {
+	if ceiling, streaming := ceilingWorkload(tCtx.Name() + "/"); ceiling {
+		if err := startCeilingBinder(tCtx, inf, stop, streaming); err != nil {
 			return err
 		}
 	}

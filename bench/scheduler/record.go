@@ -33,6 +33,11 @@ type Record struct {
 	PodsPerSec float64 `json:"podsPerSec"`
 	SampleP50  float64 `json:"sampleP50"`
 	SampleP99  float64 `json:"sampleP99"`
+	// CreatedPerSec is pods over the time from the first to the last pod
+	// the collector saw created: the rate work arrived at. No scheduler
+	// binds faster than its pods arrive, so a PodsPerSec close to it says
+	// the workload, not the scheduler, set the pace.
+	CreatedPerSec float64 `json:"createdPerSec,omitempty"`
 
 	Gangs        int `json:"gangs"`
 	GangsPlaced  int `json:"gangsPlaced"`
@@ -135,6 +140,20 @@ func (r *Record) compute(in Input) {
 		}
 	}
 	sort.Slice(binds, func(i, j int) bool { return binds[i].Before(binds[j]) })
+	var first, last time.Time
+	for _, p := range in.Pods {
+		if t, ok := in.Created[p.Key]; ok {
+			if first.IsZero() || t.Before(first) {
+				first = t
+			}
+			if t.After(last) {
+				last = t
+			}
+		}
+	}
+	if span := last.Sub(first).Seconds(); span > 0 {
+		r.CreatedPerSec = float64(r.Pods) / span
+	}
 	if len(binds) > 1 {
 		span := binds[len(binds)-1].Sub(binds[0]).Seconds()
 		if span > 0 {

@@ -109,12 +109,12 @@ func TestSmoke(t *testing.T) {
 	in := Input{
 		Nodes:   []NodeInput{{Name: "n", Rack: "r", Clique: "c", GPUs: []GPUInput{{"g0", 4}, {"g1", 4}}}},
 		Pods:    []PodInput{{Key: "a", Node: "n", Gang: "g", GangSize: 2, Slices: 1, Assigned: []string{"g0"}}, {Key: "b", Node: "n", Gang: "g", GangSize: 2, Slices: 1, Assigned: []string{"g0"}}, {Key: "c", Gang: "h", GangSize: 2, Slices: 4}, {Key: "d", Node: "n", Gang: "h", GangSize: 2, Slices: 4, Assigned: []string{"g1", "g1", "g1", "g1"}}},
-		Created: map[string]time.Time{"a": t0, "b": t0, "c": t0, "d": t0},
+		Created: map[string]time.Time{"a": t0, "b": t0.Add(time.Second / 2), "c": t0.Add(time.Second), "d": t0.Add(2 * time.Second)},
 		Bound:   map[string]time.Time{"a": t0.Add(time.Second), "b": t0.Add(2 * time.Second), "d": t0.Add(3 * time.Second)},
 	}
 	var r Record
 	r.compute(in)
-	if r.GangsPlaced != 1 || r.PartialGangs != 1 || r.UsedSlices != 6 || r.TotalSlices != 8 || r.FragFree1 != 2 || r.FreeSlices != 2 || r.GangP50Ms != 2000 {
+	if r.GangsPlaced != 1 || r.PartialGangs != 1 || r.UsedSlices != 6 || r.TotalSlices != 8 || r.FragFree1 != 2 || r.FreeSlices != 2 || r.GangP50Ms != 2000 || r.CreatedPerSec != 2 {
 		t.Errorf("record = %+v", r)
 	}
 
