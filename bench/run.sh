@@ -13,8 +13,8 @@
 #      table in bench/README.md.
 #
 # Needs etcd on PATH: `make tools` builds .tools/etcd. quick: 500 nodes;
-# GPU mix 128 nodes x 8 GPUs, 3 runs, target < 15 min on 2 cores (15 min 49 s
-# and 14 min 54 s measured 2026-12-04 on two hosts). full: 5000 nodes; GPU mix 1000 nodes x 8 GPUs, 5 runs
+# GPU mix 128 nodes x 8 GPUs, 3 runs, target < 15 min on 2 cores (15 min 49 s,
+# 14 min 54 s and 13 min 37 s measured 2026-12-04 on two hosts). full: 5000 nodes; GPU mix 1000 nodes x 8 GPUs, 5 runs
 # (about 55 min each on 2 cores: 42 min on 2026-12-04 with the DRA row cut at
 # 10 min, which takes 25 whole; 16+ GiB RAM). smoke: seconds per workload, 1 run.
 #
