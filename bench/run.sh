@@ -26,7 +26,7 @@
 # BENCH_FILTER='PerfScheduling/(TAS|GPUMix)_' runs only the matching test
 # cases (a go test -bench pattern, used in both modules); a filtered run
 # leaves bench/README.md alone. BENCH_NAME=<name> writes
-# bench/results/<name>.md instead of <date>.md and refuses to overwrite it.
+# bench/results/<name>.md (full: bench/results/full/<name>.md) instead of <date>.md and refuses to overwrite it.
 set -uo pipefail
 MODE=${1:-${BENCH_MODE:-quick}}
 case $MODE in quick|full|smoke) ;; *) echo "usage: $0 [quick|full|smoke]" >&2; exit 2 ;; esac
@@ -35,6 +35,9 @@ cd "$ROOT"
 GO=${GO:-go}
 export PATH="$ROOT/.tools:$PATH"
 if ! command -v etcd >/dev/null; then echo "etcd not found: run 'make tools' first" >&2; exit 1; fi
+# The name is a file name inside the results folder (full mode already writes
+# to bench/results/full/): refuse a path before hours of runs, not after.
+case ${BENCH_NAME:-} in */*) echo "BENCH_NAME=$BENCH_NAME: a file name, not a path (full mode writes to bench/results/full/ itself)" >&2; exit 2 ;; esac
 
 WORK=$(mktemp -d /tmp/tessera-bench.XXXXXX)
 NOTES=$WORK/notes.md
