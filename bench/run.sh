@@ -26,7 +26,8 @@
 # BENCH_FILTER='PerfScheduling/(TAS|GPUMix)_' runs only the matching test
 # cases (a go test -bench pattern, used in both modules); a filtered run
 # leaves bench/README.md alone. BENCH_NAME=<name> writes
-# bench/results/<name>.md (full: bench/results/full/<name>.md) instead of <date>.md and refuses to overwrite it.
+# bench/results/<name>.md (full mode: bench/results/full/<name>.md) instead
+# of <date>.md and refuses to overwrite it; <name> is a file name, no '/'.
 set -uo pipefail
 MODE=${1:-${BENCH_MODE:-quick}}
 case $MODE in quick|full|smoke) ;; *) echo "usage: $0 [quick|full|smoke]" >&2; exit 2 ;; esac
