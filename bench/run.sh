@@ -47,11 +47,13 @@ TIMEOUT=${BENCH_TIMEOUT:-120m}
 FILTER=${BENCH_FILTER:-.}
 echo ">> work dir $WORK"
 
-# The baseline module carries a copy of record.go (it cannot import the root
-# module: different Kubernetes versions).
+# The baseline and Koordinator modules carry a copy of record.go (they cannot
+# import the root module: different Kubernetes versions).
+for m in baseline koordinator; do
 { echo "// Code generated from bench/scheduler/record.go by bench/run.sh; DO NOT EDIT."; echo
-  sed -e 's/^package scheduler_bench/package baseline/' -e '/^\/\/ Package scheduler_bench/,/^\/\/ bench\/results.*$/d' bench/scheduler/record.go
-} >bench/baseline/record.go.new && mv bench/baseline/record.go.new bench/baseline/record.go
+  sed -e "s/^package scheduler_bench/package $m/" -e '/^\/\/ Package scheduler_bench/,/^\/\/ bench\/results.*$/d' bench/scheduler/record.go
+} >bench/$m/record.go.new && mv bench/$m/record.go.new bench/$m/record.go
+done
 
 # BENCH_RUNS=N repeats steps 1 and 2, Tessera and baselines interleaved run
 # by run; the report shows each row's median run and a spread section
@@ -76,6 +78,15 @@ BFLAGS=(-test.run '^$' -test.bench "$FILTER" -test.benchtime 1x -test.timeout "$
 stamp "building bench/scheduler and bench/baseline"
 (cd bench/scheduler && $GO test -c -o "$WORK/scheduler.test" .) >"$WORK/build.log" 2>&1 || { cat "$WORK/build.log"; exit 1; }
 (cd bench/baseline && $GO test -c -o "$WORK/baseline.test" .) >>"$WORK/build.log" 2>&1 || { cat "$WORK/build.log"; exit 1; }
+# The fractional peer, Koordinator v1.7.0 (own module, Kubernetes 1.28.7):
+# its harness and the koord-scheduler binary it runs. A build failure is
+# written into the results, not hidden: the other rows still run.
+KOORD=1
+if ! { (cd bench/koordinator && $GO test -c -o "$WORK/koordinator.test" . && \
+        $GO build -o "$WORK/koord-scheduler" github.com/koordinator-sh/koordinator/cmd/koord-scheduler) >"$WORK/koord-build.log" 2>&1; }; then
+  KOORD=0
+  { echo "bench/koordinator (Koordinator v1.7.0) did not build; no Koordinator rows. Last lines:"; echo '```'; tail -5 "$WORK/koord-build.log"; echo '```'; } >>"$NOTES"
+fi
 RUNDIRS=""
 for k in $(seq 1 "$RUNS"); do
 R=$WORK/run$k
@@ -105,23 +116,39 @@ if [ $rc -ne 0 ] && [ -s "$R/baseline/records.jsonl" ] && [ "$fails" -le "$leaks
 elif [ $rc -ne 0 ]; then
   { echo "bench/baseline (coscheduling v0.34.7, Kubernetes 1.34.4; run $k) exited with $rc; no coscheduling figures where rows are missing:"; verdict "$R/baseline.log"; } >>"$NOTES"
 fi
+
+if [ "$KOORD" = 1 ]; then
+stamp "[2c/4] bench/koordinator ($MODE, run $k of $RUNS): Koordinator v1.7.0 koord-scheduler on Kubernetes 1.28.7, the GPU mix"
+mkdir -p "$R/koordinator"
+(cd bench/koordinator && "$WORK/koordinator.test" -test.run '^$' -test.bench "$FILTER" -test.benchtime 1x -test.timeout "$TIMEOUT" \
+    -size "$MODE" -koord-scheduler "$WORK/koord-scheduler" -log-dir "$R/koordinator" \
+    -tessera-records "$R/koordinator/records.jsonl") >"$R/koordinator.log" 2>&1
+rc=$?
+grep -E '^(Benchmark|--- (FAIL|SKIP)|FAIL|ok)' "$R/koordinator.log" | cut -c1-160
+if [ $rc -ne 0 ]; then
+  { echo "bench/koordinator (Koordinator v1.7.0, Kubernetes 1.28.7; run $k) exited with $rc; last lines:"; echo '```'; grep -E -- '--- FAIL|_test.go:[0-9]+:|koord-scheduler' "$R/koordinator.log" | tail -8 | cut -c1-300; echo '```'; } >>"$NOTES"
+fi
+fi
 done
 
-stamp "[2b/4] fractional peers (KAI-Scheduler, HAMi) from the Go module proxy"
-# The GPU mix should also run against a fractional-GPU scheduler users would
-# pick instead of Tessera. Each run asks the proxy again for the versions
-# below and writes what it answered into the results: a peer that cannot be
+stamp "[2b/4] the other fractional peers (KAI-Scheduler, HAMi) from the Go module proxy"
+# The issue names KAI-Scheduler and HAMi as the fractional peers; the proxy
+# has refused every version asked so far, so Koordinator (step 2c, served)
+# is the fractional row. Each run asks again for the versions below and
+# writes what the proxy answered into the results: a peer that cannot be
 # fetched is reported with its exact error, never estimated.
 PEERS="github.com/NVIDIA/KAI-scheduler@v0.10.2 github.com/NVIDIA/KAI-scheduler@v0.9.3 github.com/NVIDIA/KAI-scheduler@v0.8.5 github.com/NVIDIA/KAI-scheduler@v0.5.0 github.com/Project-HAMi/HAMi@v2.7.0+incompatible github.com/Project-HAMi/HAMi@v2.6.0+incompatible github.com/Project-HAMi/HAMi@v2.5.0+incompatible"
 peerdir=$(mktemp -d "$WORK/peers.XXXX")
 (cd "$peerdir" && $GO mod init tessera-bench-peers >/dev/null 2>&1)
-{ echo "Fractional peer for the GPU mix (issue 20): each version asked of the Go module proxy in this run:"; echo
+{ echo "Fractional peers named by issue 20 for the GPU mix (KAI-Scheduler, HAMi): each version asked of the Go module proxy in this run:"; echo
   for m in $PEERS; do
     out=$(cd "$peerdir" && $GO mod download -json "$m" 2>&1)
     err=$(printf '%s' "$out" | sed -n 's/^[[:space:]]*"Error": "\(.*\)",\{0,1\}$/\1/p' | sed 's/\\n\\t/ /g' | head -1)
     if [ -n "$err" ]; then echo "- \`$m\`: refused: \`$err\`"; else echo "- \`$m\`: downloaded, but no harness runs it yet: no figures"; fi
   done
-  echo; echo "No fractional peer row is in the tables."
+  echo
+  if [ "$KOORD" = 1 ]; then echo "No KAI-Scheduler or HAMi row is in the tables; the fractional peer measured is Koordinator v1.7.0 (bench/koordinator)."
+  else echo "No fractional peer row is in the tables (bench/koordinator did not build, above)."; fi
 } >"$WORK/peers.md"
 grep -E '^- `' "$WORK/peers.md" | cut -c1-160
 cat "$WORK/peers.md" >>"$NOTES"
