@@ -193,9 +193,9 @@ demo-model:
 	GOMAXPROCS=1 $(GO) run ./hack/train -seed 1 -out inference/model/fortunes
 
 # Scheduler benchmarks (Tessera vs default kube-scheduler, native gang+TAS,
-# coscheduling) and device-plugin benchmarks -> bench/results/<date>.md + PNGs;
+# coscheduling, Koordinator) and device-plugin benchmarks -> bench/results/<date>.md + PNGs;
 # the latest table goes to bench/README.md. BENCH_MODE=quick (3 runs, target < 15 min
-# on 2 cores; 13 min 37 s to 15 min 49 s measured) | full (5000 nodes, 5 runs of ~55 min) | smoke. BENCH_RUNS=N changes
+# on 2 cores; 13 min 37 s to 15 min 49 s measured, 19 min 51 s with the Koordinator peer on 2026-12-05: missed) | full (5000 nodes, 5 runs of ~55 min) | smoke. BENCH_RUNS=N changes
 # the number of runs. Not part of make test.
 BENCH_MODE ?= quick
 bench: $(TOOLS)/etcd
