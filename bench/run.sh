@@ -5,6 +5,8 @@
 #      Tessera and its 1.37 baselines, one `go test -bench` invocation;
 #   2. bench/baseline (own module, Kubernetes 1.34.4): scheduler-plugins
 #      coscheduling v0.34.7 on the same shapes;
+#      2c. bench/koordinator (own module, Kubernetes 1.28.7): the GPU mix
+#      against Koordinator v1.7.0's koord-scheduler, the fractional peer;
 #   3. bench/deviceplugin: Allocate / GetPreferredAllocation latency;
 #      3b. preemption at saturation: time to place a high-priority gang on a
 #      full clique and victims per preemption (scheduler/integration, real
@@ -16,7 +18,8 @@
 # GPU mix 128 nodes x 8 GPUs, 3 runs, target < 15 min on 2 cores (15 min 49 s,
 # 14 min 54 s and 13 min 37 s measured 2026-12-04 on two hosts). full: 5000 nodes; GPU mix 1000 nodes x 8 GPUs, 5 runs
 # (about 55 min each on 2 cores: 42 min on 2026-12-04 with the DRA row cut at
-# 10 min, which takes 25 whole; 16+ GiB RAM). smoke: seconds per workload, 1 run.
+# 10 min, which takes 25 whole; Koordinator's GPU mix adds about 13 min;
+# 16+ GiB RAM). quick took 19 min 51 s with Koordinator on 2026-12-05. smoke: seconds per workload, 1 run.
 #
 # BENCH_RUNS=N (default 3 quick, 5 full, 1 smoke) repeats steps 1 and 2 N
 # times, Tessera and baselines interleaved run by run; the report shows the
@@ -75,7 +78,7 @@ verdict() {
 # a minute on 2 cores); each run starts them in their package directory,
 # where performance-config.yaml and its templates are.
 BFLAGS=(-test.run '^$' -test.bench "$FILTER" -test.benchtime 1x -test.timeout "$TIMEOUT" -perf-scheduling-label-filter="$MODE")
-stamp "building bench/scheduler and bench/baseline"
+stamp "building bench/scheduler, bench/baseline and bench/koordinator"
 (cd bench/scheduler && $GO test -c -o "$WORK/scheduler.test" .) >"$WORK/build.log" 2>&1 || { cat "$WORK/build.log"; exit 1; }
 (cd bench/baseline && $GO test -c -o "$WORK/baseline.test" .) >>"$WORK/build.log" 2>&1 || { cat "$WORK/build.log"; exit 1; }
 # The fractional peer, Koordinator v1.7.0 (own module, Kubernetes 1.28.7):
