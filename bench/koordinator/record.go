@@ -3,7 +3,9 @@
 package koordinator
 
 import (
+	"encoding/json"
 	"math"
+	"os"
 	"sort"
 	"time"
 )
@@ -267,4 +269,23 @@ func (r *Record) compute(in Input) {
 			}
 		}
 	}
+}
+
+// append adds the record as one JSON line to path (the -tessera-records
+// file every harness writes); no path, no write.
+func (r *Record) append(path string) error {
+	if path == "" {
+		return nil
+	}
+	b, err := json.Marshal(r)
+	if err != nil {
+		return err
+	}
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	_, err = f.Write(append(b, '\n'))
+	return err
 }

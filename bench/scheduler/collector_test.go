@@ -222,20 +222,3 @@ func (c *collector) finish(tCtx ktesting.TContext) (*Record, error) {
 	rec.compute(in)
 	return rec, nil
 }
-
-func (r *Record) append(path string) error {
-	if path == "" {
-		return nil
-	}
-	b, err := json.Marshal(r)
-	if err != nil {
-		return err
-	}
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	_, err = f.Write(append(b, '\n'))
-	return err
-}
