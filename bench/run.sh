@@ -21,7 +21,7 @@
 # 10 min, which takes 25 whole; Koordinator's GPU mix adds about 13 min;
 # 16+ GiB RAM). quick took 19 min 51 s with Koordinator on 2026-12-05. smoke: seconds per workload, 1 run.
 #
-# BENCH_RUNS=N (default 3 quick, 5 full, 1 smoke) repeats steps 1 and 2 N
+# BENCH_RUNS=N (default 3 quick, 5 full, 1 smoke) repeats steps 1, 2 and 2c N
 # times, Tessera and baselines interleaved run by run; the report shows the
 # median and min-max of every ratio. Both benchmark binaries are built once
 # and run N times.
@@ -58,7 +58,7 @@ for m in baseline koordinator; do
 } >bench/$m/record.go.new && mv bench/$m/record.go.new bench/$m/record.go
 done
 
-# BENCH_RUNS=N repeats steps 1 and 2, Tessera and baselines interleaved run
+# BENCH_RUNS=N repeats steps 1, 2 and 2c, Tessera and baselines interleaved run
 # by run; the report shows each row's median run and a spread section
 # (median and min-max of every throughput and within-run ratio).
 case $MODE in quick) RUNS=3 ;; full) RUNS=5 ;; smoke) RUNS=1 ;; esac
