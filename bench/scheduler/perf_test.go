@@ -7,8 +7,12 @@ import (
 	"testing"
 	"time"
 
+	utilfeature "k8s.io/apiserver/pkg/util/feature"
+	"k8s.io/component-base/featuregate"
 	_ "k8s.io/component-base/logs/json/register"
+	"k8s.io/kubernetes/pkg/features"
 	frameworkruntime "k8s.io/kubernetes/pkg/scheduler/framework/runtime"
+	schedmetrics "k8s.io/kubernetes/pkg/scheduler/metrics"
 	perf "k8s.io/kubernetes/test/integration/scheduler_perf"
 
 	"github.com/tessera-gpu/tessera/scheduler"
@@ -23,7 +27,36 @@ func TestMain(m *testing.M) {
 		fmt.Fprintf(os.Stderr, "%v\n", err)
 		os.Exit(1)
 	}
+	if err := registerPodGroupMetrics(); err != nil {
+		fmt.Fprintf(os.Stderr, "%v\n", err)
+		os.Exit(1)
+	}
 	os.Exit(m.Run())
+}
+
+// registerPodGroupMetrics registers the scheduler's metrics with the gang
+// gates on. kube-scheduler registers its metrics once per process, and the
+// pod-group cycle's (scheduler_podgroup_scheduling_*) only if GenericWorkload
+// is on at that moment; scheduler_perf runs every workload in one process,
+// the first (SchedulingBasic) with the gates off, so the gang workloads
+// after it would have none. The gates are restored at once: each workload
+// still runs with its own featureGates, and a workload with the gates off
+// never observes these metrics.
+func registerPodGroupMetrics() error {
+	gates := []featuregate.Feature{features.GenericWorkload, features.TopologyAwareWorkloadScheduling}
+	before, on := map[string]bool{}, map[string]bool{}
+	for _, g := range gates {
+		before[string(g)] = utilfeature.DefaultFeatureGate.Enabled(g)
+		on[string(g)] = true
+	}
+	if err := utilfeature.DefaultMutableFeatureGate.SetFromMap(on); err != nil {
+		return fmt.Errorf("turning the gang gates on to register the pod-group metrics: %w", err)
+	}
+	schedmetrics.Register()
+	if err := utilfeature.DefaultMutableFeatureGate.SetFromMap(before); err != nil {
+		return fmt.Errorf("restoring the gang gates: %w", err)
+	}
+	return nil
 }
 
 // registry is the out-of-tree registry scheduler_perf hands to the

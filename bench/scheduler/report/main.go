@@ -88,6 +88,7 @@ func main() {
 	table, accept := tables(sched, ratios)
 	accept += ceilingSection(runs)
 	accept += spreadSection(runs)
+	accept += costSection(runs)
 	var b strings.Builder
 	fmt.Fprintf(&b, "# Scheduler benchmark, %s (%s mode)\n\n", date, *mode)
 	fmt.Fprintf(&b, "Machine: %s\n\n", *machine)
@@ -275,8 +276,9 @@ func readRecords(path string) ([]*sb.Record, error) {
 	return out, sc.Err()
 }
 
-// mergeDataItems copies scheduler_perf's SchedulingThroughput into the
-// record of the same benchmark (its Name label starts with the record's name).
+// mergeDataItems copies scheduler_perf's SchedulingThroughput and the
+// pod-group cycle latencies into the record of the same benchmark (its Name
+// label starts with the record's name).
 func mergeDataItems(dir string, recs []*sb.Record) {
 	files, _ := filepath.Glob(filepath.Join(dir, "BenchmarkPerfScheduling_benchmark_*.json"))
 	for _, f := range files {
@@ -289,12 +291,20 @@ func mergeDataItems(dir string, recs []*sb.Record) {
 			continue
 		}
 		for _, it := range d.DataItems {
-			if it.Labels["Metric"] != "SchedulingThroughput" {
-				continue
-			}
 			for _, r := range recs {
-				if strings.HasPrefix(it.Labels["Name"], r.Name+"/") {
+				if !strings.HasPrefix(it.Labels["Name"], r.Name+"/") {
+					continue
+				}
+				switch it.Labels["Metric"] {
+				case "SchedulingThroughput":
 					r.ThroughputAvg, r.ThroughputP50, r.ThroughputP99 = it.Data["Average"], it.Data["Perc50"], it.Data["Perc99"]
+				case "scheduler_podgroup_scheduling_algorithm_duration_seconds":
+					// scheduler_perf reports these histograms in ms.
+					r.GroupAlgorithmP50Ms, r.GroupAlgorithmP99Ms = it.Data["Perc50"], it.Data["Perc99"]
+				case "scheduler_podgroup_scheduling_attempt_duration_seconds":
+					if it.Labels["result"] == "scheduled" {
+						r.GroupAttemptP50Ms = it.Data["Perc50"]
+					}
 				}
 			}
 		}
