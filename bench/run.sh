@@ -50,13 +50,18 @@ TIMEOUT=${BENCH_TIMEOUT:-120m}
 FILTER=${BENCH_FILTER:-.}
 echo ">> work dir $WORK"
 
-# The baseline and Koordinator modules carry a copy of record.go (they cannot
-# import the root module: different Kubernetes versions).
+# The baseline and Koordinator modules carry a copy of record.go, and the
+# baseline module one of apiwrites_test.go (they cannot import the root
+# module: different Kubernetes versions).
 for m in baseline koordinator; do
 { echo "// Code generated from bench/scheduler/record.go by bench/run.sh; DO NOT EDIT."; echo
   sed -e "s/^package scheduler_bench/package $m/" -e '/^\/\/ Package scheduler_bench/,/^\/\/ bench\/results.*$/d' bench/scheduler/record.go
 } >bench/$m/record.go.new && mv bench/$m/record.go.new bench/$m/record.go
 done
+# bench/baseline's collector counts API writes as bench/scheduler's does.
+{ echo "// Code generated from bench/scheduler/apiwrites_test.go by bench/run.sh; DO NOT EDIT."; echo
+  sed -e "s/^package scheduler_bench/package baseline/" bench/scheduler/apiwrites_test.go
+} >bench/baseline/apiwrites_test.go.new && mv bench/baseline/apiwrites_test.go.new bench/baseline/apiwrites_test.go
 
 # BENCH_RUNS=N repeats steps 1, 2 and 2c, Tessera and baselines interleaved run
 # by run; the report shows each row's median run and a spread section

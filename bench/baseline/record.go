@@ -61,10 +61,26 @@ type Record struct {
 	// A gate the process's Kubernetes version does not know is absent.
 	FeatureGates map[string]bool `json:"featureGates,omitempty"`
 
+	// APIWrites are the write requests the API server served while the
+	// workload ran (its node creation included), by "VERB
+	// resource[/subresource]" (apiserver_request_total of the benchmark's
+	// own process; absent where the harness cannot count them).
+	APIWrites map[string]int `json:"apiWrites,omitempty"`
+
 	// Filled in by the report from scheduler_perf's data items.
 	ThroughputAvg float64 `json:"throughputAvg,omitempty"`
 	ThroughputP50 float64 `json:"throughputP50,omitempty"`
 	ThroughputP99 float64 `json:"throughputP99,omitempty"`
+	// GroupAlgorithmP50Ms/P99Ms and GroupAttemptP50Ms are the 1.37 core's
+	// pod-group cycle, one per gang attempt (GenericWorkload on):
+	// scheduler_podgroup_scheduling_algorithm_duration_seconds (the plugins'
+	// work for the whole group) and
+	// scheduler_podgroup_scheduling_attempt_duration_seconds with result
+	// scheduled (the algorithm plus the core's submission, which patches
+	// the PodGroup's status synchronously before the next group is popped).
+	GroupAlgorithmP50Ms float64 `json:"groupAlgorithmP50Ms,omitempty"`
+	GroupAlgorithmP99Ms float64 `json:"groupAlgorithmP99Ms,omitempty"`
+	GroupAttemptP50Ms   float64 `json:"groupAttemptP50Ms,omitempty"`
 }
 
 // WorkloadGates are the feature gates that change how gangs are scheduled
