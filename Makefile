@@ -195,10 +195,13 @@ demo-model:
 # Scheduler benchmarks (Tessera vs default kube-scheduler, native gang+TAS,
 # coscheduling, Koordinator) and device-plugin benchmarks -> bench/results/<date>.md + PNGs;
 # the latest table goes to bench/README.md. BENCH_MODE=quick (3 runs, target < 15 min
-# on 2 cores; 13 min 37 s to 15 min 49 s measured, 19 min 51 s with the Koordinator peer on 2026-12-05: missed) | full (5000 nodes, 5 runs of ~55 min) | smoke. BENCH_RUNS=N changes
-# the number of runs. Not part of make test.
+# on 2 cores; 13 min 37 s to 15 min 49 s measured, 19 min 51 s with the Koordinator peer on 2026-12-05
+# and 21 min 11 s on 2026-12-06: missed) | full (5000 nodes, 5 runs of ~55 min) | smoke. BENCH_RUNS=N changes
+# the number of runs. Not part of make test. The scheduler benchmarks need etcd; the
+# preemption benchmark (step 3b) starts the integration tests' local cluster, which
+# installs the LWS and Kueue CRDs with kubectl: all of the tools.
 BENCH_MODE ?= quick
-bench: $(TOOLS)/etcd
+bench: tools
 	PATH=$(abspath $(TOOLS)):$$PATH ./bench/run.sh $(BENCH_MODE)
 
 # The documented install onto the cluster of the current kubeconfig.

@@ -14,12 +14,16 @@
 #   4. bench/scheduler/report: bench/results/<date>.md + PNGs, and the latest
 #      table in bench/README.md.
 #
-# Needs etcd on PATH: `make tools` builds .tools/etcd. quick: 500 nodes;
+# Needs etcd on PATH and the rest of .tools for step 3b's local cluster:
+# `make tools` builds them (`make bench` does).
+# quick: 500 nodes;
 # GPU mix 128 nodes x 8 GPUs, 3 runs, target < 15 min on 2 cores (15 min 49 s,
 # 14 min 54 s and 13 min 37 s measured 2026-12-04 on two hosts). full: 5000 nodes; GPU mix 1000 nodes x 8 GPUs, 5 runs
 # (about 55 min each on 2 cores: 42 min on 2026-12-04 with the DRA row cut at
 # 10 min, which takes 25 whole; Koordinator's GPU mix adds about 13 min;
-# 16+ GiB RAM). quick took 19 min 51 s with Koordinator on 2026-12-05. smoke: seconds per workload, 1 run.
+# 16+ GiB RAM). quick took 19 min 51 s with Koordinator on 2026-12-05 and 21 min
+# 11 s on 2026-12-06 (3 min 40 s of it linking the three benchmark binaries and
+# koord-scheduler, about 5 min 40 s a run). smoke: seconds per workload, 1 run.
 #
 # BENCH_RUNS=N (default 3 quick, 5 full, 1 smoke) repeats steps 1, 2 and 2c N
 # times, Tessera and baselines interleaved run by run; the report shows the
@@ -39,6 +43,12 @@ cd "$ROOT"
 GO=${GO:-go}
 export PATH="$ROOT/.tools:$PATH"
 if ! command -v etcd >/dev/null; then echo "etcd not found: run 'make tools' first" >&2; exit 1; fi
+# Step 3b (preemption) runs the integration tests' local cluster from
+# .tools (binaries, and the LWS and Kueue CRDs kubectl installs): say so
+# before the runs, not after them.
+for t in kube-apiserver kube-controller-manager kwok kubectl lws-config kueue-config; do
+  [ -e "$ROOT/.tools/$t" ] || { echo ".tools/$t not found (the preemption benchmark needs it): run 'make tools' first" >&2; exit 1; }
+done
 # The name is a file name inside the results folder (full mode already writes
 # to bench/results/full/): refuse a path before hours of runs, not after.
 case ${BENCH_NAME:-} in */*) echo "BENCH_NAME=$BENCH_NAME: a file name, not a path (full mode writes to bench/results/full/ itself)" >&2; exit 2 ;; esac
@@ -50,18 +60,13 @@ TIMEOUT=${BENCH_TIMEOUT:-120m}
 FILTER=${BENCH_FILTER:-.}
 echo ">> work dir $WORK"
 
-# The baseline and Koordinator modules carry a copy of record.go, and the
-# baseline module one of apiwrites_test.go (they cannot import the root
-# module: different Kubernetes versions).
+# The baseline and Koordinator modules carry a copy of record.go (they cannot
+# import the root module: different Kubernetes versions).
 for m in baseline koordinator; do
 { echo "// Code generated from bench/scheduler/record.go by bench/run.sh; DO NOT EDIT."; echo
   sed -e "s/^package scheduler_bench/package $m/" -e '/^\/\/ Package scheduler_bench/,/^\/\/ bench\/results.*$/d' bench/scheduler/record.go
 } >bench/$m/record.go.new && mv bench/$m/record.go.new bench/$m/record.go
 done
-# bench/baseline's collector counts API writes as bench/scheduler's does.
-{ echo "// Code generated from bench/scheduler/apiwrites_test.go by bench/run.sh; DO NOT EDIT."; echo
-  sed -e "s/^package scheduler_bench/package baseline/" bench/scheduler/apiwrites_test.go
-} >bench/baseline/apiwrites_test.go.new && mv bench/baseline/apiwrites_test.go.new bench/baseline/apiwrites_test.go
 
 # BENCH_RUNS=N repeats steps 1, 2 and 2c, Tessera and baselines interleaved run
 # by run; the report shows each row's median run and a spread section

@@ -47,9 +47,6 @@ type collector struct {
 	bound   map[string]time.Time // pod key -> first seen with a node
 	peakMiB float64
 	startMs runtime.MemStats
-	// writesAtStart is apiWrites() when the cluster was up and the
-	// workload had not started (nil if the API server exposes no counts).
-	writesAtStart map[string]int
 }
 
 func podKey(p *v1.Pod) string { return p.Namespace + "/" + p.Name }
@@ -62,11 +59,6 @@ func startCollector(tCtx ktesting.TContext) error {
 	}
 	c := &collector{name: tCtx.Name(), gates: workloadGates(), created: map[string]time.Time{}, bound: map[string]time.Time{}}
 	runtime.ReadMemStats(&c.startMs)
-	if w, err := apiWrites(); err == nil {
-		c.writesAtStart = w
-	} else {
-		tCtx.Logf("no API write counts for %s: %v", c.name, err)
-	}
 	f := informers.NewSharedInformerFactory(tCtx.Client(), 0)
 	inf := f.Core().V1().Pods().Informer()
 	seen := func(obj any) {
@@ -213,10 +205,5 @@ func (c *collector) finish(tCtx ktesting.TContext) (*Record, error) {
 		in.Pods = append(in.Pods, pi)
 	}
 	rec.compute(in)
-	if c.writesAtStart != nil {
-		if w, err := apiWrites(); err == nil {
-			rec.APIWrites = writesSince(c.writesAtStart, w)
-		}
-	}
 	return rec, nil
 }

@@ -137,10 +137,11 @@ func decimals(vs []float64) string {
 		return "0"
 	}
 	sp := spreadOf(vs)
-	if len(vs) == 1 || sp.lo == sp.hi {
-		return fmt.Sprintf("%.2f", sp.med)
+	med, lo, hi := fmt.Sprintf("%.2f", sp.med), fmt.Sprintf("%.2f", sp.lo), fmt.Sprintf("%.2f", sp.hi)
+	if lo == hi {
+		return med
 	}
-	return fmt.Sprintf("%.2f (%.2f–%.2f)", sp.med, sp.lo, sp.hi)
+	return med + " (" + lo + "–" + hi + ")"
 }
 
 // spreadText1 is spreadText with one decimal, for milliseconds.
@@ -150,10 +151,11 @@ func spreadText1(vs []float64) string {
 		return "–"
 	}
 	sp := spreadOf(vs)
-	if len(vs) == 1 {
-		return fmt.Sprintf("%.1f", sp.med)
+	med, lo, hi := fmt.Sprintf("%.1f", sp.med), fmt.Sprintf("%.1f", sp.lo), fmt.Sprintf("%.1f", sp.hi)
+	if lo == hi {
+		return med
 	}
-	return fmt.Sprintf("%.1f (%.1f–%.1f)", sp.med, sp.lo, sp.hi)
+	return med + " (" + lo + "–" + hi + ")"
 }
 
 func nonZero(vs []float64) []float64 {
