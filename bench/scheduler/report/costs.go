@@ -115,43 +115,30 @@ func costSection(runs [][]*sb.Record) string {
 			name = "none: " + ceilingLabel(parts[0]) + " ceiling"
 			fam = "SchedulingBasic"
 		}
-		fmt.Fprintf(&b, "| %s/%s | %s | %s |", fam, parts[1], name, decimals(f.total))
+		fmt.Fprintf(&b, "| %s/%s | %s | %s |", fam, parts[1], name, spreadFixed(f.total, 2, "0"))
 		for _, c := range f.cols {
-			fmt.Fprintf(&b, " %s |", decimals(c))
+			fmt.Fprintf(&b, " %s |", spreadFixed(c, 2, "0"))
 		}
-		alg := spreadText1(f.alg)
+		alg := spreadFixed(f.alg, 1, "–")
 		if a99 := nonZero(f.alg99); alg != "–" && len(a99) > 0 {
 			alg += fmt.Sprintf("; p99 %.1f", spreadOf(a99).med)
 		}
-		fmt.Fprintf(&b, " %s | %s |\n", alg, spreadText1(f.att))
+		fmt.Fprintf(&b, " %s | %s |\n", alg, spreadFixed(f.att, 1, "–"))
 	}
 	return b.String()
 }
 
-// decimals is spreadText with two decimals: per-pod write counts are
-// small numbers whose fractions matter (0.25 PodGroup patches per pod is
-// one per 4-pod gang).
-func decimals(vs []float64) string {
+// spreadFixed is spreadText with a fixed number of decimals: the median,
+// and min-max where they differ at that precision; none when no run
+// measured it. Per-pod write counts take two (0.25 PodGroup patches per pod
+// is one per 4-pod gang), milliseconds one.
+func spreadFixed(vs []float64, decimals int, none string) string {
 	vs = nonZero(vs)
 	if len(vs) == 0 {
-		return "0"
+		return none
 	}
 	sp := spreadOf(vs)
-	med, lo, hi := fmt.Sprintf("%.2f", sp.med), fmt.Sprintf("%.2f", sp.lo), fmt.Sprintf("%.2f", sp.hi)
-	if lo == hi {
-		return med
-	}
-	return med + " (" + lo + "–" + hi + ")"
-}
-
-// spreadText1 is spreadText with one decimal, for milliseconds.
-func spreadText1(vs []float64) string {
-	vs = nonZero(vs)
-	if len(vs) == 0 {
-		return "–"
-	}
-	sp := spreadOf(vs)
-	med, lo, hi := fmt.Sprintf("%.1f", sp.med), fmt.Sprintf("%.1f", sp.lo), fmt.Sprintf("%.1f", sp.hi)
+	med, lo, hi := fmt.Sprintf("%.*f", decimals, sp.med), fmt.Sprintf("%.*f", decimals, sp.lo), fmt.Sprintf("%.*f", decimals, sp.hi)
 	if lo == hi {
 		return med
 	}

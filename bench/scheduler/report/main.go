@@ -435,7 +435,7 @@ func ceilingLabel(c string) string {
 // followed by unit: the one value, or the median with min-max; "–" when no
 // run measured it (a zero).
 func spreadText(vs []float64, scale float64, unit string) string {
-	vs = slices.DeleteFunc(slices.Clone(vs), func(v float64) bool { return v == 0 })
+	vs = nonZero(vs)
 	if len(vs) == 0 {
 		return "–"
 	}
