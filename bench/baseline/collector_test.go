@@ -89,7 +89,10 @@ func startCollector(tCtx ktesting.TContext) error {
 	f.Start(stop)
 	go c.sampleHeap(stop)
 	tCtx.Cleanup(func() {
-		rec, err := c.finish(tCtx)
+		// Before the scheduler stops (scheduler_perf registered its stop
+		// before this hook ran): a GPU mix settles here, as in
+		// bench/scheduler, so it ends as soon as the cluster is full.
+		rec, err := Measure(tCtx, c.name, func() (*Record, error) { return c.finish(tCtx) })
 		close(stop)
 		f.Shutdown()
 		if err != nil {

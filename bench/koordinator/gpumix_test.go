@@ -82,14 +82,14 @@ var (
 
 // sizes are bench/scheduler's GPUMix workloads (performance-config.yaml):
 // nodes of 8 GPUs, pods created back to back until 110% of the slices are
-// asked for, then settle after every pod has been tried once.
+// asked for, then settle after every pod has been tried once (GPUMixSettle).
 var sizes = map[string]struct {
 	nodes, pods int
 	settle      time.Duration
 }{
-	"smoke": {16, 243, 5 * time.Second},
-	"quick": {128, 1836, 10 * time.Second},
-	"full":  {1000, 14202, 30 * time.Second},
+	"smoke": {16, 243, GPUMixSettle["smoke"]},
+	"quick": {64, 918, GPUMixSettle["quick"]},
+	"full":  {1000, 14202, GPUMixSettle["full"]},
 }
 
 const (
@@ -200,15 +200,15 @@ func runGPUMix(b *testing.B, nodes, pods int, settle time.Duration) {
 	if err := waitAttempted(ctx, cs, pods, 20*time.Minute, sched.check); err != nil {
 		b.Fatal(err)
 	}
-	// Then GPUMix's settle (its sleep op, the same 5/10/30 s): a pod that
-	// did not fit is retried after its backoff (at most 10 s), and a
-	// saturated cluster has no condition that says "nothing more will fit";
-	// the wait is part of the measured workload, the same for every row.
-	time.Sleep(settle)
-	if err := sched.check(); err != nil {
-		b.Fatal(err)
-	}
-	rec, err := c.finish(ctx, b.Name())
+	// Then GPUMix's settle, the same for every row (SettleUntilFull): a
+	// pod that did not fit is retried after its backoff, until no slice is
+	// free or the size's settle has passed.
+	rec, err := SettleUntilFull(ctx, settle, SettlePoll, func() (*Record, error) {
+		if err := sched.check(); err != nil {
+			return nil, err
+		}
+		return c.finish(ctx, b.Name())
+	})
 	if err != nil {
 		b.Fatal(err)
 	}

@@ -89,6 +89,7 @@ func main() {
 	accept += ceilingSection(runs)
 	accept += spreadSection(runs)
 	accept += costSection(runs)
+	accept += saturationSection(runs)
 	var b strings.Builder
 	fmt.Fprintf(&b, "# Scheduler benchmark, %s (%s mode)\n\n", date, *mode)
 	fmt.Fprintf(&b, "Machine: %s\n\n", *machine)
