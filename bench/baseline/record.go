@@ -141,7 +141,7 @@ func SettleUntilFull(ctx context.Context, maxWait, poll time.Duration, measure f
 		if err != nil {
 			return nil, err
 		}
-		if rec.TotalSlices > 0 && rec.FreeSlices == 0 || !time.Now().Before(deadline) {
+		if (rec.TotalSlices > 0 && rec.FreeSlices == 0) || !time.Now().Before(deadline) {
 			rec.SettleMs = float64(time.Since(start).Microseconds()) / 1000
 			return rec, nil
 		}

@@ -82,14 +82,12 @@ var (
 
 // sizes are bench/scheduler's GPUMix workloads (performance-config.yaml):
 // nodes of 8 GPUs, pods created back to back until 110% of the slices are
-// asked for, then settle after every pod has been tried once (GPUMixSettle).
-var sizes = map[string]struct {
-	nodes, pods int
-	settle      time.Duration
-}{
-	"smoke": {16, 243, GPUMixSettle["smoke"]},
-	"quick": {64, 918, GPUMixSettle["quick"]},
-	"full":  {1000, 14202, GPUMixSettle["full"]},
+// asked for, then the size's settle (Measure) after every pod has been
+// tried once.
+var sizes = map[string]struct{ nodes, pods int }{
+	"smoke": {16, 243},
+	"quick": {64, 918},
+	"full":  {1000, 14202},
 }
 
 const (
@@ -131,13 +129,13 @@ func BenchmarkPerfScheduling(b *testing.B) {
 	b.Run("GPUMix_Koordinator", func(b *testing.B) {
 		b.Run(*sizeName, func(b *testing.B) {
 			for range b.N {
-				runGPUMix(b, size.nodes, size.pods, size.settle)
+				runGPUMix(b, size.nodes, size.pods)
 			}
 		})
 	})
 }
 
-func runGPUMix(b *testing.B, nodes, pods int, settle time.Duration) {
+func runGPUMix(b *testing.B, nodes, pods int) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	// Kubernetes 1.28.7's API server with its whole chain (CRDs served),
@@ -200,10 +198,10 @@ func runGPUMix(b *testing.B, nodes, pods int, settle time.Duration) {
 	if err := waitAttempted(ctx, cs, pods, 20*time.Minute, sched.check); err != nil {
 		b.Fatal(err)
 	}
-	// Then GPUMix's settle, the same for every row (SettleUntilFull): a
-	// pod that did not fit is retried after its backoff, until no slice is
-	// free or the size's settle has passed.
-	rec, err := SettleUntilFull(ctx, settle, SettlePoll, func() (*Record, error) {
+	// Then GPUMix's settle, the same for every row (Measure, by the
+	// benchmark's name): a pod that did not fit is retried after its
+	// backoff, until no slice is free or the size's settle has passed.
+	rec, err := Measure(ctx, b.Name(), func() (*Record, error) {
 		if err := sched.check(); err != nil {
 			return nil, err
 		}
